@@ -1,0 +1,96 @@
+"""The project's exception tree.
+
+Every error an operator may see derives from :class:`SentinelError` and carries its
+facts as attributes, so callers branch on data, not on message text. Messages name the
+file, the field and what to do next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SentinelError(Exception):
+    """Root of every error raised on purpose by Sentinel."""
+
+
+class ConfigError(SentinelError):
+    """A setting is missing, mistyped or out of range."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        self.source = source
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{source}: setting {key!r}: {reason}")
+
+
+class StateDirLocked(SentinelError):
+    """Another process already holds the state directory's lock."""
+
+    def __init__(self, state_dir: Path, holder_pid: int | None) -> None:
+        self.state_dir = state_dir
+        self.holder_pid = holder_pid
+        who = f"pid {holder_pid}" if holder_pid else "another process"
+        super().__init__(
+            f"{state_dir} is locked by {who}: only one daemon may write a state directory. "
+            f"Stop that process (or point --state-dir elsewhere) and start again."
+        )
+
+
+class LogError(SentinelError):
+    """Base of event-log errors."""
+
+
+class LogCorrupt(LogError):
+    """A damaged record that is not the log's torn tail: start-up must stop."""
+
+    def __init__(self, segment: Path, line: int, reason: str) -> None:
+        self.segment = segment
+        self.line = line
+        self.reason = reason
+        super().__init__(
+            f"event log corrupt at {segment} line {line}: {reason}. "
+            f"Records after it are intact, so this is not a torn write. "
+            f"Inspect with `sentinel log verify`; `sentinel log repair --truncate-corrupt` "
+            f"cuts the log at this record after a backup (the records after it are lost)."
+        )
+
+
+class LogGap(LogError):
+    """Sequence numbers are not contiguous (a missing or reordered segment)."""
+
+    def __init__(self, segment: Path, line: int, expected: int, found: int) -> None:
+        self.segment = segment
+        self.line = line
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"event log gap at {segment} line {line}: expected seq {expected}, found {found}. "
+            f"A segment is missing or out of order; restore it from backup. "
+            f"`sentinel log verify` lists every segment and its seq range."
+        )
+
+
+class LogFsyncFailed(LogError):
+    """fsync failed: the page cache may have dropped our writes, so nothing is trusted."""
+
+    def __init__(self, path: Path, errno_: int | None, reason: str) -> None:
+        self.path = path
+        self.errno = errno_
+        super().__init__(
+            f"fsync of {path} failed ({reason}): exiting so that a restart replays the log "
+            f"from disk; no unsynced record was acknowledged."
+        )
+
+
+class EventDecodeError(LogError):
+    """A record has a valid checksum but does not decode to a known event."""
+
+    def __init__(self, seq: int, type_: str, reason: str) -> None:
+        self.seq = seq
+        self.type = type_
+        self.reason = reason
+        super().__init__(
+            f"event seq {seq} of type {type_!r} cannot be decoded: {reason}. "
+            f"Was it written by a newer Sentinel? Upgrade, or restore the older log."
+        )
