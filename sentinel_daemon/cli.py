@@ -1,0 +1,185 @@
+"""The ``sentinel`` command line.
+
+Every subcommand takes ``--state-dir`` (env ``SENTINEL_STATE_DIR``) and ``--config`` (env
+``SENTINEL_CONFIG``); ``--json`` gives output for scripts. Exit codes: 0 success, 1 the
+command ran and found a problem (damage, failure), 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import orjson
+
+from sentinel_daemon import __version__
+from sentinel_daemon.errors import LogError, SentinelError, StateDirLocked
+from sentinel_daemon.logs import configure_logging
+from sentinel_daemon.settings import Settings, load_settings
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir", type=Path, default=None,
+        help="state directory (env SENTINEL_STATE_DIR; default from settings)",
+    )
+    common.add_argument(
+        "--config", type=Path, default=os.environ.get("SENTINEL_CONFIG") or None,
+        help="settings file layered over the defaults (env SENTINEL_CONFIG)",
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="sentinel", description="Crash-safe training daemon for fraud-detection models."
+    )
+    parser.add_argument("--version", action="version", version=f"sentinel {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tail = sub.add_parser("tail", parents=[common], help="show (and follow) the event log")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    tail.add_argument("-n", "--lines", type=int, default=20, help="how many past records (20)")
+    tail.add_argument("--all", action="store_true", help="every past record")
+    tail.add_argument("--type", action="append", default=[], metavar="T",
+                      help="only these types; shell patterns such as 'trial.*' (repeatable)")
+    tail.add_argument("--job", default=None, metavar="J", help="only records of job J")
+
+    logp = sub.add_parser("log", help="check or repair the event log")
+    logsub = logp.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    logsub.add_parser("verify", parents=[common], help="check every record; non-zero on damage")
+    rep = logsub.add_parser("repair", parents=[common],
+                            help="cut a torn tail after a backup (the daemon must be stopped)")
+    rep.add_argument("--truncate-corrupt", action="store_true",
+                     help="also cut from a corrupt record in the middle on (records after it "
+                          "are lost; they stay in the backup)")
+
+    gen = sub.add_parser("gen-data", parents=[common],
+                         help="write a synthetic data set in the IEEE-CIS file layout")
+    gen.add_argument("--rows", type=int, required=True)
+    gen.add_argument("--out", type=Path, required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--fraud-rate", type=float, default=0.035)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    if args.state_dir is not None:
+        settings.state_dir = args.state_dir
+    return settings
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
+    from sentinel_daemon.logtools import Follower, RecordFilter, follow, human_line, last_records, raw_line
+
+    events_dir = settings.state_dir / "events"
+    keep = RecordFilter(tuple(args.type), args.job)
+    fmt = raw_line if args.json else human_line
+    past = last_records(events_dir, None if args.all else max(args.lines, 0), keep)
+    for record in past:
+        print(fmt(record), flush=False)
+    sys.stdout.flush()
+    if not args.follow:
+        return EXIT_OK
+    follower = Follower.at_end(events_dir)
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for record in follow(events_dir, follower, stop=lambda: stopping):
+            if keep(record):
+                print(fmt(record), flush=True)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
+    from sentinel_daemon.logtools import repair, verify
+
+    if args.log_command == "verify":
+        report = verify(settings.state_dir)
+        if args.json:
+            _print_json(report.as_dict())
+        else:
+            for s in report.segments:
+                print(f"{s.name}  seq {s.first_seq}..{s.last_seq}  {s.records} records  "
+                      f"{s.bytes} bytes")
+            print(f"snapshot: {report.snapshot}")
+            if report.ok:
+                print(f"ok: {report.records} records, last seq {report.last_seq}")
+            else:
+                assert report.problem is not None
+                print(f"DAMAGED: {report.problem['message']}", file=sys.stderr)
+        return EXIT_OK if report.ok else EXIT_PROBLEM
+    result = repair(settings.state_dir, truncate_corrupt=args.truncate_corrupt)
+    if args.json:
+        _print_json({"action": result.action, **result.detail})
+    elif result.action == "none":
+        print(f"nothing to repair: the log is intact up to seq {result.detail['last_seq']}")
+    else:
+        d = result.detail
+        print(f"cut {d['bytes_cut']} bytes from {d['segment']} at offset {d['offset']}; "
+              f"backup in {d['backup']}; the log now ends at seq {d['last_seq']}")
+    return EXIT_OK
+
+
+def cmd_gen_data(args: argparse.Namespace, settings: Settings) -> int:
+    from sentinel_daemon.ml.synth import generate
+
+    tx, ident = generate(args.rows, args.out, seed=args.seed, fraud_rate=args.fraud_rate)
+    if args.json:
+        _print_json({"transactions": str(tx), "identity": str(ident)})
+    else:
+        print(f"wrote {tx} and {ident}")
+    return EXIT_OK
+
+
+COMMANDS = {"tail": cmd_tail, "log": cmd_log, "gen-data": cmd_gen_data}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except SentinelError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.logging.level, settings.logging.format)
+    try:
+        return COMMANDS[args.command](args, settings)
+    except (LogError, StateDirLocked) as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except SentinelError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except BrokenPipeError:
+        # `sentinel tail | head` closes the pipe early; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

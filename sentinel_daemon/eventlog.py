@@ -1,0 +1,409 @@
+"""The durable, append-only event log: segments of checksummed JSON lines in ``STATE/events/``.
+
+Writing: one writer (the daemon holds the state-directory lock), batches of records
+written with one ``write`` and acknowledged only after ``fdatasync`` (group commit). A
+failed write is rolled back with ``ftruncate`` and reported; a failed fsync is fatal,
+because after it the kernel may have dropped our dirty pages and nothing can be trusted
+(PostgreSQL's "fsyncgate"). Segments rotate past a configured size; a new segment is
+created with ``O_EXCL`` and its folder fsynced before any record goes into it.
+
+Reading: :class:`LogScan` streams records in seq order, checking every checksum and
+that seq grows by one across segments. A bad record followed by nothing intact is a torn
+tail (an unacknowledged write cut by a crash): the scan reports it and
+:meth:`FileLog.open` cuts it off after copying the segment aside. A bad record followed by
+an intact one is corruption: the scan raises :class:`~sentinel_daemon.errors.LogCorrupt`
+naming segment and line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sentinel_daemon.errors import LogCorrupt, LogError, LogFsyncFailed, LogGap
+from sentinel_daemon.fsutil import copy_file_durably, fsync_dir
+from sentinel_daemon.records import BadRecord, Position, Record, decode_line, encode_line, format_ts
+
+SEGMENT_RE = re.compile(r"^(\d{20})\.jsonl$")
+DAMAGED_DIR = "damaged"
+FILE_MODE = 0o640
+
+
+def segment_name(first_seq: int) -> str:
+    """Segments are named by the seq of their first record, zero-padded to sort as text."""
+    return f"{first_seq:020d}.jsonl"
+
+
+def list_segments(events_dir: Path) -> list[str]:
+    """Segment file names in ``events_dir``, in seq order (other files are ignored)."""
+    try:
+        names = os.listdir(events_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if SEGMENT_RE.match(n))
+
+
+class LogWriteFailed(LogError):
+    """A write did not complete (disk full, I/O error); it was rolled back, nothing acked."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"appending to {path} failed ({reason}); the partial write was rolled back and "
+            f"no record was acknowledged. Free space or fix the disk; the daemon retries."
+        )
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """Bytes at the end of the log that do not form whole records."""
+
+    segment: str
+    offset: int
+    line: int
+    bytes_cut: int
+    later_segments: tuple[str, ...]
+    reason: str
+
+
+@dataclass
+class LogScan:
+    """Stream the records of a log from ``start`` (or its beginning), checking each.
+
+    Iterate it once. Afterwards ``last_seq``, ``end`` and ``torn`` describe where the
+    intact log ends. ``expect_seq`` is the seq the first record read must carry.
+    """
+
+    events_dir: Path
+    start: Position | None = None
+    expect_seq: int = 1
+    last_seq: int = 0
+    end: Position | None = None
+    torn: TornTail | None = None
+    segments: list[str] = field(default_factory=list)
+    #: The segment being read (for readers that report per segment).
+    current: str | None = None
+
+    def __iter__(self) -> Iterator[Record]:
+        self.segments = segs = list_segments(self.events_dir)
+        self.last_seq = self.expect_seq - 1
+        first = 0
+        offset = 0
+        if self.start is not None:
+            if self.start.segment not in segs:
+                raise LogGap(self.events_dir / self.start.segment, 0, self.expect_seq, -1)
+            first = segs.index(self.start.segment)
+            offset = self.start.offset
+            check_chain(self.events_dir, segs[: first + 1])
+        expect = self.expect_seq
+        for i in range(first, len(segs)):
+            self.current = seg = segs[i]
+            path = self.events_dir / seg
+            with open(path, "rb") as fh:
+                if offset:
+                    fh.seek(offset)
+                data = fh.read()
+            line_no = 0
+            if offset:
+                with open(path, "rb") as fh:
+                    line_no = fh.read(offset).count(b"\n")
+            if offset == 0 and data and int(seg[:20]) != expect:
+                self.last_seq = expect - 1
+                raise LogGap(path, 1, expect, int(seg[:20]))
+            pos = 0
+            n = len(data)
+            while pos < n:
+                nl = data.find(b"\n", pos)
+                line_no += 1
+                try:
+                    if nl < 0:
+                        raise BadRecord("no newline at the end: a write cut short")
+                    seq, ts, payload = decode_line(data[pos:nl])
+                except BadRecord as exc:
+                    self.last_seq = expect - 1
+                    self._bad_record(segs, i, data, pos, offset, line_no, str(exc))
+                    return
+                if seq != expect:
+                    self.last_seq = expect - 1
+                    raise LogGap(path, line_no, expect, seq)
+                expect = seq + 1
+                pos = nl + 1
+                yield Record(seq, ts, payload)
+            self.last_seq = expect - 1
+            self.end = Position(seg, offset + n)
+            offset = 0
+        self.last_seq = expect - 1
+
+    @property
+    def records_read(self) -> int:
+        """How many intact records the scan has yielded so far."""
+        return self.last_seq - (self.expect_seq - 1)
+
+    def fits_start(self) -> bool:
+        """Whether ``start`` is just past the record ``expect_seq - 1`` (checked cheaply).
+
+        A snapshot restored from elsewhere, or a log restored from an older backup, points
+        at a place where that record is not: then the snapshot must not be used.
+        """
+        if self.start is None:
+            return True
+        path = self.events_dir / self.start.segment
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return False
+        offset = self.start.offset
+        if offset == 0:
+            return int(self.start.segment[:20]) == self.expect_seq
+        if offset > size:
+            return False
+        with open(path, "rb") as fh:
+            fh.seek(max(0, offset - (1 << 20)))
+            data = fh.read(min(offset, 1 << 20))
+        if not data.endswith(b"\n"):
+            return False
+        line = data[:-1].rsplit(b"\n", 1)[-1]
+        try:
+            return decode_line(line)[0] == self.expect_seq - 1
+        except BadRecord:
+            return False
+
+    def _bad_record(
+        self, segs: list[str], i: int, data: bytes, pos: int, base: int, line: int, why: str
+    ) -> None:
+        """Decide whether a bad record is a torn tail (nothing intact after it) or corruption."""
+        seg = segs[i]
+        nl = data.find(b"\n", pos)
+        later_lines = data[nl + 1 :].split(b"\n") if nl >= 0 else []
+        for k, candidate in enumerate(later_lines):
+            if _is_intact(candidate):
+                raise LogCorrupt(self.events_dir / seg, line, f"{why}; line {line + k + 1} is intact")
+        later = tuple(segs[i + 1 :])
+        for other in later:
+            for k, candidate in enumerate((self.events_dir / other).read_bytes().split(b"\n")):
+                if _is_intact(candidate):
+                    raise LogCorrupt(
+                        self.events_dir / seg, line, f"{why}; {other} line {k + 1} is intact"
+                    )
+        cut = len(data) - pos + sum((self.events_dir / s).stat().st_size for s in later)
+        self.torn = TornTail(seg, base + pos, line, cut, later, why)
+        self.end = Position(seg, base + pos)
+
+
+def _is_intact(line: bytes) -> bool:
+    try:
+        decode_line(line)
+    except BadRecord:
+        return False
+    return True
+
+
+def _last_seq_of(path: Path) -> int | None:
+    """The seq of the last whole record of a segment, reading only its end."""
+    size = path.stat().st_size
+    window = 1 << 16
+    with open(path, "rb") as fh:
+        while True:
+            start = max(0, size - window)
+            fh.seek(start)
+            data = fh.read(size - start)
+            lines = data.rstrip(b"\n").split(b"\n")
+            if len(lines) >= 2 or start == 0:
+                if not lines[-1]:
+                    return None
+                return decode_line(lines[-1])[0]
+            window *= 4
+
+
+def check_chain(events_dir: Path, segs: Sequence[str]) -> None:
+    """Check that each segment ends just before the next begins, reading only the ends.
+
+    This is the cheap start-up check that catches a deleted or misplaced segment among
+    those a snapshot lets us skip; ``sentinel log verify`` reads every record.
+    """
+    for a, b in zip(segs, segs[1:], strict=False):
+        try:
+            last = _last_seq_of(events_dir / a)
+        except BadRecord as exc:
+            raise LogCorrupt(events_dir / a, 0, f"last record unreadable: {exc}") from None
+        if last is None or last + 1 != int(b[:20]):
+            raise LogGap(events_dir / b, 1, (last or 0) + 1, int(b[:20]))
+
+
+def cut_torn_tail(events_dir: Path, torn: TornTail, now: datetime) -> str:
+    """Copy the damaged segment(s) aside, then cut the log back to its last whole record.
+
+    Returns the backup path relative to ``events_dir``. Idempotent: after a crash halfway
+    the next start-up finds the same (or a smaller) torn tail and cuts it again.
+    """
+    damaged = events_dir / DAMAGED_DIR
+    damaged.mkdir(mode=0o750, exist_ok=True)
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    backup = damaged / f"{torn.segment}.{stamp}"
+    copy_file_durably(events_dir / torn.segment, backup)
+    for other in torn.later_segments:
+        copy_file_durably(events_dir / other, damaged / f"{other}.{stamp}")
+    fsync_dir(damaged)
+    fd = os.open(events_dir / torn.segment, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, torn.offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for other in torn.later_segments:
+        os.unlink(events_dir / other)
+    fsync_dir(events_dir)
+    return str(backup.relative_to(events_dir))
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class FileLog:
+    """The single writer of a segmented log. Open it with :meth:`open` after a scan.
+
+    Its seam is two methods, like Optuna's journal backend: :meth:`append` a batch and
+    :meth:`read` from a seq. :class:`sentinel_daemon.testing.MemoryLog` is its in-memory
+    twin with the same semantics, and one contract suite runs against both.
+    """
+
+    def __init__(
+        self,
+        events_dir: Path,
+        segment: str,
+        size: int,
+        last_seq: int,
+        *,
+        segment_bytes: int,
+        clock: Callable[[], datetime] = _utcnow,
+        sync: Callable[[int], None] = os.fdatasync,
+        write: Callable[[int, memoryview], int] = os.write,
+    ) -> None:
+        self.events_dir = events_dir
+        self._write = write
+        self.segment_bytes = segment_bytes
+        self._clock = clock
+        self._sync = sync
+        self._segment = segment
+        self._size = size
+        self.last_seq = last_seq
+        self._failed: LogFsyncFailed | None = None
+        self._fd = os.open(events_dir / segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+
+    @classmethod
+    def open(
+        cls,
+        events_dir: Path,
+        scan: LogScan,
+        *,
+        segment_bytes: int,
+        clock: Callable[[], datetime] = _utcnow,
+        sync: Callable[[int], None] = os.fdatasync,
+        write: Callable[[int, memoryview], int] = os.write,
+    ) -> tuple[FileLog, TornTail | None, str | None]:
+        """Open for appending where ``scan`` (already iterated) found the intact end.
+
+        Cuts a torn tail first. Returns the log, the tail that was cut, and its backup.
+        """
+        events_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        backup = None
+        if scan.torn is not None:
+            backup = cut_torn_tail(events_dir, scan.torn, clock())
+        if scan.end is not None:
+            segment, size = scan.end.segment, scan.end.offset
+        else:
+            segment, size = segment_name(scan.last_seq + 1), 0
+            if not (events_dir / segment).exists():
+                _create_segment(events_dir, segment)
+        log = cls(
+            events_dir, segment, size, scan.last_seq,
+            segment_bytes=segment_bytes, clock=clock, sync=sync, write=write,
+        )
+        return log, scan.torn, backup
+
+    @property
+    def position(self) -> Position:
+        """Where the next record will go: the end of the last acknowledged one."""
+        return Position(self._segment, self._size)
+
+    def append(self, payloads: Sequence[dict[str, Any]]) -> list[Record]:
+        """Write a batch of records with one write and one fdatasync, then acknowledge them."""
+        if self._failed is not None:
+            raise self._failed
+        if not payloads:
+            return []
+        if self._size >= self.segment_bytes:
+            self._rotate()
+        ts = format_ts(self._clock())
+        seq = self.last_seq
+        records = []
+        lines = []
+        for payload in payloads:
+            seq += 1
+            lines.append(encode_line(seq, ts, payload))
+            records.append(Record(seq, ts, payload))
+        data = b"".join(lines)
+        path = self.events_dir / self._segment
+        try:
+            view = memoryview(data)
+            while view:
+                written = self._write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self._roll_back(path, exc)
+        try:
+            self._sync(self._fd)
+        except OSError as exc:
+            self._failed = LogFsyncFailed(path, exc.errno, exc.strerror or str(exc))
+            raise self._failed from exc
+        self._size += len(data)
+        self.last_seq = seq
+        return records
+
+    def read(self, after_seq: int = 0) -> Iterator[Record]:
+        """Every acknowledged record with seq above ``after_seq``, in order."""
+        for record in LogScan(self.events_dir):
+            if record.seq > self.last_seq:
+                return
+            if record.seq > after_seq:
+                yield record
+
+    def _roll_back(self, path: Path, exc: OSError) -> None:
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError as exc2:
+            # We cannot restore the file's end: a later append would follow garbage.
+            self._failed = LogFsyncFailed(path, exc2.errno, f"rollback after {exc} failed")
+            raise self._failed from exc2
+        raise LogWriteFailed(path, exc.strerror or str(exc)) from exc
+
+    def _rotate(self) -> None:
+        name = segment_name(self.last_seq + 1)
+        _create_segment(self.events_dir, name)
+        os.close(self._fd)
+        self._fd = os.open(self.events_dir / name, os.O_WRONLY | os.O_APPEND)
+        self._segment = name
+        self._size = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _create_segment(events_dir: Path, name: str) -> None:
+    fd = os.open(events_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    os.close(fd)
+    fsync_dir(events_dir)
+
+
+def read_all(events_dir: Path) -> Iterator[Record]:
+    """Every intact record from the start (for readers: tail, verify, tests)."""
+    yield from LogScan(events_dir)

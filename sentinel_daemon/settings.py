@@ -1,0 +1,101 @@
+"""Settings: defaults in code (mirrored by ``config/default.yaml``), a YAML file on top, then
+environment variables ``SENTINEL_<KEY>`` and ``SENTINEL_<SECTION>__<KEY>`` over both.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from sentinel_daemon.errors import ConfigError
+
+ENV_PREFIX = "SENTINEL_"
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``auto`` renders for people on a terminal and JSON lines otherwise (journald).
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class EventLogSettings(_Section):
+    #: A new segment starts once the current one has passed this many bytes.
+    segment_bytes: int = Field(default=64 << 20, ge=4096)
+    #: A snapshot is written after this many records, and at a clean stop.
+    snapshot_every: int = Field(default=10_000, ge=100)
+
+
+class Settings(BaseSettings):
+    """Every setting of Sentinel, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    state_dir: Path = Path("./sentinel-state")
+    logging: LoggingSettings = LoggingSettings()
+    eventlog: EventLogSettings = EventLogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file (passed as init arguments); no .env files.
+        return (env_settings, init_settings)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Load a settings file with ``yaml.safe_load``; it must be a mapping."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(str(path), "-", f"file is over {MAX_CONFIG_BYTES} bytes")
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), "-", f"cannot read the file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "-", f"not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "-", "the file must hold a mapping of settings")
+    return data
+
+
+def load_settings(config: Path | None = None) -> Settings:
+    """Build the settings from defaults, ``config`` and the environment.
+
+    Raises :class:`ConfigError` naming the key, where it came from and what is wrong.
+    """
+    file_data = read_config_file(config) if config is not None else {}
+    try:
+        return Settings(**file_data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "-"
+        env_name = ENV_PREFIX + "__".join(str(p) for p in err["loc"]).upper()
+        source = (
+            f"environment variable {env_name}"
+            if env_name in {k.upper() for k in os.environ}
+            else str(config or "defaults")
+        )
+        raise ConfigError(source, key, f"{err['msg']} (got {err.get('input')!r})") from None
+
+
+def defaults_as_yaml_data() -> dict[str, Any]:
+    """The defaults as plain data, the shape of ``config/default.yaml``."""
+    return Settings.model_construct().model_dump(mode="json")

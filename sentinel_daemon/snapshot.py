@@ -1,0 +1,90 @@
+"""Snapshots of the state, so that start-up replays only the log's tail.
+
+A snapshot is an optimisation only: one JSON file, replaced atomically, that records
+the seq it covers and the log position just past that record. It closes with a checksum
+of its own bytes, like a log record. If it is missing, damaged, of another state version,
+or ahead of the log ("from the future", e.g. the log was restored from an older backup),
+the caller warns and replays the whole log.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from sentinel_daemon.fsutil import atomic_write_bytes
+from sentinel_daemon.records import Position
+from sentinel_daemon.state import STATE_VERSION, State
+
+SNAPSHOT_FORMAT = 1
+
+
+class SnapshotInvalid(Exception):
+    """The snapshot cannot be used; ``reason`` says why. Not fatal: replay everything."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    seq: int
+    position: Position
+    state: State
+
+
+def write_snapshot(path: Path, state: State, position: Position) -> None:
+    """Atomically replace the snapshot at ``path`` with ``state`` as of ``position``."""
+    head = orjson.dumps(
+        {
+            "format": SNAPSHOT_FORMAT,
+            "seq": state.last_seq,
+            "segment": position.segment,
+            "offset": position.offset,
+            "state": state.model_dump(mode="json"),
+        }
+    )[:-1]
+    atomic_write_bytes(path, b'%s,"crc":"%08x"}\n' % (head, zlib.crc32(head)))
+
+
+def load_snapshot(path: Path) -> Snapshot | None:
+    """Read the snapshot at ``path``; ``None`` when there is none.
+
+    Raises :class:`SnapshotInvalid` when it exists but cannot be trusted.
+    """
+    try:
+        data = path.read_bytes().rstrip(b"\n")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SnapshotInvalid(path, f"unreadable: {exc}") from None
+    if len(data) < 20 or data[-18:-10] != b',"crc":"' or not data.endswith(b'"}'):
+        raise SnapshotInvalid(path, "no checksum at the end (torn or not a snapshot)")
+    try:
+        ok = zlib.crc32(data[:-18]) == int(data[-10:-2], 16)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise SnapshotInvalid(path, "checksum mismatch")
+    obj = orjson.loads(data)
+    if obj.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotInvalid(path, f"format {obj.get('format')!r}, expected {SNAPSHOT_FORMAT}")
+    raw_state = obj.get("state") or {}
+    if raw_state.get("version") != STATE_VERSION:
+        raise SnapshotInvalid(
+            path, f"state version {raw_state.get('version')!r}, expected {STATE_VERSION}"
+        )
+    try:
+        state = State.model_validate(raw_state)
+        seq = int(obj["seq"])
+        position = Position(str(obj["segment"]), int(obj["offset"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SnapshotInvalid(path, f"does not decode: {exc}") from None
+    if state.last_seq != seq:
+        raise SnapshotInvalid(path, f"covers seq {seq} but its state is at {state.last_seq}")
+    return Snapshot(seq, position, state)

@@ -1,0 +1,185 @@
+"""The core's persistence: lock, snapshot, replay, then append-and-apply.
+
+Start-up takes the state-directory lock, loads the snapshot (if it can be trusted),
+replays the log from the snapshot's position, cuts a torn tail (and records that it
+did), and is then ready for :meth:`Store.append`, the only way the state changes:
+the events are appended and fsynced first, and folded into the state only after.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from sentinel_daemon.errors import EventDecodeError, LogGap
+from sentinel_daemon.eventlog import FileLog, LogScan, TornTail
+from sentinel_daemon.events import Event, LogRepaired, UnknownEventVersion, decode, encode
+from sentinel_daemon.lock import StateLock
+from sentinel_daemon.records import Record
+from sentinel_daemon.snapshot import Snapshot, SnapshotInvalid, load_snapshot, write_snapshot
+from sentinel_daemon.state import State, apply
+
+SNAPSHOT_NAME = "snapshot.json"
+EVENTS_DIR = "events"
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class OpenReport:
+    """What start-up found and did, for the log and for benchmarks."""
+
+    snapshot_seq: int
+    snapshot_problem: str | None
+    replayed: int
+    torn: TornTail | None
+    backup: str | None
+    seconds: float
+
+
+def decode_record(record: Record) -> Event:
+    """The event a record holds, upcast to the current version of its type."""
+    try:
+        return decode(record.payload)
+    except (UnknownEventVersion, ValueError) as exc:
+        raise EventDecodeError(record.seq, str(record.payload.get("type")), str(exc)) from None
+
+
+def replay(scan: LogScan, state: State) -> int:
+    """Fold every record of ``scan`` into ``state``; returns how many."""
+    n = 0
+    for record in scan:
+        apply(state, decode_record(record))
+        state.last_seq = record.seq
+        n += 1
+    return n
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """The event log, the state folded from it, and its snapshots, under one lock."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        lock: StateLock,
+        log_: FileLog,
+        state: State,
+        report: OpenReport,
+        snapshot_every: int,
+    ) -> None:
+        self.state_dir = state_dir
+        self.lock = lock
+        self.log = log_
+        self.state = state
+        self.report = report
+        self.snapshot_every = snapshot_every
+        self._snapshot_seq = report.snapshot_seq
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: Path,
+        *,
+        segment_bytes: int = 64 << 20,
+        snapshot_every: int = 10_000,
+        clock: Callable[[], datetime] = _utcnow,
+        sync: Callable[[int], None] = os.fdatasync,
+    ) -> Store:
+        """Lock ``state_dir``, recover its state, and return a store ready to append."""
+        t0 = time.monotonic()
+        lock = StateLock.acquire(state_dir)
+        try:
+            events_dir = state_dir / EVENTS_DIR
+            events_dir.mkdir(mode=0o750, exist_ok=True)
+            snap, problem = _trusted_snapshot(state_dir / SNAPSHOT_NAME)
+            state, scan, replayed, problem = _recover(events_dir, snap, problem)
+            log_, torn, backup = FileLog.open(
+                events_dir, scan, segment_bytes=segment_bytes, clock=clock, sync=sync
+            )
+            report = OpenReport(
+                snapshot_seq=snap.seq if snap and problem is None else 0,
+                snapshot_problem=problem,
+                replayed=replayed,
+                torn=torn,
+                backup=backup,
+                seconds=time.monotonic() - t0,
+            )
+            store = cls(state_dir, lock, log_, state, report, snapshot_every)
+        except BaseException:
+            lock.release()
+            raise
+        if torn is not None:
+            log.warning(
+                "event log torn tail cut",
+                segment=torn.segment, offset=torn.offset, bytes_cut=torn.bytes_cut,
+                backup=backup, reason=torn.reason,
+            )
+            store.append([
+                LogRepaired(
+                    segment=torn.segment, offset=torn.offset, bytes_cut=torn.bytes_cut,
+                    backup=f"{EVENTS_DIR}/{backup}", reason=torn.reason,
+                )
+            ])
+        if replayed >= snapshot_every:
+            store.snapshot()
+        return store
+
+    def append(self, events: Sequence[Event]) -> list[Record]:
+        """Append ``events`` durably (one fsync), then fold them into the state."""
+        records = self.log.append([encode(e) for e in events])
+        for event, record in zip(events, records, strict=True):
+            apply(self.state, event)
+            self.state.last_seq = record.seq
+        if self.state.last_seq - self._snapshot_seq >= self.snapshot_every:
+            self.snapshot()
+        return records
+
+    def snapshot(self) -> None:
+        """Write a snapshot of the state as of the last appended record."""
+        write_snapshot(self.state_dir / SNAPSHOT_NAME, self.state, self.log.position)
+        self._snapshot_seq = self.state.last_seq
+
+    def close(self, *, snapshot: bool = True) -> None:
+        if snapshot and self.state.last_seq > self._snapshot_seq:
+            self.snapshot()
+        self.log.close()
+        self.lock.release()
+
+
+def _trusted_snapshot(path: Path) -> tuple[Snapshot | None, str | None]:
+    try:
+        return load_snapshot(path), None
+    except SnapshotInvalid as exc:
+        log.warning("snapshot ignored; replaying the whole log", path=str(path), reason=exc.reason)
+        return None, exc.reason
+
+
+def _recover(
+    events_dir: Path, snap: Snapshot | None, problem: str | None
+) -> tuple[State, LogScan, int, str | None]:
+    """Replay from the snapshot if it fits the log, else from the start."""
+    if snap is not None:
+        scan = LogScan(events_dir, start=snap.position, expect_seq=snap.seq + 1)
+        state = snap.state
+        try:
+            if scan.fits_start():
+                return state, scan, replay(scan, state), None
+            problem = "its position does not match the log (a snapshot from the future?)"
+        except LogGap as exc:
+            if scan.records_read:
+                raise  # the gap is in the log after the snapshot, not in the snapshot
+            problem = f"its position is not in the log: {exc}"
+        log.warning("snapshot ignored; replaying the whole log", reason=problem)
+    state = State()
+    scan = LogScan(events_dir)
+    return state, scan, replay(scan, state), problem
