@@ -92,13 +92,17 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     events_dir = settings.state_dir / "events"
     keep = RecordFilter(tuple(args.type), args.job)
     fmt = raw_line if args.json else human_line
+    # Take the follow position first, so nothing appended while the past records are
+    # printed falls between the two; the follower skips seqs already printed.
+    follower = Follower.at_end(events_dir)
     past = last_records(events_dir, None if args.all else max(args.lines, 0), keep)
     for record in past:
         print(fmt(record), flush=False)
     sys.stdout.flush()
     if not args.follow:
         return EXIT_OK
-    follower = Follower.at_end(events_dir)
+    if past:
+        follower.after_seq = past[-1].seq
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

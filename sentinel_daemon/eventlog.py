@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,8 @@ class LogScan:
     segments: list[str] = field(default_factory=list)
     #: The segment being read (for readers that report per segment).
     current: str | None = None
+    #: The timestamp of the last intact record read ("" before any).
+    last_ts: str = ""
 
     def __iter__(self) -> Iterator[Record]:
         self.segments = segs = list_segments(self.events_dir)
@@ -134,6 +136,7 @@ class LogScan:
                     raise LogGap(path, line_no, expect, seq)
                 expect = seq + 1
                 pos = nl + 1
+                self.last_ts = ts
                 yield Record(seq, ts, payload)
             self.last_seq = expect - 1
             self.end = Position(seg, offset + n)
@@ -177,31 +180,47 @@ class LogScan:
     def _bad_record(
         self, segs: list[str], i: int, data: bytes, pos: int, base: int, line: int, why: str
     ) -> None:
-        """Decide whether a bad record is a torn tail (nothing intact after it) or corruption."""
+        """Decide whether a bad record is a torn tail or corruption.
+
+        A batch is written with one ``write`` and acknowledged after one ``fdatasync``; the
+        next batch is written only after that. So a power cut can damage only the last
+        batch, in any of its sectors (disks persist the sectors of one write in any
+        order). Hence: a bad record followed by nothing intact, or only by intact records
+        of the same last batch (same ``ts``: the writer gives each batch its own, strictly
+        increasing timestamp), is a torn tail; anything else is corruption.
+        """
         seg = segs[i]
         nl = data.find(b"\n", pos)
-        later_lines = data[nl + 1 :].split(b"\n") if nl >= 0 else []
-        for k, candidate in enumerate(later_lines):
-            if _is_intact(candidate):
-                raise LogCorrupt(self.events_dir / seg, line, f"{why}; line {line + k + 1} is intact")
-        later = tuple(segs[i + 1 :])
-        for other in later:
+        later_ts: set[str] = set()
+        first_intact = 0
+        if nl >= 0:
+            for k, candidate in enumerate(data[nl + 1 :].split(b"\n")):
+                if (ts := _intact_ts(candidate)) is not None:
+                    later_ts.add(ts)
+                    first_intact = first_intact or line + k + 1
+        for other in segs[i + 1 :]:
             for k, candidate in enumerate((self.events_dir / other).read_bytes().split(b"\n")):
-                if _is_intact(candidate):
+                if _intact_ts(candidate) is not None:
                     raise LogCorrupt(
                         self.events_dir / seg, line, f"{why}; {other} line {k + 1} is intact"
                     )
+        if later_ts and (len(later_ts) > 1 or min(later_ts) < self.last_ts):
+            raise LogCorrupt(
+                self.events_dir / seg, line, f"{why}; line {first_intact} is intact and was "
+                f"committed after this record"
+            )
+        later = tuple(segs[i + 1 :])
         cut = len(data) - pos + sum((self.events_dir / s).stat().st_size for s in later)
-        self.torn = TornTail(seg, base + pos, line, cut, later, why)
+        reason = why if not later_ts else f"{why} (inside the last batch, lines after it cut too)"
+        self.torn = TornTail(seg, base + pos, line, cut, later, reason)
         self.end = Position(seg, base + pos)
 
 
-def _is_intact(line: bytes) -> bool:
+def _intact_ts(line: bytes) -> str | None:
     try:
-        decode_line(line)
+        return decode_line(line)[1]
     except BadRecord:
-        return False
-    return True
+        return None
 
 
 def _last_seq_of(path: Path) -> int | None:
@@ -285,9 +304,11 @@ class FileLog:
         clock: Callable[[], datetime] = _utcnow,
         sync: Callable[[int], None] = os.fdatasync,
         write: Callable[[int, memoryview], int] = os.write,
+        last_ts: str = "",
     ) -> None:
         self.events_dir = events_dir
         self._write = write
+        self._last_ts = last_ts
         self.segment_bytes = segment_bytes
         self._clock = clock
         self._sync = sync
@@ -325,6 +346,7 @@ class FileLog:
         log = cls(
             events_dir, segment, size, scan.last_seq,
             segment_bytes=segment_bytes, clock=clock, sync=sync, write=write,
+            last_ts=scan.last_ts,
         )
         return log, scan.torn, backup
 
@@ -341,7 +363,7 @@ class FileLog:
             return []
         if self._size >= self.segment_bytes:
             self._rotate()
-        ts = format_ts(self._clock())
+        ts = self._batch_ts()
         seq = self.last_seq
         records = []
         lines = []
@@ -365,7 +387,19 @@ class FileLog:
             raise self._failed from exc
         self._size += len(data)
         self.last_seq = seq
+        self._last_ts = ts
         return records
+
+    def _batch_ts(self) -> str:
+        """A timestamp later than the previous batch's, even if the clock stepped back.
+
+        Distinct timestamps tell batches apart when a torn tail is classified.
+        """
+        ts = format_ts(self._clock())
+        if ts <= self._last_ts:
+            previous = datetime.strptime(self._last_ts, "%Y-%m-%dT%H:%M:%S.%fZ")
+            ts = format_ts(previous.replace(tzinfo=UTC) + timedelta(microseconds=1))
+        return ts
 
     def read(self, after_seq: int = 0) -> Iterator[Record]:
         """Every acknowledged record with seq above ``after_seq``, in order."""

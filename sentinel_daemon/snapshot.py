@@ -65,11 +65,7 @@ def load_snapshot(path: Path) -> Snapshot | None:
         raise SnapshotInvalid(path, f"unreadable: {exc}") from None
     if len(data) < 20 or data[-18:-10] != b',"crc":"' or not data.endswith(b'"}'):
         raise SnapshotInvalid(path, "no checksum at the end (torn or not a snapshot)")
-    try:
-        ok = zlib.crc32(data[:-18]) == int(data[-10:-2], 16)
-    except ValueError:
-        ok = False
-    if not ok:
+    if b"%08x" % zlib.crc32(data[:-18]) != data[-10:-2]:
         raise SnapshotInvalid(path, "checksum mismatch")
     obj = orjson.loads(data)
     if obj.get("format") != SNAPSHOT_FORMAT:
