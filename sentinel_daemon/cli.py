@@ -30,11 +30,15 @@ EXIT_USAGE = 2
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--state-dir", type=Path, default=None,
+        "--state-dir",
+        type=Path,
+        default=None,
         help="state directory (env SENTINEL_STATE_DIR; default from settings)",
     )
     common.add_argument(
-        "--config", type=Path, default=os.environ.get("SENTINEL_CONFIG") or None,
+        "--config",
+        type=Path,
+        default=os.environ.get("SENTINEL_CONFIG") or None,
         help="settings file layered over the defaults (env SENTINEL_CONFIG)",
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
@@ -53,21 +57,33 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
     tail.add_argument("-n", "--lines", type=int, default=20, help="how many past records (20)")
     tail.add_argument("--all", action="store_true", help="every past record")
-    tail.add_argument("--type", action="append", default=[], metavar="T",
-                      help="only these types; shell patterns such as 'trial.*' (repeatable)")
+    tail.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        metavar="T",
+        help="only these types; shell patterns such as 'trial.*' (repeatable)",
+    )
     tail.add_argument("--job", default=None, metavar="J", help="only records of job J")
 
     logp = sub.add_parser("log", help="check or repair the event log")
     logsub = logp.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     logsub.add_parser("verify", parents=[common], help="check every record; non-zero on damage")
-    rep = logsub.add_parser("repair", parents=[common],
-                            help="cut a torn tail after a backup (the daemon must be stopped)")
-    rep.add_argument("--truncate-corrupt", action="store_true",
-                     help="also cut from a corrupt record in the middle on (records after it "
-                          "are lost; they stay in the backup)")
+    rep = logsub.add_parser(
+        "repair",
+        parents=[common],
+        help="cut a torn tail after a backup (the daemon must be stopped)",
+    )
+    rep.add_argument(
+        "--truncate-corrupt",
+        action="store_true",
+        help="also cut from a corrupt record in the middle on (records after it "
+        "are lost; they stay in the backup)",
+    )
 
-    gen = sub.add_parser("gen-data", parents=[common],
-                         help="write a synthetic data set in the IEEE-CIS file layout")
+    gen = sub.add_parser(
+        "gen-data", parents=[common], help="write a synthetic data set in the IEEE-CIS file layout"
+    )
     gen.add_argument("--rows", type=int, required=True)
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("--seed", type=int, default=0)
@@ -87,7 +103,14 @@ def _print_json(obj: object) -> None:
 
 
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
-    from sentinel_daemon.logtools import Follower, RecordFilter, follow, human_line, last_records, raw_line
+    from sentinel_daemon.logtools import (
+        Follower,
+        RecordFilter,
+        follow,
+        human_line,
+        last_records,
+        raw_line,
+    )
 
     events_dir = settings.state_dir / "events"
     keep = RecordFilter(tuple(args.type), args.job)
@@ -128,8 +151,10 @@ def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
             _print_json(report.as_dict())
         else:
             for s in report.segments:
-                print(f"{s.name}  seq {s.first_seq}..{s.last_seq}  {s.records} records  "
-                      f"{s.bytes} bytes")
+                print(
+                    f"{s.name}  seq {s.first_seq}..{s.last_seq}  {s.records} records  "
+                    f"{s.bytes} bytes"
+                )
             print(f"snapshot: {report.snapshot}")
             if report.ok:
                 print(f"ok: {report.records} records, last seq {report.last_seq}")
@@ -144,8 +169,10 @@ def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
         print(f"nothing to repair: the log is intact up to seq {result.detail['last_seq']}")
     else:
         d = result.detail
-        print(f"cut {d['bytes_cut']} bytes from {d['segment']} at offset {d['offset']}; "
-              f"backup in {d['backup']}; the log now ends at seq {d['last_seq']}")
+        print(
+            f"cut {d['bytes_cut']} bytes from {d['segment']} at offset {d['offset']}; "
+            f"backup in {d['backup']}; the log now ends at seq {d['last_seq']}"
+        )
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ naming segment and line.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -206,8 +207,9 @@ class LogScan:
                     )
         if later_ts and (len(later_ts) > 1 or min(later_ts) < self.last_ts):
             raise LogCorrupt(
-                self.events_dir / seg, line, f"{why}; line {first_intact} is intact and was "
-                f"committed after this record"
+                self.events_dir / seg,
+                line,
+                f"{why}; line {first_intact} is intact and was committed after this record",
             )
         later = tuple(segs[i + 1 :])
         cut = len(data) - pos + sum((self.events_dir / s).stat().st_size for s in later)
@@ -246,7 +248,7 @@ def check_chain(events_dir: Path, segs: Sequence[str]) -> None:
     This is the cheap start-up check that catches a deleted or misplaced segment among
     those a snapshot lets us skip; ``sentinel log verify`` reads every record.
     """
-    for a, b in zip(segs, segs[1:], strict=False):
+    for a, b in itertools.pairwise(segs):
         try:
             last = _last_seq_of(events_dir / a)
         except BadRecord as exc:
@@ -344,8 +346,14 @@ class FileLog:
             if not (events_dir / segment).exists():
                 _create_segment(events_dir, segment)
         log = cls(
-            events_dir, segment, size, scan.last_seq,
-            segment_bytes=segment_bytes, clock=clock, sync=sync, write=write,
+            events_dir,
+            segment,
+            size,
+            scan.last_seq,
+            segment_bytes=segment_bytes,
+            clock=clock,
+            sync=sync,
+            write=write,
             last_ts=scan.last_ts,
         )
         return log, scan.torn, backup

@@ -191,9 +191,7 @@ def verify(state_dir: Path) -> VerifyReport:
     """Read and check every record (checksum, seq, event schema) and the snapshot."""
     events_dir = state_dir / EVENTS_DIR
     segs = list_segments(events_dir)
-    infos = {
-        s: SegmentInfo(s, None, None, 0, (events_dir / s).stat().st_size) for s in segs
-    }
+    infos = {s: SegmentInfo(s, None, None, 0, (events_dir / s).stat().st_size) for s in segs}
     scan = LogScan(events_dir)
     problem: dict[str, Any] | None = None
     count = 0
@@ -207,18 +205,29 @@ def verify(state_dir: Path) -> VerifyReport:
             decode(record.payload)
             count += 1
     except (LogCorrupt, LogGap) as exc:
-        problem = {"kind": "corrupt" if isinstance(exc, LogCorrupt) else "gap",
-                   "segment": str(exc.segment), "line": exc.line, "message": str(exc)}
+        problem = {
+            "kind": "corrupt" if isinstance(exc, LogCorrupt) else "gap",
+            "segment": str(exc.segment),
+            "line": exc.line,
+            "message": str(exc),
+        }
     except ValueError as exc:
         assert record is not None
         err = EventDecodeError(record.seq, str(record.payload.get("type")), str(exc))
-        problem = {"kind": "schema", "segment": str(events_dir / (scan.current or "")),
-                   "seq": record.seq, "message": str(err)}
+        problem = {
+            "kind": "schema",
+            "segment": str(events_dir / (scan.current or "")),
+            "seq": record.seq,
+            "message": str(err),
+        }
     if problem is None and scan.torn is not None:
         t = scan.torn
         problem = {
-            "kind": "torn", "segment": str(events_dir / t.segment), "line": t.line,
-            "offset": t.offset, "bytes": t.bytes_cut,
+            "kind": "torn",
+            "segment": str(events_dir / t.segment),
+            "line": t.line,
+            "offset": t.offset,
+            "bytes": t.bytes_cut,
             "message": (
                 f"torn tail at {events_dir / t.segment} line {t.line} (offset {t.offset}, "
                 f"{t.bytes_cut} bytes): {t.reason}. If the daemon is running this can be a "
@@ -226,8 +235,13 @@ def verify(state_dir: Path) -> VerifyReport:
                 f"`sentinel log repair`."
             ),
         }
-    return VerifyReport(list(infos.values()), count, scan.last_seq, problem,
-                        _snapshot_status(state_dir, scan.last_seq))
+    return VerifyReport(
+        list(infos.values()),
+        count,
+        scan.last_seq,
+        problem,
+        _snapshot_status(state_dir, scan.last_seq),
+    )
 
 
 def _snapshot_status(state_dir: Path, last_seq: int) -> dict[str, Any]:
@@ -238,8 +252,11 @@ def _snapshot_status(state_dir: Path, last_seq: int) -> dict[str, Any]:
     if snap is None:
         return {"status": "none"}
     if snap.seq > last_seq:
-        return {"status": "ahead of the log", "seq": snap.seq,
-                "reason": "the daemon will ignore it and replay the whole log"}
+        return {
+            "status": "ahead of the log",
+            "seq": snap.seq,
+            "reason": "the daemon will ignore it and replay the whole log",
+        }
     return {"status": "ok", "seq": snap.seq}
 
 
@@ -280,17 +297,32 @@ def repair(state_dir: Path, *, truncate_corrupt: bool = False) -> RepairResult:
             pass
         log_, _, _ = FileLog.open(events_dir, rescan, segment_bytes=64 << 20)
         try:
-            log_.append([encode(LogRepaired(
-                segment=torn.segment, offset=torn.offset, bytes_cut=torn.bytes_cut,
-                backup=f"{EVENTS_DIR}/{backup}", reason=f"sentinel log repair: {torn.reason}",
-            ))])
+            log_.append(
+                [
+                    encode(
+                        LogRepaired(
+                            segment=torn.segment,
+                            offset=torn.offset,
+                            bytes_cut=torn.bytes_cut,
+                            backup=f"{EVENTS_DIR}/{backup}",
+                            reason=f"sentinel log repair: {torn.reason}",
+                        )
+                    )
+                ]
+            )
         finally:
             log_.close()
-        return RepairResult("cut", {
-            "segment": torn.segment, "offset": torn.offset, "bytes_cut": torn.bytes_cut,
-            "later_segments_removed": list(torn.later_segments),
-            "backup": str(events_dir / backup), "last_seq": rescan.last_seq + 1,
-        })
+        return RepairResult(
+            "cut",
+            {
+                "segment": torn.segment,
+                "offset": torn.offset,
+                "bytes_cut": torn.bytes_cut,
+                "later_segments_removed": list(torn.later_segments),
+                "backup": str(events_dir / backup),
+                "last_seq": rescan.last_seq + 1,
+            },
+        )
     finally:
         lock.release()
 

@@ -52,7 +52,7 @@ def encode_line(seq: int, ts: str, payload: dict[str, Any]) -> bytes:
         if key in payload:
             raise ValueError(f"event field {key!r} clashes with the record envelope")
     head = orjson.dumps({"seq": seq, "ts": ts, **payload})[:-1]
-    return b"%s,\"crc\":\"%08x\"}\n" % (head, zlib.crc32(head))
+    return b'%s,"crc":"%08x"}\n' % (head, zlib.crc32(head))
 
 
 def decode_line(line: bytes) -> tuple[int, str, dict[str, Any]]:

@@ -121,15 +121,23 @@ class Store:
         if torn is not None:
             log.warning(
                 "event log torn tail cut",
-                segment=torn.segment, offset=torn.offset, bytes_cut=torn.bytes_cut,
-                backup=backup, reason=torn.reason,
+                segment=torn.segment,
+                offset=torn.offset,
+                bytes_cut=torn.bytes_cut,
+                backup=backup,
+                reason=torn.reason,
             )
-            store.append([
-                LogRepaired(
-                    segment=torn.segment, offset=torn.offset, bytes_cut=torn.bytes_cut,
-                    backup=f"{EVENTS_DIR}/{backup}", reason=torn.reason,
-                )
-            ])
+            store.append(
+                [
+                    LogRepaired(
+                        segment=torn.segment,
+                        offset=torn.offset,
+                        bytes_cut=torn.bytes_cut,
+                        backup=f"{EVENTS_DIR}/{backup}",
+                        reason=torn.reason,
+                    )
+                ]
+            )
         if replayed >= snapshot_every:
             store.snapshot()
         return store

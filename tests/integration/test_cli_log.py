@@ -20,21 +20,50 @@ SENTINEL = [sys.executable, "-m", "sentinel_daemon.cli"]
 
 
 def run(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SENTINEL, *args, "--state-dir", str(state_dir)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [*SENTINEL, *args, "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def fill(state_dir: Path, jobs: int = 2, trials: int = 3, segment_bytes: int = 1 << 20) -> None:
     store = Store.open(state_dir, segment_bytes=segment_bytes)
     for j in range(jobs):
-        store.append([JobSubmitted(job_id=f"j{j}", name="fraud", spec={}, file="f.yaml",
-                                   file_sha256="0" * 64)])
+        store.append(
+            [
+                JobSubmitted(
+                    job_id=f"j{j}", name="fraud", spec={}, file="f.yaml", file_sha256="0" * 64
+                )
+            ]
+        )
         for t in range(trials):
-            store.append([TrialStarted(job_id=f"j{j}", trial=t, model="lightgbm",
-                                       params={"num_leaves": 31}, attempt=1)])
-            store.append([TrialSaved(job_id=f"j{j}", trial=t, model="lightgbm", value=0.9,
-                                     metrics={"roc_auc": 0.9}, artifact="a", sha256="0" * 64,
-                                     duration_s=1.0)])
+            store.append(
+                [
+                    TrialStarted(
+                        job_id=f"j{j}",
+                        trial=t,
+                        model="lightgbm",
+                        params={"num_leaves": 31},
+                        attempt=1,
+                    )
+                ]
+            )
+            store.append(
+                [
+                    TrialSaved(
+                        job_id=f"j{j}",
+                        trial=t,
+                        model="lightgbm",
+                        value=0.9,
+                        metrics={"roc_auc": 0.9},
+                        artifact="a",
+                        sha256="0" * 64,
+                        duration_s=1.0,
+                    )
+                ]
+            )
     store.close()
 
 
@@ -47,15 +76,30 @@ def test_tail_prints_the_last_records_for_people_and_as_raw_json(state_dir: Path
     raw = run("tail", "--all", "--json", "--type", "trial.*", "--job", "j1", state_dir=state_dir)
     objs = [json.loads(line) for line in raw.stdout.splitlines()]
     assert len(objs) == 6
-    assert {o["job_id"] for o in objs} == {"j1"} and all(o["type"].startswith("trial.") for o in objs)
+    assert {o["job_id"] for o in objs} == {"j1"} and all(
+        o["type"].startswith("trial.") for o in objs
+    )
     assert all("seq" in o and "ts" in o for o in objs)
 
 
 def test_tail_follow_keeps_printing_across_segment_rotation(state_dir: Path) -> None:
     fill(state_dir, jobs=1, trials=1, segment_bytes=4096)
-    proc = subprocess.Popen([*SENTINEL, "tail", "-f", "--json", "-n", "1", "--type",
-                             "trial.saved", "--state-dir", str(state_dir)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *SENTINEL,
+            "tail",
+            "-f",
+            "--json",
+            "-n",
+            "1",
+            "--type",
+            "trial.saved",
+            "--state-dir",
+            str(state_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
@@ -71,11 +115,21 @@ def test_tail_follow_keeps_printing_across_segment_rotation(state_dir: Path) -> 
         store = Store.open(state_dir, segment_bytes=4096)
         segments_before = len(list((state_dir / "events").glob("*.jsonl")))
         for t in range(1, 40):
-            store.append([
-                TrialStarted(job_id="j0", trial=t, model="xgboost", params={}, attempt=1),
-                TrialSaved(job_id="j0", trial=t, model="xgboost", value=t / 100, metrics={},
-                           artifact="a", sha256="0" * 64, duration_s=1.0),
-            ])
+            store.append(
+                [
+                    TrialStarted(job_id="j0", trial=t, model="xgboost", params={}, attempt=1),
+                    TrialSaved(
+                        job_id="j0",
+                        trial=t,
+                        model="xgboost",
+                        value=t / 100,
+                        metrics={},
+                        artifact="a",
+                        sha256="0" * 64,
+                        duration_s=1.0,
+                    ),
+                ]
+            )
         store.close()
         assert len(list((state_dir / "events").glob("*.jsonl"))) > segments_before + 2
         seen: list[dict] = []
@@ -151,11 +205,16 @@ def test_repair_refuses_mid_log_corruption_unless_asked_to_truncate(state_dir: P
 def test_repair_refuses_while_another_process_holds_the_state_dir(state_dir: Path) -> None:
     fill(state_dir)
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys; from pathlib import Path; from sentinel_daemon.store import Store;"
-         "s = Store.open(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
-         str(state_dir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from sentinel_daemon.store import Store;"
+            "s = Store.open(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
+            str(state_dir),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -172,9 +231,13 @@ def test_repair_refuses_while_another_process_holds_the_state_dir(state_dir: Pat
 def test_bad_settings_exit_2_naming_the_key(state_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("eventlog:\n  snapshot_every: often\n")
-    result = subprocess.run([*SENTINEL, "tail", "--config", str(cfg), "--state-dir",
-                             str(state_dir)], capture_output=True, text=True, timeout=60,
-                            env={**os.environ})
+    result = subprocess.run(
+        [*SENTINEL, "tail", "--config", str(cfg), "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
     assert result.returncode == 2
     assert "eventlog.snapshot_every" in result.stderr and str(cfg) in result.stderr
 

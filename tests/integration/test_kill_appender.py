@@ -83,8 +83,9 @@ def test_every_acknowledged_record_survives_repeated_sigkill(tmp_path: Path) -> 
         torn_tails += scan.torn is not None
         _check_log(state_dir / "events", acked)
     # One last clean start cuts whatever tail the last kill left, then the log is whole.
-    proc = subprocess.Popen([sys.executable, str(CHILD), str(state_dir), "1"],
-                            stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), str(state_dir), "1"], stdout=subprocess.PIPE
+    )
     try:
         assert _read_acks(proc, 1, time.monotonic() + 30)[0] == 1
     finally:

@@ -10,8 +10,15 @@ from sentinel_daemon.records import Record
 
 
 def payload(i: int) -> dict[str, Any]:
-    return {"type": "trial.started", "v": 1, "job_id": "j1", "trial": i, "model": "xgboost",
-            "params": {"max_depth": i % 7}, "attempt": 1}
+    return {
+        "type": "trial.started",
+        "v": 1,
+        "job_id": "j1",
+        "trial": i,
+        "model": "xgboost",
+        "params": {"max_depth": i % 7},
+        "attempt": 1,
+    }
 
 
 def open_log(events_dir: Path, segment_bytes: int = 1 << 20) -> FileLog:

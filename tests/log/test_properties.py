@@ -7,7 +7,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,8 +29,7 @@ from sentinel_daemon.store import SNAPSHOT_NAME, Store
 
 from .logkit import open_log, payload, scan_all, segment_files, write_log
 
-SETTINGS = settings(max_examples=40, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @contextmanager
@@ -48,23 +46,54 @@ trials = st.integers(0, 6)
 models = st.sampled_from(["xgboost", "lightgbm"])
 
 events_strategy: st.SearchStrategy[Event] = st.one_of(
-    st.builds(JobSubmitted, job_id=jobs, name=st.just("fraud"), spec=st.just({"name": "fraud"}),
-              file=st.just("f.yaml"), file_sha256=st.just("0" * 64)),
+    st.builds(
+        JobSubmitted,
+        job_id=jobs,
+        name=st.just("fraud"),
+        spec=st.just({"name": "fraud"}),
+        file=st.just("f.yaml"),
+        file_sha256=st.just("0" * 64),
+    ),
     st.builds(StageStarted, job_id=jobs, stage=st.sampled_from(["prepare", "search"])),
-    st.builds(TrialStarted, job_id=jobs, trial=trials, model=models,
-              params=st.fixed_dictionaries({"max_depth": st.integers(2, 9)}),
-              attempt=st.integers(1, 3)),
-    st.builds(TrialSaved, job_id=jobs, trial=trials, model=models,
-              value=st.floats(0, 1), metrics=st.just({"roc_auc": 0.5}),
-              artifact=st.just("a"), sha256=st.just("b" * 64),
-              duration_s=st.floats(0, 100)),
+    st.builds(
+        TrialStarted,
+        job_id=jobs,
+        trial=trials,
+        model=models,
+        params=st.fixed_dictionaries({"max_depth": st.integers(2, 9)}),
+        attempt=st.integers(1, 3),
+    ),
+    st.builds(
+        TrialSaved,
+        job_id=jobs,
+        trial=trials,
+        model=models,
+        value=st.floats(0, 1),
+        metrics=st.just({"roc_auc": 0.5}),
+        artifact=st.just("a"),
+        sha256=st.just("b" * 64),
+        duration_s=st.floats(0, 100),
+    ),
     st.builds(TrialPruned, job_id=jobs, trial=trials, model=models, step=st.integers(0, 100)),
-    st.builds(TrialFailed, job_id=jobs, trial=trials, model=models, error=st.just("x"),
-              attempt=st.integers(1, 3), retry=st.booleans()),
-    st.builds(WorkerStarted, worker=st.sampled_from(["w0", "w1"]), pid=st.integers(1, 9),
-              gpu=st.none()),
-    st.builds(WorkerLost, worker=st.sampled_from(["w0", "w1"]), pid=st.integers(1, 9),
-              gpu=st.none(), reason=st.just("gone")),
+    st.builds(
+        TrialFailed,
+        job_id=jobs,
+        trial=trials,
+        model=models,
+        error=st.just("x"),
+        attempt=st.integers(1, 3),
+        retry=st.booleans(),
+    ),
+    st.builds(
+        WorkerStarted, worker=st.sampled_from(["w0", "w1"]), pid=st.integers(1, 9), gpu=st.none()
+    ),
+    st.builds(
+        WorkerLost,
+        worker=st.sampled_from(["w0", "w1"]),
+        pid=st.integers(1, 9),
+        gpu=st.none(),
+        reason=st.just("gone"),
+    ),
 )
 
 
@@ -112,8 +141,10 @@ def test_snapshot_plus_tail_equals_full_replay(events: list[Event], every: int) 
 
 
 @SETTINGS
-@given(batches=st.lists(st.integers(1, 25), min_size=1, max_size=25),
-       reopen=st.lists(st.booleans(), min_size=25, max_size=25))
+@given(
+    batches=st.lists(st.integers(1, 25), min_size=1, max_size=25),
+    reopen=st.lists(st.booleans(), min_size=25, max_size=25),
+)
 def test_seq_stays_contiguous_across_segments_and_restarts(
     batches: list[int], reopen: list[bool]
 ) -> None:
@@ -128,7 +159,7 @@ def test_seq_stays_contiguous_across_segments_and_restarts(
                 log.close()
                 log = open_log(events, segment_bytes=1024)
         log.close()
-        records, scan = scan_all(events)
+        records, _ = scan_all(events)
         assert [r.seq for r in records] == list(range(1, n + 1))
         assert [r.payload["trial"] for r in records] == list(range(n))
         for seg in segment_files(events):
@@ -206,5 +237,3 @@ def test_snapshot_of_any_prefix_then_reopen_matches(data: st.DataObject) -> None
         assert reopened.report.replayed == len(events) - cut
         assert reopened.state == fold(events)
         reopened.close(snapshot=False)
-
-

@@ -17,12 +17,23 @@ from .logkit import segment_files
 
 
 def job_events(n_trials: int) -> list:
-    events: list = [JobSubmitted(job_id="j1", name="fraud", spec={}, file="f.yaml",
-                                 file_sha256="0" * 64)]
+    events: list = [
+        JobSubmitted(job_id="j1", name="fraud", spec={}, file="f.yaml", file_sha256="0" * 64)
+    ]
     for t in range(n_trials):
         events.append(TrialStarted(job_id="j1", trial=t, model="xgboost", params={}, attempt=1))
-        events.append(TrialSaved(job_id="j1", trial=t, model="xgboost", value=t / 100,
-                                 metrics={}, artifact=f"a/{t}", sha256="0" * 64, duration_s=1))
+        events.append(
+            TrialSaved(
+                job_id="j1",
+                trial=t,
+                model="xgboost",
+                value=t / 100,
+                metrics={},
+                artifact=f"a/{t}",
+                sha256="0" * 64,
+                duration_s=1,
+            )
+        )
     return events
 
 

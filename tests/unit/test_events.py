@@ -18,11 +18,20 @@ from sentinel_daemon.events import (
 )
 
 SAMPLES: list[Any] = [
-    JobSubmitted(job_id="j1", name="fraud", spec={"name": "fraud"}, file="a.yaml",
-                 file_sha256="ab" * 32),
+    JobSubmitted(
+        job_id="j1", name="fraud", spec={"name": "fraud"}, file="a.yaml", file_sha256="ab" * 32
+    ),
     TrialStarted(job_id="j1", trial=0, model="lightgbm", params={"num_leaves": 31}, attempt=1),
-    TrialSaved(job_id="j1", trial=0, model="xgboost", value=0.93, metrics={"roc_auc": 0.93},
-               artifact="jobs/j1/trials/0/model.ubj", sha256="cd" * 32, duration_s=1.5),
+    TrialSaved(
+        job_id="j1",
+        trial=0,
+        model="xgboost",
+        value=0.93,
+        metrics={"roc_auc": 0.93},
+        artifact="jobs/j1/trials/0/model.ubj",
+        sha256="cd" * 32,
+        duration_s=1.5,
+    ),
 ]
 
 

@@ -33,16 +33,22 @@ def test_an_event_field_named_like_the_envelope_is_refused() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=10,
 )
 
 
 @given(
-    payload=st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("seq", "ts", "crc")),
-                            json_values, max_size=5),
+    payload=st.dictionaries(
+        st.text(max_size=8).filter(lambda k: k not in ("seq", "ts", "crc")), json_values, max_size=5
+    ),
     data=st.data(),
 )
 def test_any_single_bit_flip_in_a_record_is_detected(payload: dict, data: st.DataObject) -> None:
@@ -55,7 +61,9 @@ def test_any_single_bit_flip_in_a_record_is_detected(payload: dict, data: st.Dat
         decode_line(bytes(damaged))
 
 
-@pytest.mark.parametrize("junk", [b"", b"{}", b'{"seq":1}', b"\x00" * 64, b'{"a":1,"crc":"zzzzzzzz"}'])
+@pytest.mark.parametrize(
+    "junk", [b"", b"{}", b'{"seq":1}', b"\x00" * 64, b'{"a":1,"crc":"zzzzzzzz"}']
+)
 def test_junk_is_not_a_record(junk: bytes) -> None:
     with pytest.raises(BadRecord):
         decode_line(junk)

@@ -28,19 +28,28 @@ from sentinel_daemon.state import (
 
 
 def submitted(job: str = "j1") -> JobSubmitted:
-    return JobSubmitted(job_id=job, name="fraud", spec={"name": "fraud"}, file=f"{job}.yaml",
-                        file_sha256="0" * 64)
+    return JobSubmitted(
+        job_id=job, name="fraud", spec={"name": "fraud"}, file=f"{job}.yaml", file_sha256="0" * 64
+    )
 
 
 def started(trial: int, model: str = "xgboost", attempt: int = 1) -> TrialStarted:
-    return TrialStarted(job_id="j1", trial=trial, model=model, params={"max_depth": 4},
-                        attempt=attempt)
+    return TrialStarted(
+        job_id="j1", trial=trial, model=model, params={"max_depth": 4}, attempt=attempt
+    )
 
 
 def saved(trial: int, value: float, model: str = "xgboost") -> TrialSaved:
-    return TrialSaved(job_id="j1", trial=trial, model=model, value=value,
-                      metrics={"roc_auc": value}, artifact=f"jobs/j1/trials/{trial}/model.ubj",
-                      sha256="a" * 64, duration_s=2.0)
+    return TrialSaved(
+        job_id="j1",
+        trial=trial,
+        model=model,
+        value=value,
+        metrics={"roc_auc": value},
+        artifact=f"jobs/j1/trials/{trial}/model.ubj",
+        sha256="a" * 64,
+        duration_s=2.0,
+    )
 
 
 def test_a_trial_goes_from_started_to_saved_with_its_artifact() -> None:
@@ -53,28 +62,40 @@ def test_a_trial_goes_from_started_to_saved_with_its_artifact() -> None:
 
 def test_a_failed_attempt_with_retry_is_not_an_ended_trial_until_the_last_attempt() -> None:
     events: list[Event] = [
-        submitted(), started(0),
+        submitted(),
+        started(0),
         TrialFailed(job_id="j1", trial=0, model="xgboost", error="boom", attempt=1, retry=True),
     ]
     state = fold(events)
     job = state.jobs["j1"]
     assert job.trials[0].status is TrialStatus.RETRYING
     assert job.ended_trials(ModelKind.XGBOOST) == 0
-    fold([started(0, attempt=2),
-          TrialFailed(job_id="j1", trial=0, model="xgboost", error="boom", attempt=2,
-                      retry=False)], state)
+    fold(
+        [
+            started(0, attempt=2),
+            TrialFailed(
+                job_id="j1", trial=0, model="xgboost", error="boom", attempt=2, retry=False
+            ),
+        ],
+        state,
+    )
     assert job.trials[0].status is TrialStatus.FAILED and job.trials[0].attempt == 2
     assert job.ended_trials(ModelKind.XGBOOST) == 1
 
 
 def test_ended_trials_count_saved_pruned_and_finally_failed_per_model() -> None:
-    state = fold([
-        submitted(),
-        started(0), saved(0, 0.8),
-        started(1), TrialPruned(job_id="j1", trial=1, model="xgboost", step=20, value=0.6),
-        started(2, "lightgbm"), saved(2, 0.85, "lightgbm"),
-        started(3),
-    ])
+    state = fold(
+        [
+            submitted(),
+            started(0),
+            saved(0, 0.8),
+            started(1),
+            TrialPruned(job_id="j1", trial=1, model="xgboost", step=20, value=0.6),
+            started(2, "lightgbm"),
+            saved(2, 0.85, "lightgbm"),
+            started(3),
+        ]
+    )
     job = state.jobs["j1"]
     assert job.ended_trials(ModelKind.XGBOOST) == 2
     assert job.ended_trials(ModelKind.LIGHTGBM) == 1
@@ -83,12 +104,19 @@ def test_ended_trials_count_saved_pruned_and_finally_failed_per_model() -> None:
 
 
 def test_stages_promotion_and_completion_are_recorded() -> None:
-    state = fold([
-        submitted(), StageStarted(job_id="j1", stage="search"), started(0), saved(0, 0.9),
-        StageCompleted(job_id="j1", stage="search", outputs={"best": 0}),
-        ModelPromoted(job_id="j1", trial=0, model="xgboost", artifact="a", sha256="b", value=0.9),
-        JobCompleted(job_id="j1", best_trial=0, best_value=0.9, promoted=True),
-    ])
+    state = fold(
+        [
+            submitted(),
+            StageStarted(job_id="j1", stage="search"),
+            started(0),
+            saved(0, 0.9),
+            StageCompleted(job_id="j1", stage="search", outputs={"best": 0}),
+            ModelPromoted(
+                job_id="j1", trial=0, model="xgboost", artifact="a", sha256="b", value=0.9
+            ),
+            JobCompleted(job_id="j1", best_trial=0, best_value=0.9, promoted=True),
+        ]
+    )
     job = state.jobs["j1"]
     assert job.stages["search"].status is StageStatus.COMPLETED
     assert job.stages["search"].outputs == {"best": 0}
@@ -97,11 +125,13 @@ def test_stages_promotion_and_completion_are_recorded() -> None:
 
 
 def test_workers_are_tracked_until_lost() -> None:
-    state = fold([
-        DaemonStarted(pid=10, version="0.1"),
-        WorkerStarted(worker="w0", pid=11, gpu=None),
-        WorkerLost(worker="w0", pid=11, gpu=None, reason="no heartbeat", signal=9),
-    ])
+    state = fold(
+        [
+            DaemonStarted(pid=10, version="0.1"),
+            WorkerStarted(worker="w0", pid=11, gpu=None),
+            WorkerLost(worker="w0", pid=11, gpu=None, reason="no heartbeat", signal=9),
+        ]
+    )
     assert state.daemon_pid == 10
     assert state.workers["w0"].status is WorkerStatus.LOST
     assert state.workers["w0"].signal == 9
@@ -123,6 +153,8 @@ def test_apply_is_deterministic_and_touches_only_the_state_it_is_given() -> None
 
 
 def test_state_survives_a_json_round_trip_for_snapshots() -> None:
-    state = fold([submitted(), started(0), saved(0, 0.7), StageStarted(job_id="j1", stage="prepare")])
+    state = fold(
+        [submitted(), started(0), saved(0, 0.7), StageStarted(job_id="j1", stage="prepare")]
+    )
     again = State.model_validate_json(state.model_dump_json())
     assert again == state
