@@ -112,33 +112,36 @@ class LogScan:
                 if offset:
                     fh.seek(offset)
                 data = fh.read()
-            line_no = 0
-            if offset:
-                with open(path, "rb") as fh:
-                    line_no = fh.read(offset).count(b"\n")
+            line_no = 0  # counted from ``offset``; made absolute only for an error message
             if offset == 0 and data and int(seg[:20]) != expect:
                 self.last_seq = expect - 1
                 raise LogGap(path, 1, expect, int(seg[:20]))
             pos = 0
             n = len(data)
-            while pos < n:
-                nl = data.find(b"\n", pos)
+            lines = data.split(b"\n")
+            partial = lines.pop()  # bytes after the last newline: a write cut short
+            for line in lines:
                 line_no += 1
                 try:
-                    if nl < 0:
-                        raise BadRecord("no newline at the end: a write cut short")
-                    seq, ts, payload = decode_line(data[pos:nl])
+                    seq, ts, payload = decode_line(line)
                 except BadRecord as exc:
                     self.last_seq = expect - 1
+                    line_no += _lines_before(path, offset)
                     self._bad_record(segs, i, data, pos, offset, line_no, str(exc))
                     return
                 if seq != expect:
                     self.last_seq = expect - 1
-                    raise LogGap(path, line_no, expect, seq)
+                    raise LogGap(path, line_no + _lines_before(path, offset), expect, seq)
                 expect = seq + 1
-                pos = nl + 1
+                pos += len(line) + 1
                 self.last_ts = ts
                 yield Record(seq, ts, payload)
+            if partial:
+                self.last_seq = expect - 1
+                why = "no newline at the end: a write cut short"
+                line_no += 1 + _lines_before(path, offset)
+                self._bad_record(segs, i, data, pos, offset, line_no, why)
+                return
             self.last_seq = expect - 1
             self.end = Position(seg, offset + n)
             offset = 0
@@ -216,6 +219,18 @@ class LogScan:
         reason = why if not later_ts else f"{why} (inside the last batch, lines after it cut too)"
         self.torn = TornTail(seg, base + pos, line, cut, later, reason)
         self.end = Position(seg, base + pos)
+
+
+def _lines_before(path: Path, offset: int) -> int:
+    """How many lines precede ``offset`` (for error messages after a snapshot's start)."""
+    count = 0
+    if offset <= 0:
+        return 0
+    with open(path, "rb") as fh:
+        while offset > 0 and (chunk := fh.read(min(offset, 1 << 22))):
+            count += chunk.count(b"\n")
+            offset -= len(chunk)
+    return count
 
 
 def _intact_ts(line: bytes) -> str | None:

@@ -343,11 +343,14 @@ def upcast(
     return payload
 
 
+_validate = EVENT_ADAPTER.validate_python
+
+
 def decode(payload: dict[str, Any]) -> Event:
     """Validate a payload (without envelope) into its event, upcasting older versions."""
-    if payload.get("v") != CURRENT_VERSION.get(payload.get("type", ""), -1):
+    if payload.get("v") != CURRENT_VERSION.get(payload.get("type"), -1):  # type: ignore[arg-type]
         payload = upcast(payload)
-    return EVENT_ADAPTER.validate_python(payload)
+    return _validate(payload)
 
 
 def encode(event: Event) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import orjson
 
 from sentinel_daemon.fsutil import atomic_write_bytes
 from sentinel_daemon.records import Position
-from sentinel_daemon.state import STATE_VERSION, State
+from sentinel_daemon.state import STATE_VERSION, State, state_as_dict, state_from_data
 
 SNAPSHOT_FORMAT = 1
 
@@ -46,7 +46,7 @@ def write_snapshot(path: Path, state: State, position: Position) -> None:
             "seq": state.last_seq,
             "segment": position.segment,
             "offset": position.offset,
-            "state": state.model_dump(mode="json"),
+            "state": state_as_dict(state),
         }
     )[:-1]
     atomic_write_bytes(path, b'%s,"crc":"%08x"}\n' % (head, zlib.crc32(head)))
@@ -76,7 +76,7 @@ def load_snapshot(path: Path) -> Snapshot | None:
             path, f"state version {raw_state.get('version')!r}, expected {STATE_VERSION}"
         )
     try:
-        state = State.model_validate(raw_state)
+        state = state_from_data(raw_state)
         seq = int(obj["seq"])
         position = Position(str(obj["segment"]), int(obj["offset"]))
     except (ValueError, KeyError, TypeError) as exc:

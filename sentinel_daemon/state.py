@@ -6,16 +6,19 @@ give the same state, which is what makes replay after a crash trustworthy. Like 
 that replaying a million events costs a million small updates rather than a million
 copies; callers that need the value before an event copy it first (:meth:`State.copy`).
 
-The state is a pydantic model so that snapshots are plain JSON (``model_dump_json``) and
-load back through validation.
+The state is made of slotted dataclasses, cheap to update during replay; snapshots turn
+it into JSON and back through a pydantic ``TypeAdapter``, so a snapshot is validated when
+it loads (:func:`state_to_json`, :func:`state_from_json`).
 """
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, assert_never
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import TypeAdapter
 
 from sentinel_daemon.events import (
     DaemonStarted,
@@ -78,18 +81,15 @@ class WorkerStatus(StrEnum):
     LOST = "lost"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TrialState(_Model):
+@dataclass(slots=True)
+class TrialState:
     number: int
     model: ModelKind
     params: Params
     attempt: int
     status: TrialStatus = TrialStatus.RUNNING
     value: float | None = None
-    metrics: Metrics = Field(default_factory=dict)
+    metrics: Metrics = field(default_factory=dict)
     artifact: str | None = None
     sha256: str | None = None
     duration_s: float | None = None
@@ -97,12 +97,14 @@ class TrialState(_Model):
     pruned_step: int | None = None
 
 
-class StageState(_Model):
+@dataclass(slots=True)
+class StageState:
     status: StageStatus = StageStatus.RUNNING
-    outputs: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
 
 
-class Promotion(_Model):
+@dataclass(slots=True)
+class Promotion:
     trial: int
     model: ModelKind
     artifact: str
@@ -110,7 +112,8 @@ class Promotion(_Model):
     value: float
 
 
-class JobState(_Model):
+@dataclass(slots=True)
+class JobState:
     job_id: str
     name: str
     spec: dict[str, Any]
@@ -118,8 +121,8 @@ class JobState(_Model):
     file_sha256: str
     submitted_seq: int
     status: JobStatus = JobStatus.RUNNING
-    stages: dict[Stage, StageState] = Field(default_factory=dict)
-    trials: dict[int, TrialState] = Field(default_factory=dict)
+    stages: dict[Stage, StageState] = field(default_factory=dict)
+    trials: dict[int, TrialState] = field(default_factory=dict)
     promoted: Promotion | None = None
     best_trial: int | None = None
     best_value: float | None = None
@@ -141,7 +144,8 @@ class JobState(_Model):
         return best
 
 
-class WorkerState(_Model):
+@dataclass(slots=True)
+class WorkerState:
     worker: str
     pid: int
     gpu: int | None
@@ -151,13 +155,14 @@ class WorkerState(_Model):
     reason: str = ""
 
 
-class State(_Model):
+@dataclass(slots=True)
+class State:
     """Everything the daemon knows, as of the event with seq ``last_seq``."""
 
     version: int = STATE_VERSION
     last_seq: int = 0
-    jobs: dict[str, JobState] = Field(default_factory=dict)
-    workers: dict[str, WorkerState] = Field(default_factory=dict)
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    workers: dict[str, WorkerState] = field(default_factory=dict)
     rejected: int = 0
     daemon_pid: int | None = None
     daemon_starts: int = 0
@@ -168,15 +173,64 @@ class State(_Model):
 
     def copy_state(self) -> State:
         """A deep copy, for callers that must keep the value from before an :func:`apply`."""
-        return self.model_copy(deep=True)
+        return copy.deepcopy(self)
 
     def running_jobs(self) -> list[JobState]:
         return [j for j in self.jobs.values() if j.status is JobStatus.RUNNING]
 
 
+_STATE_ADAPTER: TypeAdapter[State] = TypeAdapter(State)
+
+
+def state_to_json(state: State) -> bytes:
+    """The state as JSON bytes (for snapshots)."""
+    return _STATE_ADAPTER.dump_json(state)
+
+
+def state_as_dict(state: State) -> dict[str, Any]:
+    """The state as JSON-ready data (for snapshots, tests and ``status``)."""
+    data: dict[str, Any] = _STATE_ADAPTER.dump_python(state, mode="json")
+    return data
+
+
+def state_from_data(data: object) -> State:
+    """Validate data shaped like :func:`state_as_dict` back into a state.
+
+    Raises ``pydantic.ValidationError`` (a ``ValueError``) when it does not fit.
+    """
+    return _STATE_ADAPTER.validate_python(data)
+
+
 def apply(state: State, event: Event) -> State:
     """Fold one event into ``state`` (in place) and return it."""
+    # The hot cases (trial events) come first: a match tries its cases in order.
     match event:
+        case TrialStarted():
+            if (job := _job(state, event.job_id)) is not None:
+                job.trials[event.trial] = TrialState(
+                    number=event.trial,
+                    model=event.model,
+                    params=event.params,
+                    attempt=event.attempt,
+                )
+        case TrialSaved():
+            if (trial := _trial(state, event.job_id, event.trial)) is not None:
+                trial.status = TrialStatus.SAVED
+                trial.value = event.value
+                trial.metrics = event.metrics
+                trial.artifact = event.artifact
+                trial.sha256 = event.sha256
+                trial.duration_s = event.duration_s
+        case TrialPruned():
+            if (trial := _trial(state, event.job_id, event.trial)) is not None:
+                trial.status = TrialStatus.PRUNED
+                trial.pruned_step = event.step
+                trial.value = event.value
+        case TrialFailed():
+            if (trial := _trial(state, event.job_id, event.trial)) is not None:
+                trial.status = TrialStatus.RETRYING if event.retry else TrialStatus.FAILED
+                trial.error = event.error
+                trial.attempt = event.attempt
         case DaemonStarted():
             state.daemon_pid = event.pid
             state.daemon_starts += 1
@@ -215,32 +269,6 @@ def apply(state: State, event: Event) -> State:
                     JobStatus.FAILED if isinstance(event, JobFailed) else JobStatus.CANCELLED
                 )
                 job.reason = event.reason
-        case TrialStarted():
-            if (job := _job(state, event.job_id)) is not None:
-                job.trials[event.trial] = TrialState(
-                    number=event.trial,
-                    model=event.model,
-                    params=event.params,
-                    attempt=event.attempt,
-                )
-        case TrialSaved():
-            if (trial := _trial(state, event.job_id, event.trial)) is not None:
-                trial.status = TrialStatus.SAVED
-                trial.value = event.value
-                trial.metrics = event.metrics
-                trial.artifact = event.artifact
-                trial.sha256 = event.sha256
-                trial.duration_s = event.duration_s
-        case TrialPruned():
-            if (trial := _trial(state, event.job_id, event.trial)) is not None:
-                trial.status = TrialStatus.PRUNED
-                trial.pruned_step = event.step
-                trial.value = event.value
-        case TrialFailed():
-            if (trial := _trial(state, event.job_id, event.trial)) is not None:
-                trial.status = TrialStatus.RETRYING if event.retry else TrialStatus.FAILED
-                trial.error = event.error
-                trial.attempt = event.attempt
         case ModelPromoted():
             if (job := _job(state, event.job_id)) is not None:
                 job.promoted = Promotion(
@@ -309,4 +337,7 @@ __all__ = [
     "WorkerStatus",
     "apply",
     "fold",
+    "state_as_dict",
+    "state_from_data",
+    "state_to_json",
 ]
