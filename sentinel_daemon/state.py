@@ -4,7 +4,7 @@
 give the same state, which is what makes replay after a crash trustworthy. Like the
 ``mutate`` of eventsourcing's aggregates it updates ``state`` in place and returns it, so
 that replaying a million events costs a million small updates rather than a million
-copies; callers that need the value before an event copy it first (:meth:`State.copy`).
+copies; callers that need the value before an event copy it first (:meth:`State.copy_state`).
 
 The state is made of slotted dataclasses, cheap to update during replay; snapshots turn
 it into JSON and back through a pydantic ``TypeAdapter``, so a snapshot is validated when
@@ -133,7 +133,7 @@ class JobState:
         return sum(1 for t in self.trials.values() if t.model == model and t.status.ended)
 
     def best_saved(self, model: ModelKind | None = None) -> TrialState | None:
-        """The saved trial with the highest value (lowest number on ties)."""
+        """The saved trial with the highest value (the earliest started on ties)."""
         best: TrialState | None = None
         for t in self.trials.values():
             if t.status is not TrialStatus.SAVED or (model is not None and t.model != model):
