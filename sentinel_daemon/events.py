@@ -16,7 +16,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NewType, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 JobId = NewType("JobId", str)
 TrialNumber = NewType("TrialNumber", int)
@@ -232,6 +232,12 @@ class WorkerExited(_Event):
     gpu: int | None
     exit_code: int | None = None
     signal: int | None = None
+
+    @model_validator(mode="after")
+    def _exit_code_or_signal(self) -> WorkerExited:
+        if (self.exit_code is None) == (self.signal is None):
+            raise ValueError("worker.exited needs exactly one of exit_code and signal")
+        return self
 
 
 class WorkerLost(_Event):

@@ -93,3 +93,14 @@ def test_a_missing_upcaster_is_an_error_not_a_silent_pass() -> None:
 def test_an_unknown_type_is_refused() -> None:
     with pytest.raises(UnknownEventVersion, match="unknown event type"):
         decode({"type": "job.exploded", "v": 1})
+
+
+def test_a_worker_exit_carries_exactly_one_of_exit_code_and_signal() -> None:
+    from sentinel_daemon.events import WorkerExited
+
+    WorkerExited(worker="w0", pid=3, gpu=None, exit_code=0)
+    WorkerExited(worker="w0", pid=3, gpu=None, signal=9)
+    with pytest.raises(pydantic.ValidationError, match="exactly one"):
+        WorkerExited(worker="w0", pid=3, gpu=None)
+    with pytest.raises(pydantic.ValidationError, match="exactly one"):
+        WorkerExited(worker="w0", pid=3, gpu=None, exit_code=1, signal=9)
