@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m sentinel_daemon.demo --dir $(DEMO)
+	$(BIN)/python scripts/demo.py --dir $(DEMO)
 
-test: $(STAMP)
+test: lint
 	$(PYTEST) -m "not slow" -q
 
 test-slow: $(STAMP)
@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/training.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check sentinel_daemon tests bench
+	$(BIN)/ruff check sentinel_daemon tests bench scripts events/golden
 	$(BIN)/mypy sentinel_daemon
 
 clean:

@@ -1,0 +1,726 @@
+"""Benchmark Sentinel's event log: durable appends, group commit, replay, snapshot start-up.
+
+Run ``python bench/eventlog.py`` (a few minutes) or ``--quick`` (tiny sizes, a smoke test
+whose figures mean nothing). Work files go to a temporary folder on the repository's own
+filesystem (``/tmp`` when it is the same filesystem, else ``.bench-tmp/`` in the
+repository, or under ``--dir``); it is removed at the end.
+
+It prints one table; each row is one figure against its baseline or target:
+
+1. ``durable appends, 1 record/fsync``: :meth:`FileLog.append` of one realistic
+   ``trial.saved`` record per call, against a bare ``os.write`` + ``os.fdatasync`` loop of
+   lines of the same size on the same disk. Target: >= 0.80x the bare rate. The two are
+   measured in alternating rounds (the disk is shared and noisy); the figures are medians.
+2. ``group commit of 10 / 100``: records/s when each append carries 10 or 100 records
+   (one write, one fdatasync), measured in the same rounds. Target: >= 10x / >= 50x the
+   single-record rate above. A note gives the bare loop's rate for the same batches, i.e.
+   what the disk itself allows, so a miss can be put on the disk or on FileLog.
+3. ``replay``: a 1,000,000-record log (``job.submitted``, then ``trial.started`` /
+   ``trial.saved`` pairs of a few jobs, 64 MiB segments), read from a warm page cache.
+   ``scan only`` is :class:`LogScan` (read, checksum, JSON decode); ``full fold`` is
+   :func:`store.replay` (scan + pydantic decode + ``state.apply``), which is what start-up
+   without a snapshot does. Target: >= 300,000 records/s. Only the full fold counts; the
+   scan row is marked ``*`` and shows how much of the budget the scan alone takes.
+4. ``start-up with snapshot``: :meth:`Store.open` (lock, load the snapshot, check the
+   segment chain, replay the tail, open the log) of logs of 10k, 100k and 1M records plus
+   a 100-record tail not covered by the snapshot. Target: < 1 s each, whatever the length.
+
+``ratio`` is measured / baseline (rows 1-2) or measured / target (rows 3-4); ``need``
+says which way it must go. Notes under the table give spreads, sizes and breakdowns.
+Figures are reported, never asserted: the exit code is 0 unless the benchmark crashes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import random
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pydantic
+
+from sentinel_daemon.eventlog import FileLog, LogScan, segment_name
+from sentinel_daemon.events import (
+    Event,
+    JobSubmitted,
+    ModelKind,
+    TrialSaved,
+    TrialStarted,
+    decode,
+    encode,
+)
+from sentinel_daemon.fsutil import fsync_dir
+from sentinel_daemon.records import encode_line, format_ts
+from sentinel_daemon.snapshot import load_snapshot
+from sentinel_daemon.state import State
+from sentinel_daemon.store import EVENTS_DIR, SNAPSHOT_NAME, Store, replay
+
+REPO = Path(__file__).resolve().parent.parent
+SEGMENT_BYTES = 64 << 20
+JOBS = 4
+TAIL = 100
+MIN_BARE_RATIO = 0.8
+MIN_GROUP_GAIN = {10: 10.0, 100: 50.0}
+MIN_REPLAY_RATE = 300_000.0
+MAX_STARTUP_S = 1.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each part does; ``--quick`` shrinks everything."""
+
+    rounds: int
+    single_appends: int  # per round, for the bare loop and for FileLog alike
+    group_appends: dict[int, int]  # batch size -> appends per round
+    replay_records: int
+    scan_repeats: int
+    replay_repeats: int
+    startup_records: tuple[int, ...]
+    startup_repeats: int
+
+
+FULL = Sizes(
+    rounds=15,
+    single_appends=400,
+    group_appends={10: 150, 100: 30},
+    replay_records=1_000_000,
+    scan_repeats=3,
+    replay_repeats=1,
+    startup_records=(10_000, 100_000, 1_000_000),
+    startup_repeats=3,
+)
+QUICK = Sizes(
+    rounds=3,
+    single_appends=50,
+    group_appends={10: 20, 100: 5},
+    replay_records=2_000,
+    scan_repeats=2,
+    replay_repeats=1,
+    startup_records=(500, 1_000, 2_000),
+    startup_repeats=2,
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table; ``passed`` is None for a figure that counts towards nothing."""
+
+    what: str
+    measured: str
+    need: str
+    ratio: str
+    passed: bool | None
+
+    @property
+    def result(self) -> str:
+        if self.passed is None:
+            return "info"
+        return "PASS" if self.passed else "FAIL"
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def progress(message: str) -> None:
+    """Tell the operator what is running (stderr, so the table on stdout stays clean)."""
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def rate(n: float) -> str:
+    return f"{n:,.0f}/s"
+
+
+# ---- workload ---------------------------------------------------------------------------
+
+
+class Workload:
+    """Realistic payloads, exactly as :func:`events.encode` writes them.
+
+    Record ``i`` (from 0) is ``job.submitted`` for the first :data:`JOBS` records, then
+    ``trial.started`` / ``trial.saved`` pairs with trials dealt round-robin over the jobs,
+    so any range of indices can be generated without the ones before it.
+    """
+
+    def __init__(self, seed: int = 7) -> None:
+        self._rng = random.Random(seed)
+        self.job_ids = [f"fraud-2025-01-{chr(ord('a') + j)}" for j in range(JOBS)]
+        self._models = [(ModelKind.XGBOOST, ModelKind.LIGHTGBM)[j % 2] for j in range(JOBS)]
+        self._started = encode(
+            TrialStarted(
+                job_id=self.job_ids[0],
+                trial=0,
+                model=ModelKind.XGBOOST,
+                attempt=1,
+                params={
+                    "max_depth": 7,
+                    "eta": 0.05,
+                    "subsample": 0.8,
+                    "colsample_bytree": 0.7,
+                    "min_child_weight": 3.0,
+                },
+            )
+        )
+        self._saved = encode(
+            TrialSaved(
+                job_id=self.job_ids[0],
+                trial=0,
+                model=ModelKind.XGBOOST,
+                value=0.93,
+                metrics={"auc": 0.93, "logloss": 0.18},
+                artifact="models/x/t000000.ubj",
+                sha256="0" * 64,
+                duration_s=31.4,
+            )
+        )
+
+    def submitted(self, j: int) -> dict[str, Any]:
+        spec = {
+            "models": ["xgboost", "lightgbm"],
+            "trials": 500,
+            "metric": "auc",
+            "data": f"data/ieee-{j}.parquet",
+            "target": "isFraud",
+            "timeout_s": 86400,
+        }
+        return encode(
+            JobSubmitted(
+                job_id=self.job_ids[j],
+                name=f"fraud weekly {j}",
+                spec=spec,
+                file=f"{self.job_ids[j]}.yaml",
+                file_sha256=f"{j:064x}",
+            )
+        )
+
+    def payload(self, i: int) -> dict[str, Any]:
+        if i < JOBS:
+            return self.submitted(i)
+        k = i - JOBS
+        g = k // 2
+        j = g % JOBS
+        job_id, trial, model = self.job_ids[j], g // JOBS, self._models[j]
+        r = self._rng
+        if k % 2 == 0:
+            params = {
+                "max_depth": r.randint(3, 12),
+                "eta": r.uniform(0.01, 0.3),
+                "subsample": r.uniform(0.5, 1.0),
+                "colsample_bytree": r.uniform(0.5, 1.0),
+                "min_child_weight": r.uniform(1.0, 10.0),
+            }
+            return {
+                **self._started,
+                "job_id": job_id,
+                "trial": trial,
+                "model": model.value,
+                "params": params,
+            }
+        value = r.uniform(0.85, 0.97)
+        return {
+            **self._saved,
+            "job_id": job_id,
+            "trial": trial,
+            "model": model.value,
+            "value": value,
+            "metrics": {"auc": value, "logloss": r.uniform(0.1, 0.3)},
+            "artifact": f"models/{job_id}/t{trial:06d}.ubj",
+            "sha256": r.randbytes(32).hex(),
+            "duration_s": round(r.uniform(5, 90), 3),
+        }
+
+    def payloads(self, start: int, count: int) -> Iterator[dict[str, Any]]:
+        for i in range(start, start + count):
+            yield self.payload(i)
+
+    def saved_payloads(self, count: int) -> list[dict[str, Any]]:
+        """``count`` distinct ``trial.saved`` payloads (for the append benchmarks)."""
+        return [self.payload(JOBS + 2 * g + 1) for g in range(count)]
+
+    def check(self) -> None:
+        """Prove the hand-built payloads are what the real encoder writes."""
+        for i in range(JOBS + 4):
+            p = self.payload(i)
+            assert encode(decode(p)) == p, p
+
+
+def build_log(events_dir: Path, workload: Workload, count: int) -> None:
+    """Write ``count`` records straight into segment files, as FileLog would lay them out.
+
+    Like :meth:`FileLog.append` it starts a new segment once the current one has reached
+    :data:`SEGMENT_BYTES`; a timestamp is shared by each 100 records (a group commit).
+    """
+    events_dir.mkdir(parents=True, exist_ok=True)
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    ts = format_ts(base)
+    first, lines, size = 1, list[bytes](), 0
+    for seq, payload in enumerate(workload.payloads(0, count), start=1):
+        if seq % 100 == 1:
+            ts = format_ts(base + timedelta(milliseconds=10 * seq))
+        if size >= SEGMENT_BYTES:
+            _write_segment(events_dir / segment_name(first), lines)
+            first, lines, size = seq, [], 0
+        line = encode_line(seq, ts, payload)
+        lines.append(line)
+        size += len(line)
+    if lines:
+        _write_segment(events_dir / segment_name(first), lines)
+    fsync_dir(events_dir)
+
+
+def _write_segment(path: Path, lines: list[bytes]) -> None:
+    with open(path, "xb") as fh:
+        fh.write(b"".join(lines))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def log_bytes(events_dir: Path) -> int:
+    return sum(p.stat().st_size for p in events_dir.glob("*.jsonl"))
+
+
+# ---- 1-2: appends -----------------------------------------------------------------------
+
+
+def open_file_log(events_dir: Path) -> FileLog:
+    scan = LogScan(events_dir)
+    for _ in scan:
+        pass
+    log, _, _ = FileLog.open(events_dir, scan, segment_bytes=SEGMENT_BYTES)
+    return log
+
+
+def timed(action: Callable[[], int]) -> float:
+    """Run ``action`` (which returns how many records it wrote); records per second."""
+    t0 = time.perf_counter()
+    n = action()
+    return n / (time.perf_counter() - t0)
+
+
+def bench_appends(root: Path, sizes: Sizes, workload: Workload, report: Report) -> None:
+    """Rows 1 and 2: bare write+fdatasync vs FileLog.append of 1, 10 and 100 records."""
+    per_round = sizes.single_appends
+    payloads = workload.saved_payloads(per_round * (sizes.rounds + 1))
+    ts = format_ts(datetime.now(UTC))
+    # Same bytes FileLog writes (seq numbers of the same width), encoded ahead of time.
+    bare_lines = [encode_line(i + 1, ts, p) for i, p in enumerate(payloads)]
+    line_len = statistics.median(len(line) for line in bare_lines)
+    batch_sizes = sorted(sizes.group_appends)
+    groups = {
+        b: [payloads[i : i + b] for i in range(0, len(payloads) - b + 1, b)] for b in batch_sizes
+    }
+    blocks = {
+        b: [b"".join(bare_lines[i : i + b]) for i in range(0, len(g) * b, b)]
+        for b, g in groups.items()
+    }
+
+    bare_fd = os.open(root / "bare.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    logs = {b: open_file_log(root / f"events-{b}") for b in [1, *batch_sizes]}
+    cursor = dict.fromkeys(["bare", "1", *map(str, batch_sizes)], 0)
+    block_cursor = dict.fromkeys(batch_sizes, 0)
+
+    def run_bare(count: int) -> int:
+        start = cursor["bare"]
+        for line in bare_lines[start : start + count]:
+            os.write(bare_fd, line)
+            os.fdatasync(bare_fd)
+        cursor["bare"] = start + count
+        return count
+
+    def run_bare_group(batch: int, count: int) -> int:
+        """What the disk allows: the same bytes as ``run_group``, one write + fdatasync."""
+        start, pool = block_cursor[batch], blocks[batch]
+        for k in range(count):
+            os.write(bare_fd, pool[(start + k) % len(pool)])
+            os.fdatasync(bare_fd)
+        block_cursor[batch] = (start + count) % len(pool)
+        return count * batch
+
+    def run_single(count: int) -> int:
+        log, start = logs[1], cursor["1"]
+        for p in payloads[start : start + count]:
+            log.append([p])
+        cursor["1"] = start + count
+        return count
+
+    def run_group(batch: int, count: int) -> int:
+        log, start, pool = logs[batch], cursor[str(batch)], groups[batch]
+        chunk = [pool[(start + k) % len(pool)] for k in range(count)]
+        for group in chunk:
+            log.append(group)
+        cursor[str(batch)] = (start + count) % len(pool)
+        return sum(len(g) for g in chunk)
+
+    kinds: list[tuple[str, Callable[[int], int], int]] = [
+        ("bare", run_bare, per_round),
+        ("1", run_single, per_round),
+        *[(str(b), partial(run_group, b), sizes.group_appends[b]) for b in batch_sizes],
+        *[(f"bare{b}", partial(run_bare_group, b), sizes.group_appends[b]) for b in batch_sizes],
+    ]
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in kinds}
+    try:
+        for _, action, _ in kinds:  # warm-up: files exist, code paths are hot
+            action(min(20, per_round))
+        cursor["bare"] = cursor["1"] = per_round  # warm-up used the first round's share
+        for r in range(sizes.rounds):
+            progress(f"append round {r + 1}/{sizes.rounds}")
+            order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
+            for name, action, count in order:
+                rates[name].append(timed(partial(action, count)))
+    finally:
+        os.close(bare_fd)
+        for log in logs.values():
+            log.close()
+
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    bare, single = med["bare"], med["1"]
+    ratio = single / bare
+    report.rows.append(
+        Row(
+            f"durable appends, 1 record/fsync ({line_len:.0f} B)",
+            rate(single),
+            f"bare {rate(bare)}; need >= {MIN_BARE_RATIO:.2f}x",
+            f"{ratio:.2f}x",
+            ratio >= MIN_BARE_RATIO,
+        )
+    )
+    for b in batch_sizes:
+        gain = med[str(b)] / single
+        report.rows.append(
+            Row(
+                f"group commit of {b} (records/s)",
+                rate(med[str(b)]),
+                f"1/fsync {rate(single)}; need >= {MIN_GROUP_GAIN.get(b, b):.0f}x",
+                f"{gain:.1f}x",
+                gain >= MIN_GROUP_GAIN.get(b, b),
+            )
+        )
+    paired = statistics.median(s / b for s, b in zip(rates["1"], rates["bare"], strict=True))
+    report.notes.append(
+        f"appends: {sizes.rounds} alternating rounds of {per_round} single appends each; "
+        f"per-round bare {min(rates['bare']):,.0f}-{max(rates['bare']):,.0f}/s, "
+        f"FileLog {min(rates['1']):,.0f}-{max(rates['1']):,.0f}/s, "
+        f"median of paired ratios {paired:.2f}x; "
+        + ", ".join(
+            f"group {b}: {min(rates[str(b)]):,.0f}-{max(rates[str(b)]):,.0f}/s" for b in batch_sizes
+        )
+    )
+    report.notes.append(
+        "what the disk allows, bare write+fdatasync of the same batches in the same rounds: "
+        + ", ".join(
+            f"{b} lines {rate(med[f'bare{b}'])} ({med[f'bare{b}'] / bare:.1f}x bare single, "
+            f"FileLog reaches {med[str(b)] / med[f'bare{b}']:.2f}x of it)"
+            for b in batch_sizes
+        )
+    )
+
+
+# ---- 3: replay ----------------------------------------------------------------------------
+
+
+def scan_rate(events_dir: Path) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = 0
+    for _ in LogScan(events_dir):
+        n += 1
+    return n / (time.perf_counter() - t0), n
+
+
+def fold_rate(events_dir: Path) -> tuple[float, int]:
+    state = State()
+    t0 = time.perf_counter()
+    n = replay(LogScan(events_dir), state)
+    dt = time.perf_counter() - t0
+    del state
+    gc.collect()
+    return n / dt, n
+
+
+def bench_replay(state_dir: Path, sizes: Sizes, workload: Workload, report: Report) -> None:
+    """Row 3: scan alone and full fold of a freshly built log (warm page cache)."""
+    n = sizes.replay_records
+    events_dir = state_dir / EVENTS_DIR
+    progress(f"building a {n:,}-record log")
+    t0 = time.perf_counter()
+    build_log(events_dir, workload, n)
+    built_s = time.perf_counter() - t0
+    size = log_bytes(events_dir)
+    segs = len(list(events_dir.glob("*.jsonl")))
+
+    scans = []
+    for i in range(sizes.scan_repeats):
+        progress(f"scan {i + 1}/{sizes.scan_repeats}")
+        r, got = scan_rate(events_dir)
+        assert got == n, (got, n)
+        scans.append(r)
+    folds = []
+    for i in range(sizes.replay_repeats):
+        progress(f"full fold {i + 1}/{sizes.replay_repeats}")
+        r, got = fold_rate(events_dir)
+        assert got == n, (got, n)
+        folds.append(r)
+    scan, fold = statistics.median(scans), statistics.median(folds)
+    report.rows.append(
+        Row(
+            f"replay {n:,}: scan only* (LogScan)",
+            rate(scan),
+            f"need >= {MIN_REPLAY_RATE:,.0f}/s",
+            f"{scan / MIN_REPLAY_RATE:.2f}x",
+            None,
+        )
+    )
+    report.rows.append(
+        Row(
+            f"replay {n:,}: full fold (store.replay)",
+            rate(fold),
+            f"need >= {MIN_REPLAY_RATE:,.0f}/s",
+            f"{fold / MIN_REPLAY_RATE:.2f}x",
+            fold >= MIN_REPLAY_RATE,
+        )
+    )
+    report.notes.append(
+        f"replay log: {n:,} records, {size / 2**20:,.1f} MiB in {segs} segment(s), built in "
+        f"{built_s:.1f} s; warm page cache; scan runs {', '.join(f'{x:,.0f}' for x in scans)}/s; "
+        f"fold runs {', '.join(f'{x:,.0f}' for x in folds)}/s; at the scan rate alone, "
+        f"{n:,} records take {n / scan:.2f} s, the fold {n / fold:.2f} s"
+    )
+    report.notes.append(
+        "* the scan row is informational: start-up without a snapshot is the full fold, "
+        "and only that row counts towards the summary"
+    )
+
+
+# ---- 4: start-up with a snapshot ------------------------------------------------------------
+
+
+def prepare_startup(
+    state_dir: Path, n: int, workload: Workload, *, built: bool
+) -> tuple[float, int]:
+    """Give ``state_dir`` a log of ``n`` records, a snapshot at ``n``, and a TAIL after it.
+
+    The snapshot is written the way the daemon writes it: a cold :meth:`Store.open`
+    replays the whole log and, having replayed ``snapshot_every`` records, snapshots.
+    Returns the cold open's own ``report.seconds`` and how many records it replayed.
+    """
+    if not built:
+        build_log(state_dir / EVENTS_DIR, workload, n)
+    store = Store.open(state_dir, segment_bytes=SEGMENT_BYTES, snapshot_every=n)
+    try:
+        cold_s, replayed = store.report.seconds, store.report.replayed
+        tail: list[Event] = [decode(p) for p in workload.payloads(n, TAIL)]
+        for i in range(0, TAIL, 10):
+            store.append(tail[i : i + 10])
+    finally:
+        store.close(snapshot=False)
+    del store
+    gc.collect()
+    return cold_s, replayed
+
+
+def bench_startup(
+    root: Path, replay_dir: Path, sizes: Sizes, workload: Workload, report: Report
+) -> None:
+    """Row 4: Store.open with a snapshot covering all but the last TAIL records."""
+    for n in sizes.startup_records:
+        built = n == sizes.replay_records
+        state_dir = replay_dir if built else root / f"startup-{n}"
+        progress(f"start-up {n:,}: cold open + snapshot")
+        cold_s, cold_n = prepare_startup(state_dir, n, workload, built=built)
+        snap_path = state_dir / SNAPSHOT_NAME
+        t0 = time.perf_counter()
+        snap = load_snapshot(snap_path)
+        load_s = time.perf_counter() - t0
+        trials = sum(len(j.trials) for j in snap.state.jobs.values()) if snap else 0
+        del snap
+        gc.collect()
+
+        times: list[float] = []
+        problems: set[str] = set()
+        report_s: list[float] = []
+        for i in range(sizes.startup_repeats):
+            progress(f"start-up {n:,}: open {i + 1}/{sizes.startup_repeats}")
+            t0 = time.perf_counter()
+            store = Store.open(state_dir, segment_bytes=SEGMENT_BYTES, snapshot_every=n)
+            times.append(time.perf_counter() - t0)
+            rep = store.report
+            store.close(snapshot=False)
+            report_s.append(rep.seconds)
+            if rep.snapshot_seq != n or rep.replayed != TAIL:
+                problems.add(
+                    f"snapshot_seq={rep.snapshot_seq} replayed={rep.replayed} "
+                    f"problem={rep.snapshot_problem}"
+                )
+            del store
+            gc.collect()
+        t = statistics.median(times)
+        ok = t < MAX_STARTUP_S and not problems
+        report.rows.append(
+            Row(
+                f"start-up with snapshot, {n:,} + {TAIL} tail",
+                f"{t:.3f} s",
+                f"need < {MAX_STARTUP_S:.3f} s",
+                f"{t / MAX_STARTUP_S:.2f}x",
+                ok,
+            )
+        )
+        report.notes.append(
+            f"start-up {n:,}: snapshot {snap_path.stat().st_size / 2**20:,.1f} MiB "
+            f"({trials:,} trials in state), load_snapshot alone {load_s:.3f} s, "
+            f"Store.open runs {', '.join(f'{x:.3f}' for x in times)} s "
+            f"(report.seconds median {statistics.median(report_s):.3f} s); "
+            f"cold open without snapshot {cold_s:.2f} s for {cold_n:,} records "
+            f"({cold_n / cold_s:,.0f}/s)"
+            + (f"; SNAPSHOT NOT USED: {'; '.join(sorted(problems))}" if problems else "")
+        )
+
+
+# ---- main ---------------------------------------------------------------------------------
+
+
+def filesystem_of(path: Path) -> tuple[str, str]:
+    """``(device, fstype)`` of the mount holding ``path``, from /proc/mounts."""
+    best = ("?", "?", "")
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return best[:2]
+    target = str(path.resolve())
+    for line in mounts:
+        dev, mnt, fstype, *_ = line.split()
+        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best[2]):
+            best = (dev, fstype, mnt)
+    return best[:2]
+
+
+def work_parent(requested: Path | None) -> tuple[Path, bool]:
+    """Where to make the work folder, and whether we created that parent ourselves."""
+    if requested is not None:
+        requested.mkdir(parents=True, exist_ok=True)
+        return requested, False
+    tmp = Path(tempfile.gettempdir())
+    if tmp.stat().st_dev == REPO.stat().st_dev:
+        return tmp, False
+    parent = REPO / ".bench-tmp"
+    created = not parent.exists()
+    parent.mkdir(exist_ok=True)
+    return parent, created
+
+
+def code_version() -> str:
+    """The commit benchmarked, and whether the package had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "log", "-1", "--format=%h %s"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "sentinel_daemon"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return head[:72] + (f" + uncommitted: {', '.join(changed)}" if changed else "")
+
+
+def header(args: argparse.Namespace, root: Path) -> list[str]:
+    dev, fstype = filesystem_of(root)
+    same = root.stat().st_dev == REPO.stat().st_dev
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    mode = "quick: tiny sizes, figures mean nothing" if args.quick else "full"
+    return [
+        f"Sentinel event-log benchmark ({mode})",
+        f"command : {shlex.join([sys.executable, *sys.argv])}",
+        f"machine : nproc={os.cpu_count()} (usable {affinity}), Python {platform.python_version()} "
+        f"({platform.python_implementation()}), {platform.platform()}",
+        f"libs    : orjson {orjson.__version__}, pydantic {pydantic.VERSION}",
+        f"code    : {code_version()}",
+        f"dir     : {root} on {dev} ({fstype}), "
+        f"{'same filesystem as the repo' if same else 'NOT the repo filesystem'}",
+        f"started : {format_ts(datetime.now(UTC))}",
+    ]
+
+
+def print_table(rows: list[Row]) -> None:
+    cols = ("what", "measured", "baseline / target", "ratio", "result")
+    cells = [cols, *[(r.what, r.measured, r.need, r.ratio, r.result) for r in rows]]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    right = (False, True, False, True, False)
+
+    def fmt(cell: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cell, widths, right, strict=True)
+        ).rstrip()
+
+    print(fmt(cols))
+    print("  ".join("-" * w for w in widths))
+    for c in cells[1:]:
+        print(fmt(c))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--dir", type=Path, help="make the work folder under DIR")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+
+    t_start = time.perf_counter()
+    parent, created_parent = work_parent(args.dir)
+    root = Path(tempfile.mkdtemp(prefix="sentinel-bench-", dir=parent))
+    report = Report()
+    try:
+        for line in header(args, root):
+            print(line)
+        print(flush=True)
+        workload = Workload()
+        workload.check()
+        bench_appends(root, sizes, workload, report)
+        replay_dir = root / "replay"
+        bench_replay(replay_dir, sizes, Workload(seed=11), report)
+        bench_startup(root, replay_dir, sizes, Workload(seed=11), report)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if created_parent:
+            shutil.rmtree(parent, ignore_errors=True)
+
+    print_table(report.rows)
+    print()
+    for note in report.notes:
+        print(f"note: {note}")
+    counted = [r for r in report.rows if r.passed is not None]
+    passed = sum(1 for r in counted if r.passed)
+    print()
+    failed = "; ".join(r.what for r in counted if not r.passed) or "none"
+    print(
+        f"summary: {passed}/{len(counted)} targets passed; failed: {failed}; "
+        f"wall time {time.perf_counter() - t_start:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
