@@ -123,19 +123,19 @@ class LogScan:
             for line in lines:
                 line_no += 1
                 try:
-                    seq, ts, payload = decode_line(line)
+                    record = decode_line(line)
                 except BadRecord as exc:
                     self.last_seq = expect - 1
                     line_no += _lines_before(path, offset)
                     self._bad_record(segs, i, data, pos, offset, line_no, str(exc))
                     return
-                if seq != expect:
+                if record.seq != expect:
                     self.last_seq = expect - 1
-                    raise LogGap(path, line_no + _lines_before(path, offset), expect, seq)
-                expect = seq + 1
+                    raise LogGap(path, line_no + _lines_before(path, offset), expect, record.seq)
+                expect += 1
                 pos += len(line) + 1
-                self.last_ts = ts
-                yield Record(seq, ts, payload)
+                self.last_ts = record.ts
+                yield record
             if partial:
                 self.last_seq = expect - 1
                 why = "no newline at the end: a write cut short"
@@ -177,7 +177,7 @@ class LogScan:
             return False
         line = data[:-1].rsplit(b"\n", 1)[-1]
         try:
-            return decode_line(line)[0] == self.expect_seq - 1
+            return decode_line(line).seq == self.expect_seq - 1
         except BadRecord:
             return False
 
@@ -235,7 +235,7 @@ def _lines_before(path: Path, offset: int) -> int:
 
 def _intact_ts(line: bytes) -> str | None:
     try:
-        return decode_line(line)[1]
+        return decode_line(line).ts
     except BadRecord:
         return None
 
@@ -253,7 +253,7 @@ def _last_seq_of(path: Path) -> int | None:
             if len(lines) >= 2 or start == 0:
                 if not lines[-1]:
                     return None
-                return decode_line(lines[-1])[0]
+                return decode_line(lines[-1]).seq
             window *= 4
 
 
@@ -333,7 +333,8 @@ class FileLog:
         self._size = size
         self.last_seq = last_seq
         self._failed: LogFsyncFailed | None = None
-        self._fd = os.open(events_dir / segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        self._path = events_dir / segment
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
 
     @classmethod
     def open(
@@ -387,31 +388,26 @@ class FileLog:
         if self._size >= self.segment_bytes:
             self._rotate()
         ts = self._batch_ts()
-        seq = self.last_seq
-        records = []
-        lines = []
-        for payload in payloads:
-            seq += 1
-            lines.append(encode_line(seq, ts, payload))
-            records.append(Record(seq, ts, payload))
-        data = b"".join(lines)
-        path = self.events_dir / self._segment
+        first = self.last_seq + 1
+        lines = [encode_line(first + i, ts, p) for i, p in enumerate(payloads)]
+        data = lines[0] if len(lines) == 1 else b"".join(lines)
         try:
-            view = memoryview(data)
-            while view:
-                written = self._write(self._fd, view)
-                view = view[written:]
+            written = self._write(self._fd, data)  # type: ignore[arg-type]
+            if written != len(data):  # a short write: finish it, or fail and roll back
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[self._write(self._fd, view) :]
         except OSError as exc:
-            self._roll_back(path, exc)
+            self._roll_back(exc)
         try:
             self._sync(self._fd)
         except OSError as exc:
-            self._failed = LogFsyncFailed(path, exc.errno, exc.strerror or str(exc))
+            self._failed = LogFsyncFailed(self._path, exc.errno, exc.strerror or str(exc))
             raise self._failed from exc
         self._size += len(data)
-        self.last_seq = seq
+        self.last_seq = first + len(payloads) - 1
         self._last_ts = ts
-        return records
+        return [Record(first + i, ts, payload=p) for i, p in enumerate(payloads)]
 
     def _batch_ts(self) -> str:
         """A timestamp later than the previous batch's, even if the clock stepped back.
@@ -419,7 +415,7 @@ class FileLog:
         Distinct timestamps tell batches apart when a torn tail is classified.
         """
         ts = format_ts(self._clock())
-        if ts <= self._last_ts:
+        if ts <= self._last_ts:  # text order is time order: the width is fixed
             previous = datetime.strptime(self._last_ts, "%Y-%m-%dT%H:%M:%S.%fZ")
             ts = format_ts(previous.replace(tzinfo=UTC) + timedelta(microseconds=1))
         return ts
@@ -432,20 +428,21 @@ class FileLog:
             if record.seq > after_seq:
                 yield record
 
-    def _roll_back(self, path: Path, exc: OSError) -> None:
+    def _roll_back(self, exc: OSError) -> None:
         try:
             os.ftruncate(self._fd, self._size)
         except OSError as exc2:
             # We cannot restore the file's end: a later append would follow garbage.
-            self._failed = LogFsyncFailed(path, exc2.errno, f"rollback after {exc} failed")
+            self._failed = LogFsyncFailed(self._path, exc2.errno, f"rollback after {exc} failed")
             raise self._failed from exc2
-        raise LogWriteFailed(path, exc.strerror or str(exc)) from exc
+        raise LogWriteFailed(self._path, exc.strerror or str(exc)) from exc
 
     def _rotate(self) -> None:
         name = segment_name(self.last_seq + 1)
         _create_segment(self.events_dir, name)
         os.close(self._fd)
-        self._fd = os.open(self.events_dir / name, os.O_WRONLY | os.O_APPEND)
+        self._path = self.events_dir / name
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
         self._segment = name
         self._size = 0
 

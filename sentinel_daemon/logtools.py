@@ -63,10 +63,10 @@ def _segment_records(path: Path) -> list[Record]:
     out = []
     for line in path.read_bytes().split(b"\n"):
         try:
-            seq, ts, payload = decode_line(line)
+            record = decode_line(line)
         except BadRecord:
             continue  # tail shows what is intact; `log verify` reports damage
-        out.append(Record(seq, ts, payload))
+        out.append(record)
     return out
 
 
@@ -124,12 +124,12 @@ class Follower:
             self._buffer = lines.pop()  # an incomplete last line waits for its newline
             for line in lines:
                 try:
-                    seq, ts, payload = decode_line(line)
+                    record = decode_line(line)
                 except BadRecord:
                     continue
-                if seq > self.after_seq:
-                    self.after_seq = seq
-                    out.append(Record(seq, ts, payload))
+                if record.seq > self.after_seq:
+                    self.after_seq = record.seq
+                    out.append(record)
             newer = [s for s in segs if s > self.segment]
             if not newer or self._buffer:
                 return out

@@ -4,6 +4,11 @@ A record is serialised as ``{"seq":1,"ts":"...","type":"...","v":1,...}``; its l
 ``}`` is then replaced by ``,"crc":"<crc32 hex of everything before>"}`` and a newline.
 A reader checks the exact bytes it read, without re-serialising, and ``jq`` still sees a
 plain JSON object per line.
+
+The writer always puts ``seq`` and ``ts`` first and ``ts`` always has the same length, so
+a reader takes the envelope from the bytes and leaves the event's own fields as JSON
+bytes (``raw``), parsed only by whoever needs them: the fold validates them straight
+into an event, ``tail`` parses them into a dict.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import orjson
 
 _CRC_KEY = b',"crc":"'
 _SUFFIX_LEN = len(_CRC_KEY) + 8 + 2  # ,"crc":"xxxxxxxx"}
-ENVELOPE_KEYS = ("seq", "ts", "crc")
+_SEQ_KEY = b'{"seq":'
+_TS_KEY = b',"ts":"'
+TS_LEN = len("2026-01-01T00:00:00.000000Z")
+ENVELOPE_KEYS = frozenset(("seq", "ts", "crc"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +36,44 @@ class Position:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
 class Record:
-    """One decoded record: envelope plus the event's own fields (``type``, ``v``, ...)."""
+    """One record: the envelope, and the event's fields as JSON bytes parsed on demand."""
 
-    seq: int
-    ts: str
-    payload: dict[str, Any]
+    __slots__ = ("_payload", "_raw", "seq", "ts")
+
+    def __init__(
+        self, seq: int, ts: str, raw: bytes | None = None, payload: dict[str, Any] | None = None
+    ) -> None:
+        if raw is None and payload is None:
+            raise ValueError("a record needs its raw bytes or its payload")
+        self.seq = seq
+        self.ts = ts
+        self._raw = raw
+        self._payload = payload
+
+    @property
+    def raw(self) -> bytes:
+        """The event's fields as JSON bytes (what the fold validates)."""
+        if self._raw is None:
+            self._raw = orjson.dumps(self._payload)
+        return self._raw
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The event's fields (``type``, ``v``, ...) as a dict."""
+        if self._payload is None:
+            self._payload = orjson.loads(self._raw)  # type: ignore[arg-type]
+        return self._payload
+
+    def __repr__(self) -> str:
+        return f"Record(seq={self.seq}, ts={self.ts!r}, raw={self.raw[:60]!r}...)"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (self.seq, self.ts, self.payload) == (other.seq, other.ts, other.payload)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable cache inside: not hashable
 
 
 class BadRecord(ValueError):
@@ -42,37 +81,45 @@ class BadRecord(ValueError):
 
 
 def format_ts(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and a ``Z``, sortable as text."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds and a ``Z``, fixed width, sortable as text."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def encode_line(seq: int, ts: str, payload: dict[str, Any]) -> bytes:
     """Serialise one record with its closing checksum and newline."""
-    for key in ENVELOPE_KEYS:
-        if key in payload:
-            raise ValueError(f"event field {key!r} clashes with the record envelope")
-    head = orjson.dumps({"seq": seq, "ts": ts, **payload})[:-1]
+    if not ENVELOPE_KEYS.isdisjoint(payload):
+        clash = sorted(ENVELOPE_KEYS.intersection(payload))
+        raise ValueError(f"event field {clash[0]!r} clashes with the record envelope")
+    if len(ts) != TS_LEN:
+        raise ValueError(f"timestamp {ts!r} is not in the log's fixed-width form")
+    body = orjson.dumps(payload)
+    head = b'{"seq":%d,"ts":"%s",%s' % (seq, ts.encode(), body[1:-1])
     return b'%s,"crc":"%08x"}\n' % (head, zlib.crc32(head))
 
 
-def decode_line(line: bytes) -> tuple[int, str, dict[str, Any]]:
-    """Check and decode one line (without its newline) into ``(seq, ts, payload)``.
+def decode_line(line: bytes) -> Record:
+    """Check one line (without its newline) and split it into envelope and event bytes.
 
-    Raises :class:`BadRecord` when the checksum does not match the bytes or the record
-    lacks its envelope.
+    Raises :class:`BadRecord` when the checksum does not match the bytes or the line is
+    not in the writer's form. The event's JSON is checked when it is parsed.
     """
     if len(line) <= _SUFFIX_LEN or line[-_SUFFIX_LEN:-10] != _CRC_KEY or line[-2:] != b'"}':
         raise BadRecord("no checksum at the end of the line (torn or not a record)")
     # Compare the exact bytes (lower-case hex), so that no bit of the line goes unchecked.
     if b"%08x" % zlib.crc32(line[:-_SUFFIX_LEN]) != line[-10:-2]:
         raise BadRecord("checksum mismatch")
+    comma = line.find(b",", 7)
+    ts_end = comma + 7 + TS_LEN
+    if (
+        not line.startswith(_SEQ_KEY)
+        or line[comma : comma + 7] != _TS_KEY
+        or line[ts_end : ts_end + 2] != b'",'
+    ):
+        raise BadRecord("the record does not begin with its seq and ts")
     try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:  # a checksum collision on garbage; vanishingly rare
-        raise BadRecord(f"not JSON: {exc}") from None
-    seq = obj.pop("seq", None)
-    ts = obj.pop("ts", None)
-    del obj["crc"]
-    if type(seq) is not int or not isinstance(ts, str) or not isinstance(obj.get("type"), str):
-        raise BadRecord("record lacks seq, ts or type")
-    return seq, ts, obj
+        seq = int(line[7:comma])
+    except ValueError:
+        raise BadRecord("seq is not an integer") from None
+    return Record(seq, line[comma + 7 : ts_end].decode(), b"{" + line[ts_end + 2 : -_SUFFIX_LEN] + b"}")

@@ -127,10 +127,25 @@ class JobState:
     best_trial: int | None = None
     best_value: float | None = None
     reason: str = ""
+    #: Once a job has ended its trials are folded into counts (model -> status -> n), so
+    #: the state, and every snapshot, grows with running work, not with history. Each
+    #: trial stays in the log (``sentinel tail --job``).
+    trial_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def ended_trials(self, model: ModelKind) -> int:
         """Trials of ``model`` that ended: saved, pruned, or failed with no retry left."""
-        return sum(1 for t in self.trials.values() if t.model == model and t.status.ended)
+        live = sum(1 for t in self.trials.values() if t.model == model and t.status.ended)
+        counts = self.trial_counts.get(model, {})
+        return live + sum(n for status, n in counts.items() if TrialStatus(status).ended)
+
+    def compact(self) -> None:
+        """Fold the trials of an ended job into counts and keep its best."""
+        if self.best_trial is None and (best := self.best_saved()) is not None:
+            self.best_trial, self.best_value = best.number, best.value
+        for trial in self.trials.values():
+            per_model = self.trial_counts.setdefault(trial.model, {})
+            per_model[trial.status] = per_model.get(trial.status, 0) + 1
+        self.trials = {}
 
     def best_saved(self, model: ModelKind | None = None) -> TrialState | None:
         """The saved trial with the highest value (the earliest started on ties)."""
@@ -263,12 +278,14 @@ def apply(state: State, event: Event) -> State:
                 job.best_trial = event.best_trial
                 job.best_value = event.best_value
                 job.reason = event.reason
+                job.compact()
         case JobFailed() | JobCancelled():
             if (job := _job(state, event.job_id)) is not None:
                 job.status = (
                     JobStatus.FAILED if isinstance(event, JobFailed) else JobStatus.CANCELLED
                 )
                 job.reason = event.reason
+                job.compact()
         case ModelPromoted():
             if (job := _job(state, event.job_id)) is not None:
                 job.promoted = Promotion(

@@ -24,7 +24,8 @@ def test_a_record_is_one_flat_json_object_closed_by_its_checksum() -> None:
 
 def test_decoding_returns_envelope_and_payload_without_the_checksum() -> None:
     line = encode_line(7, "2026-01-01T00:00:00.000000Z", PAYLOAD)
-    assert decode_line(line[:-1]) == (7, "2026-01-01T00:00:00.000000Z", PAYLOAD)
+    record = decode_line(line[:-1])
+    assert (record.seq, record.ts, record.payload) == (7, "2026-01-01T00:00:00.000000Z", PAYLOAD)
 
 
 def test_an_event_field_named_like_the_envelope_is_refused() -> None:
