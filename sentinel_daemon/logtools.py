@@ -48,6 +48,11 @@ def raw_line(record: Record) -> str:
     return orjson.dumps({"seq": record.seq, "ts": record.ts, **record.payload}).decode()
 
 
+#: Longer nested values (a job's spec, a trial's params) are cut in the human format;
+#: ``--json`` prints every byte.
+MAX_VALUE_CHARS = 100
+
+
 def human_line(record: Record) -> str:
     """``ts  #seq  type  key=value ...``: one line a record, for people."""
     fields = []
@@ -55,6 +60,8 @@ def human_line(record: Record) -> str:
         if key in ("type", "v"):
             continue
         text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        if len(text) > MAX_VALUE_CHARS and isinstance(value, dict | list):
+            text = text[: MAX_VALUE_CHARS - 3] + "..."
         fields.append(f"{key}={text}")
     return f"{record.ts}  #{record.seq:<6} {record.payload.get('type', '?'):<16} {' '.join(fields)}"
 
