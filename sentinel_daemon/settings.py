@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sentinel_daemon.errors import ConfigError
+from sentinel_daemon.queue import QueueSettings
 
 ENV_PREFIX = "SENTINEL_"
 MAX_CONFIG_BYTES = 1 << 20
@@ -45,6 +46,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path("./sentinel-state")
     logging: LoggingSettings = LoggingSettings()
     eventlog: EventLogSettings = EventLogSettings()
+    queue: QueueSettings = QueueSettings()
 
     @classmethod
     def settings_customise_sources(
