@@ -122,4 +122,6 @@ def decode_line(line: bytes) -> Record:
         seq = int(line[7:comma])
     except ValueError:
         raise BadRecord("seq is not an integer") from None
-    return Record(seq, line[comma + 7 : ts_end].decode(), b"{" + line[ts_end + 2 : -_SUFFIX_LEN] + b"}")
+    return Record(
+        seq, line[comma + 7 : ts_end].decode(), b"{" + line[ts_end + 2 : -_SUFFIX_LEN] + b"}"
+    )

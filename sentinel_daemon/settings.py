@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sentinel_daemon.errors import ConfigError
+from sentinel_daemon.inbox import InboxSettings
 from sentinel_daemon.queue import QueueSettings
 
 ENV_PREFIX = "SENTINEL_"
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path("./sentinel-state")
     logging: LoggingSettings = LoggingSettings()
     eventlog: EventLogSettings = EventLogSettings()
+    inbox: InboxSettings = InboxSettings()
     queue: QueueSettings = QueueSettings()
 
     @classmethod

@@ -18,16 +18,15 @@ from sentinel_daemon.events import (
     WorkerStarted,
 )
 from sentinel_daemon.state import (
-    state_from_data,
-    state_to_json,
     JobStatus,
     ModelKind,
     StageStatus,
-    State,
     TrialStatus,
     WorkerStatus,
     apply,
     fold,
+    state_from_data,
+    state_to_json,
 )
 
 
@@ -167,12 +166,18 @@ def test_state_survives_a_json_round_trip_for_snapshots() -> None:
 def test_an_ended_job_keeps_counts_and_its_best_not_every_trial() -> None:
     from sentinel_daemon.events import JobFailed
 
-    state = fold([
-        submitted(), started(0), saved(0, 0.8), started(1), saved(1, 0.9),
-        started(2, "lightgbm"),
-        TrialFailed(job_id="j1", trial=2, model="lightgbm", error="x", attempt=1, retry=False),
-        JobFailed(job_id="j1", reason="data file vanished"),
-    ])
+    state = fold(
+        [
+            submitted(),
+            started(0),
+            saved(0, 0.8),
+            started(1),
+            saved(1, 0.9),
+            started(2, "lightgbm"),
+            TrialFailed(job_id="j1", trial=2, model="lightgbm", error="x", attempt=1, retry=False),
+            JobFailed(job_id="j1", reason="data file vanished"),
+        ]
+    )
     job = state.jobs["j1"]
     assert job.trials == {} and (job.best_trial, job.best_value) == (1, 0.9)
     assert job.ended_trials(ModelKind.XGBOOST) == 2
