@@ -154,12 +154,16 @@ def _simulate(
     addr1_c = 100 + (rng.zipf(1.5, size=k) * 37) % 440
     no_addr = (product_c == 1) | (rng.random(k) < 0.03)
     addr2_c = np.where(rng.random(k) < 0.99, 87, rng.choice([60, 96, 32, 65], size=k))
-    first_day = rng.uniform(0, _DAYS - 1, size=k)
-    new_account = rng.random(k) < np.where(bad, 0.6, 0.25)
+    # Each client is active in a window; honest ones for weeks or months, fraud in a burst.
+    begin = np.where(bad, rng.uniform(0, _DAYS, k), rng.uniform(-_DAYS / 2, _DAYS, k))
+    length = np.where(bad, rng.exponential(1.2, k), rng.uniform(3, _DAYS, k))
+    first_day = np.clip(begin, 0, _DAYS - 1e-3)
+    span = np.clip(begin + length, 0, _DAYS - 1e-3) - first_day
+    new_account = rng.random(k) < np.where(bad, 0.4, 0.25)
     age = np.where(new_account, rng.uniform(0, 5, k), rng.uniform(0, 640, k))
     opened = np.floor(first_day - age)  # D1 = day - opened, so day - D1 names the client
-    span = np.where(bad, rng.exponential(1.2, k), rng.uniform(3, _DAYS, k))
-    hour_c = np.where(bad, rng.normal(7, 4, k), rng.normal(19, 3, k)) % 24
+    night = bad & (rng.random(k) < 0.4)
+    hour_c = np.where(night, rng.normal(7, 4, k), rng.normal(19, 3, k)) % 24
     amt_c = np.where(bad, rng.lognormal(np.log(110), 1.0, k), rng.lognormal(np.log(55), 0.8, k))
     amt_sd = np.where(bad, rng.uniform(0.6, 1.2, k), rng.uniform(0.05, 0.35, k))
     odd_cents = rng.random(k) < np.where(bad, 0.45, 0.08)
@@ -169,11 +173,11 @@ def _simulate(
     has_id_c = rng.random(k) < np.where(bad, 0.55, 0.2) + 0.4 * (product_c != 0)
     device_c = np.where(bad, rng.choice(12, size=k, p=_P_DEVICE_FRAUD / _P_DEVICE_FRAUD.sum()),
                         rng.choice(12, size=k, p=_P_DEVICE_GOOD / _P_DEVICE_GOOD.sum()))  # fmt: skip
-    dist_c = np.where(bad, rng.lognormal(4.0, 1.5, k), rng.lognormal(1.5, 1.2, k))
-    c_level = np.where(bad, rng.gamma(2.0, 1.6, k), rng.gamma(1.0, 0.6, k))
+    dist_c = np.where(bad, rng.lognormal(2.2, 1.4, k), rng.lognormal(1.5, 1.2, k))
+    c_level = np.where(bad, rng.gamma(1.5, 0.7, k), rng.gamma(1.0, 0.6, k))
 
     # --- each transaction: when, how much, from where -------------------------------
-    t_day = np.clip(first_day[who] + rng.uniform(0, 1, n) * span[who], 0, _DAYS - 1e-6)
+    t_day = first_day[who] + rng.uniform(0, 1, n) * span[who]
     day = np.floor(t_day)
     hour = (hour_c[who] + rng.normal(0, np.where(b, 4.0, 2.0), n)) % 24
     seconds = (86_400 * (1 + day) + np.floor(hour * 3600)).astype(np.int64)
@@ -263,7 +267,7 @@ def _c_columns(
     cols["C10"] = np.where(is_c, cols["C8"], 0)
     cols["C11"] = np.maximum(base - rng.poisson(0.1, n), 1)
     cols["C12"] = np.where(is_c, rng.poisson(level * 0.8), 0)
-    cols["C13"] = nth + rng.poisson(np.where(b, 2.0, 6.0), n)
+    cols["C13"] = nth + rng.poisson(6.0, n)
     cols["C14"] = np.maximum(base - rng.poisson(0.4, n), 0)
     return {name: v.astype(np.float64) for name, v in cols.items()}
 
@@ -325,7 +329,7 @@ def _v_columns(
         shown = has_id if identity_block else rng.random(n) < present
         if first in (1, 35):
             shown &= product == 0
-        latent = rng.poisson(np.where(b, 0.6 + lift * 2.5, 0.6), n).astype(np.float32)
+        latent = rng.poisson(np.where(b, 0.6 + lift * 0.5, 0.6), n).astype(np.float32)
         weights = rng.choice([0.0, 1.0, 1.0, 2.0], width).astype(np.float32)
         noise = rng.poisson(0.15, (n, width)).astype(np.float32)
         block = latent[:, None] * weights[None, :] + noise
@@ -352,7 +356,7 @@ def _identity(
         return np.array(labels, dtype=object)[np.where(b, worse, good)]
 
     num = {
-        1: -5.0 * rng.poisson(np.where(b, 0.5, 2.0)),
+        1: -5.0 * rng.poisson(np.where(b, 1.4, 2.0)),
         2: np.round(rng.lognormal(11, 1.2, n)),
         3: rng.poisson(0.05, n), 4: rng.poisson(0.05, n) * -1.0,
         5: rng.integers(-10, 10, n) * (rng.random(n) < 0.3), 6: -rng.poisson(2, n) * 1.0,
