@@ -94,14 +94,14 @@ def build(frame: pd.DataFrame, feature_set: FeatureSet = "full") -> Features:
 def _numeric(frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
     if name not in frame.columns:
         return np.full(n, np.nan, np.float32)
-    return frame[name].to_numpy().astype(np.float32)
+    return np.asarray(frame[name].to_numpy(), dtype=np.float32)
 
 
 def _values(frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
     """Float64 values of a numeric column, or NaN where absent."""
     if name not in frame.columns:
         return np.full(n, np.nan)
-    return frame[name].to_numpy().astype(np.float64)
+    return np.asarray(frame[name].to_numpy(), dtype=np.float64)
 
 
 def _first_seen_codes(frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
@@ -109,7 +109,7 @@ def _first_seen_codes(frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
     if name not in frame.columns:
         return np.full(n, -1, np.int64)
     codes, _ = pd.factorize(frame[name], sort=False, use_na_sentinel=True)
-    return codes.astype(np.int64)
+    return np.asarray(codes, dtype=np.int64)
 
 
 def _group(parts: list[np.ndarray], valid: np.ndarray) -> np.ndarray:
@@ -119,7 +119,9 @@ def _group(parts: list[np.ndarray], valid: np.ndarray) -> np.ndarray:
     return np.where(valid, ids, -1).astype(np.int64)
 
 
-def _engineered(frame: pd.DataFrame, t: np.ndarray, amount: np.ndarray, n: int) -> dict:
+def _engineered(
+    frame: pd.DataFrame, t: np.ndarray, amount: np.ndarray, n: int
+) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     day = t // _DAY
     out["amt_log"] = np.log1p(amount)
@@ -171,7 +173,7 @@ def _key(frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
     if isinstance(col.dtype, pd.CategoricalDtype):
         return _first_seen_codes(frame, name, n)
     codes, _ = pd.factorize(col.to_numpy(), sort=False, use_na_sentinel=True)
-    return codes.astype(np.int64)
+    return np.asarray(codes, dtype=np.int64)
 
 
 def _match(frame: pd.DataFrame, n: int) -> np.ndarray:

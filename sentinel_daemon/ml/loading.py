@@ -91,7 +91,9 @@ def _short(names: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _read(path: Path, layout: dict[str, Kind], required: tuple[str, ...], notes: list) -> pa.Table:
+def _read(
+    path: Path, layout: dict[str, Kind], required: tuple[str, ...], notes: list[str]
+) -> pa.Table:
     if not path.is_file():
         raise DataError(path, None, "file not found (or not a regular file)")
     if path.stat().st_size == 0:
@@ -247,7 +249,9 @@ def _downcast(frame: pd.DataFrame) -> pd.DataFrame:
         if name == TARGET:
             out[name] = col.to_numpy().astype(np.int8)
         elif name == TIME and values is not None:
-            small = values.min() >= np.iinfo(np.int32).min and values.max() <= np.iinfo(np.int32).max
+            small = (
+                values.min() >= np.iinfo(np.int32).min and values.max() <= np.iinfo(np.int32).max
+            )
             out[name] = values.astype(np.int32) if small else values
         elif values is not None and values.dtype == np.float32:
             out[name] = _smallest_int(values)

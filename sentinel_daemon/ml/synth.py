@@ -65,9 +65,7 @@ _V_BLOCKS = [
 ]  # fmt: skip
 
 
-def generate(
-    rows: int, out: Path, seed: int = 0, fraud_rate: float = 0.035
-) -> tuple[Path, Path]:
+def generate(rows: int, out: Path, seed: int = 0, fraud_rate: float = 0.035) -> tuple[Path, Path]:
     """Write ``train_transaction.csv`` and ``train_identity.csv`` into ``out``.
 
     About ``fraud_rate`` of the rows are fraud (the draw is random, so not exactly).
@@ -115,7 +113,7 @@ def _mask(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
 
 def _clients(rows: int, fraud_rate: float, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """Transaction counts per client and each client's fraud flag."""
-    fraud_rows = int(round(rows * fraud_rate / _FRAUD_IN_FRAUD_CLIENT))
+    fraud_rows = round(rows * fraud_rate / _FRAUD_IN_FRAUD_CLIENT)
     fraud_counts = 1 + rng.geometric(0.22, size=max(1, fraud_rows))
     fraud_counts = fraud_counts[np.cumsum(fraud_counts) <= fraud_rows]
     good_rows = rows - int(fraud_counts.sum())
@@ -171,8 +169,11 @@ def _simulate(
                        rng.choice(24, size=k, p=_P_EMAIL_GOOD / _P_EMAIL_GOOD.sum()))  # fmt: skip
     email_missing = rng.random(k) < 0.15
     has_id_c = rng.random(k) < np.where(bad, 0.55, 0.2) + 0.4 * (product_c != 0)
-    device_c = np.where(bad, rng.choice(12, size=k, p=_P_DEVICE_FRAUD / _P_DEVICE_FRAUD.sum()),
-                        rng.choice(12, size=k, p=_P_DEVICE_GOOD / _P_DEVICE_GOOD.sum()))  # fmt: skip
+    device_c = np.where(
+        bad,
+        rng.choice(12, size=k, p=_P_DEVICE_FRAUD / _P_DEVICE_FRAUD.sum()),
+        rng.choice(12, size=k, p=_P_DEVICE_GOOD / _P_DEVICE_GOOD.sum()),
+    )
     dist_c = np.where(bad, rng.lognormal(2.2, 1.4, k), rng.lognormal(1.5, 1.2, k))
     c_level = np.where(bad, rng.gamma(1.5, 0.7, k), rng.gamma(1.0, 0.6, k))
 
@@ -185,7 +186,9 @@ def _simulate(
     who, b, day, hour, seconds = who[order], b[order], day[order], hour[order], seconds[order]
     prev_gap = _days_since_previous(who, seconds)
     nth = _running_count(who)
-    fraud = np.where(b, rng.random(n) < _FRAUD_IN_FRAUD_CLIENT, rng.random(n) < _FRAUD_IN_GOOD_CLIENT)
+    fraud = np.where(
+        b, rng.random(n) < _FRAUD_IN_FRAUD_CLIENT, rng.random(n) < _FRAUD_IN_GOOD_CLIENT
+    )
 
     product = product_c[who]
     amount = amt_c[who] * rng.lognormal(0.0, amt_sd[who], n)
@@ -245,7 +248,7 @@ def _days_since_previous(group: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     g, s = group[perm], seconds[perm].astype(np.float64)
     gap = np.r_[np.nan, np.diff(s)] / 86_400
     gap[np.r_[True, g[1:] != g[:-1]]] = np.nan
-    out = np.empty_like(gap)
+    out: np.ndarray = np.empty_like(gap)
     out[perm] = gap
     return out
 
@@ -300,7 +303,9 @@ def _d_columns(
     return cols
 
 
-def _m_columns(rng: np.random.Generator, product: np.ndarray, b: np.ndarray) -> dict:
+def _m_columns(
+    rng: np.random.Generator, product: np.ndarray, b: np.ndarray
+) -> dict[str, np.ndarray]:
     n = len(product)
     w = product == 0
     tf = np.array(["F", "T"], dtype=object)
@@ -309,12 +314,16 @@ def _m_columns(rng: np.random.Generator, product: np.ndarray, b: np.ndarray) -> 
     cols: dict[str, np.ndarray] = {}
     for i in range(1, 10):
         if i == 4:
-            m4 = np.where(b, rng.choice(3, n, p=[0.35, 0.15, 0.5]), rng.choice(3, n, p=[0.63, 0.2, 0.17]))
+            m4 = np.where(
+                b, rng.choice(3, n, p=[0.35, 0.15, 0.5]), rng.choice(3, n, p=[0.63, 0.2, 0.17])
+            )
             values = np.array(["M0", "M1", "M2"], dtype=object)[m4]
             cols["M4"] = _mask(values, (product == 0) & (rng.random(n) < 0.7))
             continue
         p = np.where(b, p_true[i][1], p_true[i][0])
-        cols[f"M{i}"] = _mask(tf[(rng.random(n) < p).astype(int)], ~w | (rng.random(n) < 0.1 * i / 3))
+        cols[f"M{i}"] = _mask(
+            tf[(rng.random(n) < p).astype(int)], ~w | (rng.random(n) < 0.1 * i / 3)
+        )
     return cols
 
 
@@ -362,7 +371,8 @@ def _identity(
         5: rng.integers(-10, 10, n) * (rng.random(n) < 0.3), 6: -rng.poisson(2, n) * 1.0,
         7: rng.integers(-40, 50, n), 8: rng.integers(-100, 0, n), 9: rng.poisson(0.1, n),
         10: -rng.poisson(0.1, n) * 1.0, 11: np.where(rng.random(n) < 0.95, 100.0, 95.0),
-        13: rng.choice([49.0, 52.0, 64.0, 33.0], n), 14: rng.choice([-300.0, -360, -420, -480, 60], n),
+        13: rng.choice([49.0, 52.0, 64.0, 33.0], n),
+        14: rng.choice([-300.0, -360, -420, -480, 60], n),
         17: rng.choice([166.0, 225.0, 102.0], n), 18: rng.integers(10, 30, n),
         19: rng.integers(100, 672, n), 20: rng.integers(100, 662, n), 21: rng.integers(100, 855, n),
         22: rng.choice([14.0, 41.0], n), 24: rng.integers(11, 26, n), 25: rng.integers(100, 549, n),
@@ -375,21 +385,23 @@ def _identity(
     for i, values in num.items():
         cols[f"id_{i:02d}"] = _mask(np.asarray(values, np.float64), miss(n) < missing[i])
     cols["id_12"] = pick(["NotFound", "Found"], [0.75, 0.25], [0.85, 0.15])
-    cols["id_15"] = _mask(pick(["Found", "New", "Unknown"], [.6, .3, .1], [.3, .6, .1]), miss(n) < .02)
-    cols["id_16"] = _mask(pick(["Found", "NotFound"], [.6, .4], [.4, .6]), miss(n) < .1)
+    cols["id_15"] = _mask(
+        pick(["Found", "New", "Unknown"], [0.6, 0.3, 0.1], [0.3, 0.6, 0.1]), miss(n) < 0.02
+    )
+    cols["id_16"] = _mask(pick(["Found", "NotFound"], [0.6, 0.4], [0.4, 0.6]), miss(n) < 0.1)
     cols["id_23"] = _mask(pick(["IP_PROXY:TRANSPARENT", "IP_PROXY:ANONYMOUS", "IP_PROXY:HIDDEN"],
                                [.7, .2, .1], [.3, .6, .1]), miss(n) < .95)  # fmt: skip
-    cols["id_27"] = _mask(pick(["Found", "NotFound"], [.9, .1], [.9, .1]), miss(n) < .99)
-    cols["id_28"] = _mask(pick(["Found", "New"], [.6, .4], [.3, .7]), miss(n) < .02)
-    cols["id_29"] = _mask(pick(["Found", "NotFound"], [.6, .4], [.35, .65]), miss(n) < .02)
-    cols["id_30"] = _mask(dev[:, 2], miss(n) < .45)
-    cols["id_31"] = _mask(dev[:, 3], miss(n) < .03)
-    cols["id_33"] = _mask(dev[:, 4], miss(n) < .48)
+    cols["id_27"] = _mask(pick(["Found", "NotFound"], [0.9, 0.1], [0.9, 0.1]), miss(n) < 0.99)
+    cols["id_28"] = _mask(pick(["Found", "New"], [0.6, 0.4], [0.3, 0.7]), miss(n) < 0.02)
+    cols["id_29"] = _mask(pick(["Found", "NotFound"], [0.6, 0.4], [0.35, 0.65]), miss(n) < 0.02)
+    cols["id_30"] = _mask(dev[:, 2], miss(n) < 0.45)
+    cols["id_31"] = _mask(dev[:, 3], miss(n) < 0.03)
+    cols["id_33"] = _mask(dev[:, 4], miss(n) < 0.48)
     cols["id_34"] = _mask(pick(["match_status:2", "match_status:1", "match_status:0",
                                 "match_status:-1"], [.6, .38, .01, .01], [.5, .46, .02, .02]),
                           miss(n) < .46)  # fmt: skip
     for i in (35, 36, 37, 38):
-        cols[f"id_{i}"] = _mask(pick(["T", "F"], [.55, .45], [.45, .55]), miss(n) < .02)
-    cols["DeviceType"] = _mask(dev[:, 0], miss(n) < .02)
-    cols["DeviceInfo"] = _mask(dev[:, 1], miss(n) < .18)
+        cols[f"id_{i}"] = _mask(pick(["T", "F"], [0.55, 0.45], [0.45, 0.55]), miss(n) < 0.02)
+    cols["DeviceType"] = _mask(dev[:, 0], miss(n) < 0.02)
+    cols["DeviceInfo"] = _mask(dev[:, 1], miss(n) < 0.18)
     return cols
