@@ -26,7 +26,7 @@ def compute(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
         raise MetricsError("the labels hold a single class, so AUC is undefined")
     if not np.all(np.isfinite(score)):
         raise MetricsError("the scores contain NaN or infinity")
-    fpr, tpr, _ = roc_curve(y, score)
+    fpr, tpr, _ = roc_curve(y, score, drop_intermediate=False)
     return {
         "roc_auc": float(roc_auc_score(y, score)),
         "pr_auc": float(average_precision_score(y, score)),
