@@ -50,14 +50,20 @@ def main() -> None:
     if not tx.exists():
         synth.generate(args.rows, data, seed=args.seed)
     print(f"data: {args.rows} rows (seed {args.seed}) in {data}")
-    print(f"{'model':10} {'features':9} {'n_feat':>6} {'rounds':>6} {'valid AUC':>9} "
-          f"{'test AUC':>9} {'test PR AUC':>11} {'train s':>8}")  # fmt: skip
+    print(
+        f"{'model':10} {'features':9} {'n_feat':>6} {'rounds':>6} {'valid AUC':>9} "
+        f"{'test AUC':>9} {'test PR AUC':>11} {'train s':>8}"
+    )
     for model in args.models:
         for feature_set in ("raw", "full"):
             prepared = ml.prepare(
-                tx, ident, work / "cache", test_fraction=0.2, valid_fraction=0.2,
+                tx,
+                ident,
+                work / "cache",
+                test_fraction=0.2,
+                valid_fraction=0.2,
                 feature_set=feature_set,
-            )  # fmt: skip
+            )
             started = time.perf_counter()
             result = ml.train_trial(model, PARAMS[model], prepared, seed=args.seed)
             elapsed = time.perf_counter() - started

@@ -11,7 +11,12 @@ import pandas as pd
 ROWS = 3000
 SMALL = {
     "xgboost": {"n_estimators": 30, "max_depth": 3, "learning_rate": 0.2},
-    "lightgbm": {"n_estimators": 30, "num_leaves": 8, "learning_rate": 0.2, "min_child_samples": 10},
+    "lightgbm": {
+        "n_estimators": 30,
+        "num_leaves": 8,
+        "learning_rate": 0.2,
+        "min_child_samples": 10,
+    },
 }
 
 

@@ -127,7 +127,9 @@ def test_client_aggregates_follow_each_clients_history(tmp_path: Path) -> None:
     np.testing.assert_array_equal(built["uid_count"], [1, 1, 2, 3, 2, 1])
     np.testing.assert_allclose(built["uid_amt_mean"], [10, 7, 15, 20, 7, 99])
     np.testing.assert_allclose(built["uid_amt_std"], [np.nan, np.nan, 7.0710678, 10, 0, np.nan])
-    np.testing.assert_array_equal(built["uid_secs_since_prev"], [np.nan, np.nan, 200, 200, 400, np.nan])
+    np.testing.assert_array_equal(
+        built["uid_secs_since_prev"], [np.nan, np.nan, 200, 200, 400, np.nan]
+    )
     np.testing.assert_allclose(built["freq_card1"], [1, 1 / 2, 2 / 3, 3 / 4, 2 / 5, 4 / 6])
     np.testing.assert_array_equal(built["card1"], [1000, 2000, 1000, 1000, 2000, 1000])
     np.testing.assert_array_equal(built["ProductCD"], [0, 1, 0, 1, 0, 1])  # first-seen codes

@@ -10,6 +10,7 @@ import pytest
 
 from sentinel_daemon.ml import DataError
 from sentinel_daemon.ml.loading import load
+
 from .helpers import Synthetic, minimal_transactions
 
 
@@ -118,7 +119,9 @@ def test_identity_is_optional_and_left_joined(tmp_path: Path) -> None:
 
 def test_hyphenated_identity_names_of_the_test_file_are_accepted(tmp_path: Path) -> None:
     tx = write_csv(minimal_transactions(), tmp_path / "tx.csv")
-    ident = write_csv(pd.DataFrame({"TransactionID": [3_000_002], "id-01": [-5.0]}), tmp_path / "i.csv")
+    ident = write_csv(
+        pd.DataFrame({"TransactionID": [3_000_002], "id-01": [-5.0]}), tmp_path / "i.csv"
+    )
     assert load(tx, ident).frame["id_01"].notna().sum() == 1
 
 

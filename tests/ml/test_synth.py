@@ -8,6 +8,7 @@ import pytest
 
 from sentinel_daemon.ml import synth
 from sentinel_daemon.ml.schema import IDENTITY_COLUMNS, TRANSACTION_COLUMNS
+
 from .helpers import Synthetic
 
 

@@ -23,7 +23,9 @@ def test_trial_reports_validation_auc_every_few_rounds(model: str, prepared: ml.
         calls.append((step, value))
         return False
 
-    result = ml.train_trial(model, SMALL[model], prepared, report=report, report_every=5, n_threads=2)
+    result = ml.train_trial(
+        model, SMALL[model], prepared, report=report, report_every=5, n_threads=2
+    )
     assert [step for step, _ in calls] == list(range(5, result.rounds + 1, 5))
     assert all(0.5 < value <= 1.0 for _, value in calls)
     assert set(result.metrics) == set(METRIC_NAMES)
@@ -47,7 +49,9 @@ def test_model_is_cut_back_to_its_best_round(model: str, prepared: ml.Prepared) 
 @pytest.mark.parametrize("model", MODELS)
 def test_trial_is_pruned_when_the_hook_says_so(model: str, prepared: ml.Prepared) -> None:
     with pytest.raises(ml.TrialPruned) as caught:
-        ml.train_trial(model, SMALL[model], prepared, report=lambda step, _: step >= 20, report_every=10)
+        ml.train_trial(
+            model, SMALL[model], prepared, report=lambda step, _: step >= 20, report_every=10
+        )
     assert caught.value.step == 20 and 0.0 <= caught.value.value <= 1.0
     assert isinstance(caught.value, optuna.TrialPruned)
 
