@@ -1,0 +1,331 @@
+"""One trial: train XGBoost or LightGBM on a prepared data set, with early stopping and pruning.
+
+Validation AUC comes from the library's own evaluation, which early stopping needs
+anyway, so the reporting hook adds nothing but a Python call every few rounds. The
+model kept is cut back to its best round, so what is scored, saved and reloaded is
+the same model.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import lightgbm as lgb
+import numpy as np
+import optuna
+import xgboost as xgb
+
+from sentinel_daemon.ml import metrics
+from sentinel_daemon.ml.errors import MLError, SpaceError
+from sentinel_daemon.ml.prepare import Prepared
+from sentinel_daemon.ml.space import default_space
+
+Report = Callable[[int, float], bool]
+Booster = xgb.Booster | lgb.Booster
+
+
+class TrialPruned(MLError, optuna.TrialPruned):
+    """The report hook asked to stop: the trial is pruned at ``step`` with AUC ``value``.
+
+    It is also an ``optuna.TrialPruned``, so a plain Optuna objective may let it escape.
+    """
+
+    def __init__(self, step: int, value: float) -> None:
+        self.step = step
+        self.value = value
+        super().__init__(f"trial pruned at round {step} (validation ROC AUC {value:.6f})")
+
+
+@dataclass(eq=False)
+class TrainResult:
+    """A trained model cut back to its best round, with its validation scores.
+
+    ``best_iteration`` counts the boosting rounds the model keeps (1-based); ``rounds``
+    how many were trained before early stopping. ``train_seconds`` is the libraries'
+    own work (building their data sets and boosting), not scoring or saving.
+    """
+
+    model_kind: str
+    model: Booster
+    params: dict[str, Any]
+    native_params: dict[str, Any]
+    metrics: dict[str, float]
+    best_iteration: int
+    rounds: int
+    train_seconds: float
+    device: str
+    feature_names: tuple[str, ...]
+    data_hash: str
+    feature_version: str
+    feature_set: str
+    notes: tuple[str, ...] = field(default=())
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Fraud probabilities for the rows of ``X``."""
+        return predict(self.model_kind, self.model, X)
+
+
+class Predictor(Protocol):
+    def predict(self, X: np.ndarray) -> np.ndarray: ...
+
+
+def predict(model_kind: str, model: Booster, X: np.ndarray) -> np.ndarray:
+    """Probabilities from a booster; the one path both trained and reloaded models take."""
+    if model_kind == "xgboost" and isinstance(model, xgb.Booster):
+        return np.asarray(model.inplace_predict(X))
+    if model_kind == "lightgbm" and isinstance(model, lgb.Booster):
+        return np.asarray(model.predict(X))
+    raise MLError(f"cannot predict with a {type(model).__name__} as model kind {model_kind!r}")
+
+
+def evaluate(model: Predictor, prepared: Prepared, split: str = "test") -> dict[str, float]:
+    """Metrics of a trained or reloaded model on one split of ``prepared``."""
+    X, y = prepared.rows(split)
+    return metrics.compute(y, model.predict(X))
+
+
+def train_trial(
+    model: str,
+    params: Mapping[str, Any],
+    prepared: Prepared,
+    *,
+    device: str = "cpu",
+    n_threads: int | None = None,
+    report: Report | None = None,
+    report_every: int = 10,
+    early_stopping_rounds: int = 50,
+    seed: int = 0,
+) -> TrainResult:
+    """Train one model on the train split, early-stopping on the validation split.
+
+    ``params`` uses the scikit-learn-API names of :mod:`space` (missing ones take the
+    library defaults; ``n_estimators`` defaults to 100). Every ``report_every`` rounds
+    ``report(step, valid_auc)`` is called; when it returns True the trial stops and
+    :class:`TrialPruned` is raised. ``device="cuda"`` trains on the GPU where the
+    library and the machine allow it, else on the CPU with a note in the result.
+    """
+    known = default_space(model)  # also rejects an unknown model
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise SpaceError(model, unknown[0], f"unknown parameter; known: {sorted(known)}")
+    if report_every < 1 or early_stopping_rounds < 1:
+        raise ValueError("report_every and early_stopping_rounds must be at least 1")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', not {device!r}")
+    trainer = _train_xgboost if model == "xgboost" else _train_lightgbm
+    booster, native, rounds, best, seconds, used, notes = trainer(
+        dict(params), prepared, device, n_threads, report, report_every, early_stopping_rounds, seed
+    )
+    valid_scores = predict(model, booster, prepared.X_valid)
+    return TrainResult(
+        model_kind=model,
+        model=booster,
+        params=dict(params),
+        native_params=native,
+        metrics=metrics.compute(prepared.y_valid, valid_scores),
+        best_iteration=best,
+        rounds=rounds,
+        train_seconds=seconds,
+        device=used,
+        feature_names=prepared.feature_names,
+        data_hash=prepared.data_hash,
+        feature_version=prepared.feature_version,
+        feature_set=prepared.feature_set,
+        notes=tuple(notes),
+    )
+
+
+def xgboost_params(
+    params: Mapping[str, Any], device: str, n_threads: int | None, seed: int
+) -> tuple[dict[str, Any], int]:
+    """Native ``xgboost.train`` parameters and the number of rounds for scikit-learn names."""
+    names = {"learning_rate": "eta", "reg_alpha": "alpha", "reg_lambda": "lambda"}
+    native: dict[str, Any] = {
+        "objective": "binary:logistic",
+        "eval_metric": "auc",
+        "tree_method": "hist",
+        "device": device,
+        "seed": seed,
+    }
+    if n_threads is not None:
+        native["nthread"] = n_threads
+    for name, value in params.items():
+        if name != "n_estimators":
+            native[names.get(name, name)] = value
+    return native, int(params.get("n_estimators", 100))
+
+
+def lightgbm_params(
+    params: Mapping[str, Any], device: str, n_threads: int | None, seed: int
+) -> tuple[dict[str, Any], int]:
+    """Native ``lightgbm.train`` parameters and the number of rounds for scikit-learn names."""
+    names = {
+        "min_child_samples": "min_data_in_leaf",
+        "subsample": "bagging_fraction",
+        "colsample_bytree": "feature_fraction",
+        "reg_alpha": "lambda_l1",
+        "reg_lambda": "lambda_l2",
+    }
+    native: dict[str, Any] = {
+        "objective": "binary",
+        "metric": "auc",
+        "device_type": device,
+        "seed": seed,
+        "verbosity": -1,
+    }
+    if n_threads is not None:
+        native["num_threads"] = n_threads
+    for name, value in params.items():
+        if name != "n_estimators":
+            native[names.get(name, name)] = value
+    if native.get("max_depth") == 0:
+        native["max_depth"] = -1  # both mean "no limit"; LightGBM documents -1
+    if native.get("bagging_fraction", 1.0) < 1.0:
+        native["bagging_freq"] = 1  # without it LightGBM silently ignores the subsample
+    return native, int(params.get("n_estimators", 100))
+
+
+class _XGBoostReport(xgb.callback.TrainingCallback):
+    def __init__(self, report: Report, every: int) -> None:
+        self.report, self.every = report, every
+        self.pruned: tuple[int, float] | None = None
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:
+        step = epoch + 1
+        if step % self.every:
+            return False
+        value = float(evals_log["valid"]["auc"][-1])
+        if self.report(step, value):
+            self.pruned = (step, value)
+            return True  # stops xgboost.train; train_trial then raises TrialPruned
+        return False
+
+
+def _train_xgboost(
+    params: dict[str, Any],
+    prepared: Prepared,
+    device: str,
+    n_threads: int | None,
+    report: Report | None,
+    every: int,
+    patience: int,
+    seed: int,
+) -> tuple[xgb.Booster, dict[str, Any], int, int, float, str, list[str]]:
+    native, rounds = xgboost_params(params, device, n_threads, seed)
+    hook = _XGBoostReport(report, every) if report is not None else None
+    started = time.perf_counter()
+    # A plain DMatrix for the eval set: as a QuantileDMatrix it costs ~2x (MEASURED.md).
+    dtrain = xgb.DMatrix(prepared.X_train, label=prepared.y_train, nthread=n_threads or -1)
+    dvalid = xgb.DMatrix(prepared.X_valid, label=prepared.y_valid, nthread=n_threads or -1)
+    booster = xgb.train(
+        native,
+        dtrain,
+        num_boost_round=rounds,
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=patience,
+        verbose_eval=False,
+        callbacks=[hook] if hook is not None else None,
+    )
+    seconds = time.perf_counter() - started
+    if hook is not None and hook.pruned is not None:
+        raise TrialPruned(*hook.pruned)
+    trained = booster.num_boosted_rounds()
+    best = int(booster.best_iteration) + 1
+    used = json.loads(booster.save_config())["learner"]["generic_param"]["device"]
+    notes = []
+    if device != "cpu" and not used.startswith("cuda"):
+        notes.append(f"XGBoost found no usable GPU for device={device!r}: trained on the CPU")
+    return booster[:best], native, trained, best, seconds, used, notes
+
+
+class _Pruned(Exception):  # internal signal, never escapes train_trial
+    def __init__(self, step: int, value: float) -> None:
+        self.step, self.value = step, value
+
+
+def _lightgbm_report(report: Report, every: int) -> Callable[[Any], None]:
+    def callback(env: Any) -> None:
+        step = env.iteration + 1
+        if step % every:
+            return
+        value = next(r[2] for r in env.evaluation_result_list if r[0] == "valid" and r[1] == "auc")
+        if report(step, float(value)):
+            raise _Pruned(step, float(value))
+
+    callback.order = 40  # type: ignore[attr-defined]  # after early stopping (order 30)
+    return callback
+
+
+@functools.cache
+def lightgbm_gpu_device() -> str | None:
+    """``cuda`` or ``gpu`` if this LightGBM build can train on a GPU here, else None.
+
+    Probed once per process with a tiny training run: a CPU-only build, or one without
+    a device, fails with a LightGBMError rather than crashing.
+    """
+    X = np.arange(400, dtype=np.float32).reshape(200, 2)
+    y = (np.arange(200) % 2).astype(np.float32)
+    for kind in ("cuda", "gpu"):
+        try:
+            lgb.train(
+                {"device_type": kind, "verbosity": -1, "num_leaves": 2, "min_data_in_leaf": 1},
+                lgb.Dataset(X, label=y),
+                num_boost_round=1,
+            )
+        except lgb.basic.LightGBMError:
+            continue
+        return kind
+    return None
+
+
+def _train_lightgbm(
+    params: dict[str, Any],
+    prepared: Prepared,
+    device: str,
+    n_threads: int | None,
+    report: Report | None,
+    every: int,
+    patience: int,
+    seed: int,
+) -> tuple[lgb.Booster, dict[str, Any], int, int, float, str, list[str]]:
+    notes = []
+    used = "cpu"
+    if device != "cpu":
+        gpu = lightgbm_gpu_device()
+        if gpu is None:
+            notes.append("this LightGBM build or machine has no usable GPU: trained on the CPU")
+        else:
+            used = gpu
+    native, rounds = lightgbm_params(params, used, n_threads, seed)
+    if used != "cpu" and ":" in device:
+        native["gpu_device_id"] = int(device.split(":", 1)[1])
+    callbacks: list[Callable[..., Any]] = [
+        lgb.early_stopping(patience, first_metric_only=True, verbose=False)
+    ]
+    if report is not None:
+        callbacks.append(_lightgbm_report(report, every))
+    started = time.perf_counter()
+    names = list(prepared.feature_names)
+    dtrain = lgb.Dataset(prepared.X_train, label=prepared.y_train, feature_name=names)
+    dvalid = lgb.Dataset(prepared.X_valid, label=prepared.y_valid, reference=dtrain)
+    try:
+        booster = lgb.train(
+            native,
+            dtrain,
+            num_boost_round=rounds,
+            valid_sets=[dvalid],
+            valid_names=["valid"],
+            callbacks=callbacks,
+        )
+    except _Pruned as stop:
+        raise TrialPruned(stop.step, stop.value) from None
+    seconds = time.perf_counter() - started
+    trained = booster.current_iteration()
+    best = booster.best_iteration or trained
+    final = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    return final, native, trained, best, seconds, used, notes
