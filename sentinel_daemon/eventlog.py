@@ -28,7 +28,14 @@ from typing import Any
 
 from sentinel_daemon.errors import LogCorrupt, LogError, LogFsyncFailed, LogGap
 from sentinel_daemon.fsutil import copy_file_durably, fsync_dir
-from sentinel_daemon.records import BadRecord, Position, Record, decode_line, encode_line, format_ts
+from sentinel_daemon.records import (
+    BadRecord,
+    Position,
+    Record,
+    decode_line,
+    encode_batch,
+    format_ts,
+)
 
 SEGMENT_RE = re.compile(r"^(\d{20})\.jsonl$")
 DAMAGED_DIR = "damaged"
@@ -389,8 +396,7 @@ class FileLog:
             self._rotate()
         ts = self._batch_ts()
         first = self.last_seq + 1
-        lines = [encode_line(first + i, ts, p) for i, p in enumerate(payloads)]
-        data = lines[0] if len(lines) == 1 else b"".join(lines)
+        data = encode_batch(first, ts, list(payloads))
         try:
             written = self._write(self._fd, data)  # type: ignore[arg-type]
             if written != len(data):  # a short write: finish it, or fail and roll back

@@ -99,6 +99,28 @@ def encode_line(seq: int, ts: str, payload: dict[str, Any]) -> bytes:
     return b'%s,"crc":"%08x"}\n' % (head, zlib.crc32(head))
 
 
+def encode_batch(first_seq: int, ts: str, payloads: list[dict[str, Any]]) -> bytes:
+    """Serialise consecutive records (seq ``first_seq``, ...) exactly as :func:`encode_line`.
+
+    The hot path of group commit: one ``join`` for the batch, and each checksum computed
+    over the prefix and the event's JSON in place instead of over a concatenated copy.
+    """
+    if len(ts) != TS_LEN:
+        raise ValueError(f"timestamp {ts!r} is not in the log's fixed-width form")
+    tsb = ts.encode()
+    parts: list[bytes | memoryview] = []
+    crc32 = zlib.crc32
+    dumps = orjson.dumps
+    for i, payload in enumerate(payloads):
+        if not ENVELOPE_KEYS.isdisjoint(payload):
+            clash = sorted(ENVELOPE_KEYS.intersection(payload))
+            raise ValueError(f"event field {clash[0]!r} clashes with the record envelope")
+        prefix = b'{"seq":%d,"ts":"%s",' % (first_seq + i, tsb)
+        inner = memoryview(dumps(payload))[1:-1]
+        parts += (prefix, inner, b',"crc":"%08x"}\n' % crc32(inner, crc32(prefix)))
+    return b"".join(parts)
+
+
 def decode_line(line: bytes) -> Record:
     """Check one line (without its newline) and split it into envelope and event bytes.
 

@@ -68,3 +68,14 @@ def test_any_single_bit_flip_in_a_record_is_detected(payload: dict, data: st.Dat
 def test_junk_is_not_a_record(junk: bytes) -> None:
     with pytest.raises(BadRecord):
         decode_line(junk)
+
+
+def test_a_batch_encodes_to_exactly_the_lines_of_its_records() -> None:
+    from sentinel_daemon.records import encode_batch
+
+    ts = "2026-01-01T00:00:00.000000Z"
+    payloads = [{**PAYLOAD, "trial": i} for i in range(5)]
+    batch = encode_batch(10, ts, payloads)
+    assert batch == b"".join(encode_line(10 + i, ts, p) for i, p in enumerate(payloads))
+    records = [decode_line(line) for line in batch.split(b"\n")[:-1]]
+    assert [(r.seq, r.payload["trial"]) for r in records] == [(10 + i, i) for i in range(5)]
