@@ -28,6 +28,7 @@ CACHE_FORMAT: Final = 1
 _META_KEY: Final = b"sentinel.ml"
 _ID, _TIME, _TARGET = "__TransactionID", "__TransactionDT", "__isFraud"
 _ROW_GROUP: Final = 16_384  # small row groups bound the memory of a batched read
+_COLUMN_BLOCK: Final = 64
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,14 +124,15 @@ def write(
 def read(path: Path, expected: dict[str, Any], split_rows: SplitRows) -> Matrix | None:
     """Load a cache file into the split matrices; None if absent, unreadable or foreign.
 
-    ``expected`` metadata items (the key, the feature version) must all match. Batches of
-    rows are copied straight into the preallocated split arrays, so the peak stays near
-    the matrices' own size. Errors of ``split_rows`` (a SplitError) propagate.
+    ``expected`` metadata items (the key, the feature version) must all match. Blocks of
+    columns of one row group at a time are copied straight into the preallocated split
+    arrays, so the peak stays near the matrices' own size. Errors of ``split_rows``
+    (a SplitError) propagate.
     """
     if not path.is_file():
         return None
     try:
-        pf = pq.ParquetFile(path, memory_map=True)
+        pf = pq.ParquetFile(path)
         info = orjson.loads(pf.schema_arrow.metadata[_META_KEY])
         if info.get("format") != CACHE_FORMAT or any(info.get(k) != v for k, v in expected.items()):
             return None
@@ -145,10 +147,16 @@ def read(path: Path, expected: dict[str, Any], split_rows: SplitRows) -> Matrix 
     parts = allocate(split, len(names))
     try:
         start = 0
-        for batch in pf.iter_batches(batch_size=_ROW_GROUP, columns=list(names)):
-            for j in range(len(names)):
-                scatter(parts, split, j, start, batch.column(j).to_numpy(zero_copy_only=False))
-            start += batch.num_rows
+        for group in range(pf.num_row_groups):
+            rows = pf.metadata.row_group(group).num_rows
+            # A few dozen columns of one row group at a time: a few MiB decoded in flight.
+            for first in range(0, len(names), _COLUMN_BLOCK):
+                block = list(names[first : first + _COLUMN_BLOCK])
+                table = pf.read_row_group(group, columns=block)
+                for j, name in enumerate(block, start=first):
+                    column = table.column(name).to_numpy(zero_copy_only=False)
+                    scatter(parts, split, j, start, column)
+            start += rows
         if start != len(ids):
             return None
     except (pa.ArrowException, OSError, ValueError):

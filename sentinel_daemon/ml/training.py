@@ -257,7 +257,7 @@ def _lightgbm_report(report: Report, every: int) -> Callable[[Any], None]:
         if report(step, float(value)):
             raise _Pruned(step, float(value))
 
-    callback.order = 40  # type: ignore[attr-defined]  # after early stopping (order 30)
+    callback.order = 20  # type: ignore[attr-defined]  # before early stopping (30) ends the loop
     return callback
 
 
@@ -321,6 +321,9 @@ def _train_lightgbm(
             valid_sets=[dvalid],
             valid_names=["valid"],
             callbacks=callbacks,
+            # Keep every round: otherwise LightGBM cuts the booster to its best round through
+            # a model-string round trip of its own, and the rounds trained are lost.
+            keep_training_booster=True,
         )
     except _Pruned as stop:
         raise TrialPruned(stop.step, stop.value) from None
