@@ -162,7 +162,11 @@ def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
                 assert report.problem is not None
                 print(f"DAMAGED: {report.problem['message']}", file=sys.stderr)
         return EXIT_OK if report.ok else EXIT_PROBLEM
-    result = repair(settings.state_dir, truncate_corrupt=args.truncate_corrupt)
+    result = repair(
+        settings.state_dir,
+        truncate_corrupt=args.truncate_corrupt,
+        segment_bytes=settings.eventlog.segment_bytes,
+    )
     if args.json:
         _print_json({"action": result.action, **result.detail})
     elif result.action == "none":

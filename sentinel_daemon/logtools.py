@@ -276,7 +276,9 @@ class RepairResult:
     detail: dict[str, Any]
 
 
-def repair(state_dir: Path, *, truncate_corrupt: bool = False) -> RepairResult:
+def repair(
+    state_dir: Path, *, truncate_corrupt: bool = False, segment_bytes: int = 64 << 20
+) -> RepairResult:
     """Cut a torn tail (or, when asked, everything from a corrupt record on) after a backup.
 
     Takes the state-directory lock, so it refuses to run beside a daemon. Records what it
@@ -302,7 +304,7 @@ def repair(state_dir: Path, *, truncate_corrupt: bool = False) -> RepairResult:
         rescan = LogScan(events_dir)
         for _ in rescan:
             pass
-        log_, _, _ = FileLog.open(events_dir, rescan, segment_bytes=64 << 20)
+        log_, _, _ = FileLog.open(events_dir, rescan, segment_bytes=segment_bytes)
         try:
             log_.append(
                 [
