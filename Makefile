@@ -28,6 +28,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/eventlog.py
 	$(BIN)/python bench/training.py
+	$(BIN)/python bench/queuedir.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check sentinel_daemon tests bench scripts events/golden

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "bench" / "queue.py"
+BENCH = REPO / "bench" / "queuedir.py"
 
 ROWS = (
     "bare maildir hand-off",

@@ -1,6 +1,6 @@
 """Benchmark the queue directory: command hand-offs per second against a bare maildir loop.
 
-Run ``python bench/queue.py`` (about fifteen seconds) or ``--quick`` (tiny sizes, a smoke test
+Run ``python bench/queuedir.py`` (about fifteen seconds) or ``--quick`` (tiny sizes, a smoke test
 whose figures mean nothing). Work files go to a temporary folder on the repository's own
 filesystem (``/tmp`` when it is the same filesystem, else ``.bench-tmp/`` in the
 repository, or under ``--dir``); it is removed at the end.
