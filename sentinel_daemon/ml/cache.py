@@ -10,6 +10,8 @@ key is treated as absent and rebuilt.
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sentinel_daemon.fsutil import atomic_writer
+from sentinel_daemon.fsutil import atomic_write_bytes, atomic_writer
 from sentinel_daemon.ml.errors import DataError
 from sentinel_daemon.ml.splits import SPLITS, Split
 
@@ -85,6 +87,49 @@ def file_sha256(path: Path) -> str:
     except IsADirectoryError as exc:
         raise DataError(Path(path), None, "is a folder, not a data file") from exc
     return digest.hexdigest()
+
+
+#: A remembered digest is trusted only for a file last changed longer ago than this, the
+#: "racy git" rule: a write within the same timestamp tick as our stat could go unseen.
+_RACY_SECONDS = 2.0
+
+
+def remembered_sha256(path: Path, memo_dir: Path, *, racy_seconds: float = _RACY_SECONDS) -> str:
+    """:func:`file_sha256`, remembered per file while its identity is unchanged.
+
+    A second job on the same data must not pay for reading every byte again just to find
+    its cache. The digest is kept in ``memo_dir`` with the file's device, inode, size,
+    mtime and ctime (which no user call can set back); if any of them differs, or the file
+    changed too recently to tell, it is hashed again. Like git's index, this trusts the
+    file system's timestamps.
+    """
+    path = Path(path)
+    try:
+        before = os.stat(path)
+    except FileNotFoundError as exc:
+        raise DataError(path, None, "file not found") from exc
+    identity = _identity(before)
+    real = os.path.realpath(path)
+    memo = Path(memo_dir) / "digests" / f"{hashlib.sha256(real.encode()).hexdigest()[:32]}.json"
+    try:
+        saved = orjson.loads(memo.read_bytes())
+        if saved.get("path") == real and saved.get("identity") == identity:
+            return str(saved["sha256"])
+    except (OSError, orjson.JSONDecodeError, AttributeError, KeyError):
+        pass  # no memo, or a damaged one: hash the file
+    digest = file_sha256(path)
+    after = os.stat(path)
+    unchanged = identity == _identity(after)
+    settled = time.time() - max(after.st_mtime, after.st_ctime) >= racy_seconds
+    if unchanged and settled:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        record = {"path": real, "identity": identity, "sha256": digest}
+        atomic_write_bytes(memo, orjson.dumps(record))
+    return digest
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def data_hash(transactions_sha256: str, identity_sha256: str | None) -> str:

@@ -90,8 +90,10 @@ def prepare(
     """
     if feature_set not in features.FEATURE_SETS:
         raise ValueError(f"unknown feature set {feature_set!r}; one of {features.FEATURE_SETS}")
-    tx_sha = cache.file_sha256(Path(transactions))
-    id_sha = cache.file_sha256(Path(identity)) if identity is not None else None
+    tx_sha = cache.remembered_sha256(Path(transactions), Path(cache_dir))
+    id_sha = (
+        cache.remembered_sha256(Path(identity), Path(cache_dir)) if identity is not None else None
+    )
     digest = cache.data_hash(tx_sha, id_sha)
     key = cache.cache_key(digest, FEATURE_VERSION, feature_set)
     path = cache.cache_path(Path(cache_dir), key, feature_set)

@@ -166,3 +166,23 @@ def test_unreadable_parquet_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(DataError, match="Parquet"):
         load(path)
+
+
+def test_a_remembered_digest_is_reused_only_while_the_file_is_unchanged(tmp_path: Path) -> None:
+    import os
+
+    from sentinel_daemon.ml import cache
+
+    data = tmp_path / "t.csv"
+    data.write_bytes(b"a,b\n1,2\n")
+    memo = tmp_path / "cache"
+    assert cache.remembered_sha256(data, memo) == cache.file_sha256(data)
+    assert not (memo / "digests").exists()  # just written: too recent to be trusted
+    first = cache.remembered_sha256(data, memo, racy_seconds=0)
+    (entry,) = (memo / "digests").iterdir()
+    entry.write_bytes(entry.read_bytes().replace(first.encode(), b"f" * 64))
+    assert cache.remembered_sha256(data, memo) == "f" * 64  # the memo is what answers
+    stat = data.stat()
+    data.write_bytes(b"a,b\n1,3\n4,5\n")  # the file changed
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime back
+    assert cache.remembered_sha256(data, memo) == cache.file_sha256(data) != first
