@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         "are lost; they stay in the backup)",
     )
 
+    # `sentinel worker ...` is handed whole to sentinel_daemon.worker.main (see main()); it
+    # is listed here for --help.
+    sub.add_parser("worker", add_help=False, help="one worker process (`sentinel worker --help`)")
+
     gen = sub.add_parser(
         "gen-data", parents=[common], help="write a synthetic data set in the IEEE-CIS file layout"
     )
@@ -195,6 +199,11 @@ COMMANDS = {"tail": cmd_tail, "log": cmd_log, "gen-data": cmd_gen_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"]:
+        from sentinel_daemon.worker import main as worker_main
+
+        return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)

@@ -1,0 +1,489 @@
+"""The worker process (``sentinel worker``): claims trial commands, trains, saves, reports.
+
+One worker is one OS process with one GPU (``CUDA_VISIBLE_DEVICES`` is set by whoever
+starts it, so the worker always asks for ``cuda``) or none (CPU). Its loop:
+
+1. claim the oldest command from ``STATE/queue/`` (a short ``claim_wait``, so that signals
+   and the parent check are seen within a second);
+2. prepare the data, or reuse the :class:`~sentinel_daemon.ml.Prepared` kept in memory from
+   the previous trial when the command names the same data (files, cache folder, fractions);
+3. train, posting ``progress`` at each report and asking the queue whether the daemon wants
+   the trial pruned;
+4. save the model under ``STATE/<artifact_dir>/<attempt>-<worker_id>/`` (a folder per attempt
+   and worker, so two processes never write the same file), post ``saved``, and finish the
+   command. ``pruned`` and ``failed`` (any exception, a data error included) also finish it;
+   the daemon decides about retries.
+
+Relative paths in a command (``artifact_dir``, and the data files and cache folder) are
+relative to the state directory; absolute ones are used as they are.
+
+Stopping. Signal handlers only set a flag. SIGTERM or SIGINT: stop claiming, abandon the
+trial in progress at its next report without posting anything (the trial did not fail; its
+command stays claimed and the daemon takes it back), exit :data:`EXIT_OK`. A second signal
+meets the default disposition and ends the process at once. When ``parent_pid`` is given
+and the process is re-parented (the daemon died), the heartbeat thread sets the stop flag
+and the worker exits :data:`EXIT_ORPHANED` the same way.
+
+Heartbeat: a daemon thread replaces ``workers/<id>/heartbeat.json`` every ``heartbeat_s``
+with ``pid``, ``command_id`` (or None), ``trials_done``, ``data_loads`` (times the data was
+prepared) and ``data_reuses`` (trials that used the data kept in memory).
+
+Fault injection, for the daemon's crash tests only. When the environment variable
+``SENTINEL_TEST_FAULTS`` is ``1`` the parameter ``_fault`` of a command is taken out of the
+training parameters and acted on at the trial's first report:
+
+- ``"crash"``: the process ends at once with :data:`EXIT_INJECTED_CRASH` (``os._exit``: no
+  message, no clean-up, the command stays claimed);
+- ``"hang"``: heartbeats stop and the main thread blocks, ignoring SIGTERM, until it is
+  killed (or its parent dies, so a test that fails leaves no orphan behind);
+- ``"raise"``: training raises :class:`InjectedFault`, which is posted as ``failed``;
+- ``"slow"``: every report waits :data:`SLOW_REPORT_S`, so a test can act mid-trial.
+
+Without the variable a ``_fault`` parameter is an unknown parameter: the command is
+answered with ``failed`` and the worker carries on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from sentinel_daemon.errors import SentinelError
+from sentinel_daemon.logs import configure_logging
+from sentinel_daemon.queue import (
+    ClaimedCommand,
+    Failed,
+    Outbox,
+    Progress,
+    Pruned,
+    Queue,
+    Saved,
+    TrialCommand,
+    TrialData,
+)
+
+if TYPE_CHECKING:
+    from sentinel_daemon import ml
+
+log = structlog.get_logger(__name__)
+
+#: Stopped by SIGTERM/SIGINT or by the caller's stop event.
+EXIT_OK = 0
+#: The worker's own machinery failed (the queue folder vanished, say); not a trial failure.
+EXIT_ERROR = 1
+#: Bad command-line arguments (argparse's own code).
+EXIT_USAGE = 2
+#: The parent is gone: the daemon died and this process was re-parented.
+EXIT_ORPHANED = 3
+#: The ``crash`` test fault (see the module docstring).
+EXIT_INJECTED_CRASH = 86
+
+FAULTS_ENV = "SENTINEL_TEST_FAULTS"
+FAULT_PARAM = "_fault"
+FAULT_KINDS = ("crash", "hang", "raise", "slow")
+SLOW_REPORT_S = 0.2
+#: How long one claim_wait lasts before the loop looks at its flags again.
+CLAIM_WAIT_S = 0.5
+
+
+class InjectedFault(SentinelError):
+    """The ``raise`` test fault: a trial that fails the way any training error would."""
+
+    def __init__(self, command_id: str) -> None:
+        self.command_id = command_id
+        super().__init__(f"injected fault in command {command_id} ({FAULTS_ENV}=1)")
+
+
+class CommandRejected(SentinelError):
+    """A command the worker refuses before training (an unknown parameter)."""
+
+    def __init__(self, command_id: str, reason: str) -> None:
+        self.command_id = command_id
+        self.reason = reason
+        super().__init__(f"command {command_id}: {reason}")
+
+
+class _Abandoned(Exception):  # a control-flow signal; never escapes the worker
+    """Raised from the report hook to leave a trial that must not be reported."""
+
+
+def _faults_enabled() -> bool:
+    return os.environ.get(FAULTS_ENV) == "1"
+
+
+class Worker:
+    """The state of one worker process; :func:`run_worker` is the way to run it."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        worker_id: str,
+        *,
+        gpu: int | None,
+        heartbeat_s: float,
+        parent_pid: int | None,
+        stop: threading.Event | None,
+        threads: int | None = None,
+    ) -> None:
+        if heartbeat_s <= 0:
+            raise ValueError(f"heartbeat_s must be positive, not {heartbeat_s}")
+        self.state_dir = Path(state_dir)
+        self.worker_id = worker_id
+        self.gpu = gpu
+        self.device = "cpu" if gpu is None else "cuda"
+        self.heartbeat_s = heartbeat_s
+        self.parent_pid = parent_pid
+        self.threads = threads
+        self.stop = stop if stop is not None else threading.Event()
+        self.queue = Queue(self.state_dir / "queue")
+        self.outbox = Outbox(self.queue, worker_id)
+        self.log = log.bind(worker=worker_id, gpu=gpu)
+        # Set by signal handlers: a plain attribute, since setting a threading.Event from a
+        # handler can deadlock on the lock the interrupted main thread may hold.
+        self.signalled: int | None = None
+        self.orphaned = False
+        self.hung = False
+        self.command_id: str | None = None
+        self.trials_done = 0
+        self.data_loads = 0
+        self.data_reuses = 0
+        # One data set only: a worker serves one job's trials at a time, and two prepared
+        # IEEE-CIS sets could exhaust memory; interleaved jobs just prepare again (cached).
+        self._data_key: TrialData | None = None
+        self._prepared: ml.Prepared | None = None
+        self._beats_done = threading.Event()
+        self._heart: threading.Thread | None = None
+
+    # -- flags -----------------------------------------------------------------------------
+
+    def stopping(self) -> bool:
+        return self.signalled is not None or self.orphaned or self.stop.is_set()
+
+    def parent_gone(self) -> bool:
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
+
+    def exit_code(self) -> int:
+        return EXIT_ORPHANED if self.orphaned else EXIT_OK
+
+    # -- heartbeat -------------------------------------------------------------------------
+
+    def beat(self) -> None:
+        self.queue.beat(
+            self.worker_id,
+            {
+                "command_id": self.command_id,
+                "trials_done": self.trials_done,
+                "data_loads": self.data_loads,
+                "data_reuses": self.data_reuses,
+                "gpu": self.gpu,
+            },
+        )
+
+    def _heartbeat_loop(self) -> None:
+        while not self._beats_done.wait(self.heartbeat_s):
+            if self.parent_gone():
+                self.orphaned = True
+                self.stop.set()
+                return
+            if self.hung:
+                continue
+            try:
+                self.beat()
+            except OSError as exc:
+                # A missed beat is the supervisor's to judge; the thread must not die of it.
+                self.log.warning("worker.heartbeat_failed", error=str(exc))
+
+    def start_heartbeat(self) -> None:
+        self.beat()
+        self._heart = threading.Thread(
+            target=self._heartbeat_loop, name=f"heartbeat-{self.worker_id}", daemon=True
+        )
+        self._heart.start()
+
+    def stop_heartbeat(self) -> None:
+        self._beats_done.set()
+        if self._heart is not None:
+            self._heart.join()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if self.parent_gone():
+            self.orphaned = True
+            self.log.warning("worker.orphaned", parent_pid=self.parent_pid, ppid=os.getppid())
+            return EXIT_ORPHANED
+        self.log.info("worker.started", pid=os.getpid(), device=self.device)
+        self.start_heartbeat()
+        try:
+            while not self.stopping():
+                if self.parent_gone():
+                    self.orphaned = True
+                    break
+                claimed = self.queue.claim_wait(self.worker_id, CLAIM_WAIT_S, self.stopping)
+                if claimed is not None:
+                    self.run_trial(claimed)
+        finally:
+            self.stop_heartbeat()
+        self.log.info(
+            "worker.stopped",
+            reason="orphaned" if self.orphaned else "stop requested",
+            signal=self.signalled,
+            trials_done=self.trials_done,
+        )
+        return self.exit_code()
+
+    def run_trial(self, claimed: ClaimedCommand) -> None:
+        """Train one claimed command and answer it; abandon it silently when stopping."""
+        command = claimed.command
+        cid = command.command_id
+        started = time.monotonic()
+        self.command_id = cid
+        tlog = self.log.bind(command_id=cid, model=command.model)
+        tlog.info("worker.trial_started")
+        try:
+            outcome = self._train_and_save(command, started)
+        except _Abandoned:
+            tlog.info("worker.trial_abandoned", reason="stopping")
+            return
+        except Exception as exc:  # any failure of the trial is the daemon's to judge
+            # Imported here (like everything from ml) so that heartbeats start before the
+            # seconds that importing XGBoost and LightGBM take.
+            from sentinel_daemon import ml
+
+            if isinstance(exc, ml.TrialPruned):
+                self.outbox.send(Pruned, cid, step=exc.step, value=_finite(exc.value))
+                outcome = "pruned"
+            else:
+                tlog.warning("worker.trial_failed", error=f"{type(exc).__name__}: {exc}")
+                self.outbox.send(
+                    Failed,
+                    cid,
+                    error=f"{type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc(),
+                )
+                outcome = "failed"
+        finally:
+            self.command_id = None
+        self.queue.finish(self.worker_id, cid)
+        self.trials_done += 1
+        tlog.info("worker.trial_ended", outcome=outcome, duration_s=time.monotonic() - started)
+
+    def _train_and_save(self, command: TrialCommand, started: float) -> str:
+        from sentinel_daemon import ml
+
+        params: dict[str, Any] = dict(command.params)
+        fault = self._take_fault(command, params)
+        prepared = self._prepared_for(command.data)
+        if self.stopping():
+            raise _Abandoned
+        cid = command.command_id
+        first_report = True
+
+        def report(step: int, value: float) -> bool:
+            nonlocal first_report
+            if self.stopping():
+                raise _Abandoned
+            if fault is not None:
+                self._act_on_fault(fault, cid, first_report)
+                if self.stopping():
+                    raise _Abandoned
+            first_report = False
+            if _finite(value) is not None:  # a NaN score has no JSON form: nothing to report
+                self.outbox.send(Progress, cid, step=step, value=value)
+            return self.queue.should_prune(self.worker_id, cid)
+
+        result = ml.train_trial(
+            command.model,
+            params,
+            prepared,
+            device=self.device,
+            n_threads=self.threads,
+            report=report,
+            report_every=command.report_every,
+        )
+        out_dir = self._resolve(command.artifact_dir) / f"{command.attempt}-{self.worker_id}"
+        saved = ml.save_model(
+            result,
+            command.model,
+            out_dir,
+            {
+                "job_id": command.job_id,
+                "trial": command.trial,
+                "attempt": command.attempt,
+                "command_id": cid,
+                "worker_id": self.worker_id,
+            },
+        )
+        self.outbox.send(
+            Saved,
+            cid,
+            artifact=saved.path.relative_to(self.state_dir).as_posix(),
+            sha256=saved.sha256,
+            metrics=result.metrics,
+            value=result.metrics["roc_auc"],
+            train_seconds=result.train_seconds,
+            duration_s=time.monotonic() - started,
+        )
+        return "saved"
+
+    def _prepared_for(self, data: TrialData) -> ml.Prepared:
+        from sentinel_daemon import ml
+
+        if self._prepared is not None and self._data_key == data:
+            self.data_reuses += 1
+            return self._prepared
+        # Drop the old set before building the new one: never two in memory at once.
+        self._prepared = self._data_key = None
+        prepared = ml.prepare(
+            self._resolve(data.transactions),
+            self._resolve(data.identity) if data.identity is not None else None,
+            self._resolve(data.cache_dir),
+            test_fraction=data.test_fraction,
+            valid_fraction=data.valid_fraction,
+        )
+        self.data_loads += 1
+        self._prepared, self._data_key = prepared, data
+        self.log.info(
+            "worker.data_prepared",
+            data_hash=prepared.data_hash,
+            from_cache=prepared.from_cache,
+            nbytes=prepared.nbytes,
+        )
+        return prepared
+
+    def _resolve(self, path: Path | str) -> Path:
+        return self.state_dir / path  # an absolute ``path`` wins over the state dir
+
+    # -- test faults -----------------------------------------------------------------------
+
+    @staticmethod
+    def _take_fault(command: TrialCommand, params: dict[str, Any]) -> str | None:
+        """Remove ``_fault`` from ``params``; its kind when faults are enabled, else refuse."""
+        if FAULT_PARAM not in params:
+            return None
+        fault = params.pop(FAULT_PARAM)
+        if not _faults_enabled():
+            raise CommandRejected(command.command_id, f"unknown parameter {FAULT_PARAM!r}")
+        if fault not in FAULT_KINDS:
+            raise CommandRejected(
+                command.command_id, f"{FAULT_PARAM} must be one of {FAULT_KINDS}, not {fault!r}"
+            )
+        return str(fault)
+
+    def _act_on_fault(self, fault: str, command_id: str, first_report: bool) -> None:
+        if fault == "slow":
+            time.sleep(SLOW_REPORT_S)
+            return
+        if not first_report:
+            return
+        self.log.warning("worker.injected_fault", fault=fault, command_id=command_id)
+        if fault == "crash":
+            os._exit(EXIT_INJECTED_CRASH)
+        if fault == "raise":
+            raise InjectedFault(command_id)
+        if fault == "hang":
+            self.hung = True
+            while not self.orphaned:
+                time.sleep(0.2)
+            # Orphaned while hung: the test that made it is gone; leave no process behind.
+            os._exit(EXIT_ORPHANED)
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or None for NaN or infinity, which a message cannot carry."""
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def run_worker(
+    state_dir: Path,
+    worker_id: str,
+    *,
+    gpu: int | None,
+    heartbeat_s: float,
+    parent_pid: int | None,
+    stop: threading.Event | None = None,
+    threads: int | None = None,
+) -> int:
+    """Serve trial commands from ``state_dir/queue`` until stopped; return the exit code.
+
+    Signal handlers are installed (and restored afterwards) only when called from the main
+    thread; elsewhere, set ``stop`` to end the loop. ``threads`` caps the training
+    libraries' CPU threads (None: all cores).
+    """
+    worker = Worker(
+        state_dir,
+        worker_id,
+        gpu=gpu,
+        heartbeat_s=heartbeat_s,
+        parent_pid=parent_pid,
+        stop=stop,
+        threads=threads,
+    )
+    previous: dict[signal.Signals, Any] = {}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        worker.signalled = signum
+        # A second signal ends the process at once, as the supervisor's SIGKILL would.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        return worker.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sentinel worker", description="One Sentinel worker process (started by the daemon)."
+    )
+    parser.add_argument("--state-dir", type=Path, required=True, help="the daemon's state dir")
+    parser.add_argument("--id", required=True, dest="worker_id", help="unique worker id")
+    parser.add_argument(
+        "--gpu", type=int, default=None, help="GPU index (CUDA_VISIBLE_DEVICES is set by caller)"
+    )
+    parser.add_argument("--heartbeat-s", type=float, default=5.0, help="heartbeat interval")
+    parser.add_argument(
+        "--parent-pid", type=int, default=None, help="exit when no longer this pid's child"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for training")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument("--log-format", default="json", choices=["auto", "console", "json"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sentinel_daemon.worker --state-dir S --id W [--gpu N] ...``."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    try:
+        return run_worker(
+            args.state_dir,
+            args.worker_id,
+            gpu=args.gpu,
+            heartbeat_s=args.heartbeat_s,
+            parent_pid=args.parent_pid,
+            threads=args.threads,
+        )
+    except Exception:
+        log.exception("worker.crashed", worker=args.worker_id)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
