@@ -20,11 +20,14 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from sentinel_daemon.errors import LogCorrupt, LogError, LogFsyncFailed, LogGap
 from sentinel_daemon.fsutil import copy_file_durably, fsync_dir
@@ -37,6 +40,10 @@ from sentinel_daemon.records import (
     format_ts,
 )
 
+_CRC_KEY = b',"crc":"'
+_SUFFIX_LEN = len(_CRC_KEY) + 8 + 2
+_crc32 = zlib.crc32
+_loads = orjson.loads
 SEGMENT_RE = re.compile(r"^(\d{20})\.jsonl$")
 DAMAGED_DIR = "damaged"
 FILE_MODE = 0o640
@@ -123,36 +130,59 @@ class LogScan:
             if offset == 0 and data and int(seg[:20]) != expect:
                 self.last_seq = expect - 1
                 raise LogGap(path, 1, expect, int(seg[:20]))
-            pos = 0
             n = len(data)
             lines = data.split(b"\n")
             partial = lines.pop()  # bytes after the last newline: a write cut short
-            for line in lines:
-                line_no += 1
-                try:
-                    record = decode_line(line)
-                except BadRecord as exc:
+            # The hot loop of start-up: checks and decoding inlined (decode_line is the
+            # same logic, for readers), bookkeeping for error messages computed on error.
+            for k, line in enumerate(lines):
+                if (
+                    line[-_SUFFIX_LEN:-10] != _CRC_KEY
+                    or line[-2:] != b'"}'
+                    or b"%08x" % _crc32(line[:-_SUFFIX_LEN]) != line[-10:-2]
+                ):
+                    record = None
+                else:
+                    try:
+                        obj = _loads(line)
+                        seq = obj.pop("seq")
+                        ts = obj.pop("ts")
+                        del obj["crc"]
+                        record = Record(seq, ts, obj) if seq == expect else None
+                    except (ValueError, KeyError, AttributeError, TypeError):
+                        record = None
+                if record is None:
                     self.last_seq = expect - 1
-                    line_no += _lines_before(path, offset)
-                    self._bad_record(segs, i, data, pos, offset, line_no, str(exc))
+                    pos = sum(len(x) + 1 for x in lines[:k])
+                    self._line_error(segs, i, data, pos, offset, k + 1, line, expect)
                     return
-                if record.seq != expect:
-                    self.last_seq = expect - 1
-                    raise LogGap(path, line_no + _lines_before(path, offset), expect, record.seq)
                 expect += 1
-                pos += len(line) + 1
-                self.last_ts = record.ts
+                self.last_ts = ts
                 yield record
             if partial:
                 self.last_seq = expect - 1
                 why = "no newline at the end: a write cut short"
-                line_no += 1 + _lines_before(path, offset)
-                self._bad_record(segs, i, data, pos, offset, line_no, why)
+                line_no = len(lines) + 1 + _lines_before(path, offset)
+                self._bad_record(segs, i, data, n - len(partial), offset, line_no, why)
                 return
             self.last_seq = expect - 1
             self.end = Position(seg, offset + n)
             offset = 0
         self.last_seq = expect - 1
+
+    def _line_error(
+        self, segs: list[str], i: int, data: bytes, pos: int, base: int, k: int, line: bytes,
+        expect: int,
+    ) -> None:
+        """Classify line ``k`` (from ``base``) of segment ``i``: bad record, or out of order."""
+        path = self.events_dir / segs[i]
+        line_no = k + _lines_before(path, base)
+        try:
+            record = decode_line(line)
+        except BadRecord as exc:
+            self._bad_record(segs, i, data, pos, base, line_no, str(exc))
+            return
+        raise LogGap(path, line_no, expect, record.seq)
 
     @property
     def records_read(self) -> int:
@@ -413,7 +443,7 @@ class FileLog:
         self._size += len(data)
         self.last_seq = first + len(payloads) - 1
         self._last_ts = ts
-        return [Record(first + i, ts, payload=p) for i, p in enumerate(payloads)]
+        return [Record(first + i, ts, p) for i, p in enumerate(payloads)]
 
     def _batch_ts(self) -> str:
         """A timestamp later than the previous batch's, even if the clock stepped back.

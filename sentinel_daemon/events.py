@@ -16,7 +16,6 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NewType, TypeAlias
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 JobId = NewType("JobId", str)
@@ -358,26 +357,6 @@ def decode(payload: dict[str, Any]) -> Event:
     if payload.get("v") != CURRENT_VERSION.get(payload.get("type"), -1):  # type: ignore[arg-type]
         payload = upcast(payload)
     return _validate(payload)
-
-
-_validate_json = EVENT_ADAPTER.validate_json
-
-
-def decode_json(raw: bytes) -> Event:
-    """Validate an event's JSON bytes straight into the event (the replay fast path).
-
-    Records of an older version fail the current models; they take the slow path through
-    :func:`upcast`. A record that is current and still fails is reported as it failed.
-    """
-    try:
-        return _validate_json(raw)
-    except ValueError as first:
-        payload = orjson.loads(raw)
-        if not isinstance(payload, dict):
-            raise
-        if payload.get("v") == CURRENT_VERSION.get(payload.get("type"), -1):  # type: ignore[arg-type]
-            raise first from None
-        return _validate(upcast(payload))
 
 
 def encode(event: Event) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import structlog
 
 from sentinel_daemon.errors import EventDecodeError, LogGap
 from sentinel_daemon.eventlog import FileLog, LogScan, TornTail
-from sentinel_daemon.events import Event, LogRepaired, decode_json, encode
+from sentinel_daemon.events import Event, LogRepaired, decode, encode
 from sentinel_daemon.lock import StateLock
 from sentinel_daemon.records import Record
 from sentinel_daemon.snapshot import Snapshot, SnapshotInvalid, load_snapshot, write_snapshot
@@ -47,10 +47,9 @@ class OpenReport:
 def decode_record(record: Record) -> Event:
     """The event a record holds, upcast to the current version of its type."""
     try:
-        return decode_json(record.raw)
-    except ValueError as exc:  # pydantic's ValidationError, UnknownEventVersion, bad JSON
-        type_ = record.raw[9 : record.raw.find(b'"', 9)].decode(errors="replace")
-        raise EventDecodeError(record.seq, type_, str(exc)) from None
+        return decode(record.payload)
+    except ValueError as exc:  # pydantic's ValidationError, UnknownEventVersion
+        raise EventDecodeError(record.seq, str(record.payload.get("type")), str(exc)) from None
 
 
 def replay(scan: LogScan, state: State) -> int:

@@ -44,7 +44,7 @@ class MemoryLog:
         ts = format_ts(self._clock())
         start = self.last_seq
         batch = [
-            Record(start + i + 1, ts, payload=copy.deepcopy(dict(p)))
+            Record(start + i + 1, ts, copy.deepcopy(dict(p)))
             for i, p in enumerate(payloads)
         ]
         self._records.extend(batch)
@@ -52,4 +52,4 @@ class MemoryLog:
 
     def read(self, after_seq: int = 0) -> Iterator[Record]:
         for record in self._records[max(after_seq, 0) :]:
-            yield Record(record.seq, record.ts, payload=copy.deepcopy(record.payload))
+            yield Record(record.seq, record.ts, copy.deepcopy(record.payload))
