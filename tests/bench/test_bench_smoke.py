@@ -10,9 +10,12 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "eventlog.py"
 
 ROWS = (
-    "durable appends, 1 record/fsync",
-    "group commit of 10 ",
-    "group commit of 100 ",
+    "durable appends, 1 record/fsync (1",
+    "group commit of 10 (1",
+    "group commit of 100 (1",
+    "durable appends, 1 record/fsync (4",
+    "group commit of 10 (4",
+    "group commit of 100 (4",
     "read, verify, parse",
     "+ events + fold*",
     "start-up with snapshot, 500 + 100 tail",
