@@ -8,8 +8,10 @@ record, a batch all or nothing, an fsync failure fatal), no disk.
 from __future__ import annotations
 
 import copy
+import errno
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sentinel_daemon.errors import LogFsyncFailed
@@ -37,9 +39,7 @@ class MemoryLog:
                 if key in payload:
                     raise ValueError(f"event field {key!r} clashes with the record envelope")
         if self.fail_sync:
-            from pathlib import Path
-
-            self._failed = LogFsyncFailed(Path("<memory>"), 5, "injected fsync failure")
+            self._failed = LogFsyncFailed(Path("<memory>"), errno.EIO, "injected fsync failure")
             raise self._failed
         ts = format_ts(self._clock())
         start = self.last_seq
