@@ -10,7 +10,6 @@ winner, and then shows the log with `sentinel tail` and checks it with `sentinel
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -21,7 +20,6 @@ from typing import Any
 
 import optuna
 import orjson
-import yaml
 
 from sentinel_daemon import __version__
 from sentinel_daemon.events import (
@@ -39,6 +37,7 @@ from sentinel_daemon.events import (
     TrialStarted,
 )
 from sentinel_daemon.fsutil import atomic_write_bytes, copy_file_durably
+from sentinel_daemon.jobspec import parse_job_file
 from sentinel_daemon.ml import TrialPruned as Pruned
 from sentinel_daemon.ml import evaluate, load_model, prepare, save_model, train_trial
 from sentinel_daemon.ml.space import resolve_space, suggest
@@ -63,10 +62,10 @@ def main() -> int:
         generate(args.rows, data, seed=7)
     shutil.rmtree(state_dir, ignore_errors=True)  # a fresh state each run; data and cache stay
 
-    raw = JOB_FILE.read_bytes()
-    spec: dict[str, Any] = yaml.safe_load(raw)
-    sha = hashlib.sha256(raw).hexdigest()
-    job_id = f"{spec['name']}-{sha[:8]}"
+    # The job file goes through the same schema and hardened reader as the inbox's.
+    job = parse_job_file(JOB_FILE, data_roots=[root], base_dir=root)
+    spec: dict[str, Any] = job.raw
+    sha, job_id = job.sha256, job.job_id
     store = Store.open(state_dir)
     store.append([DaemonStarted(pid=os.getpid(), version=__version__)])
     store.append(
@@ -85,8 +84,8 @@ def main() -> int:
     store.append([StageStarted(job_id=job_id, stage=Stage.PREPARE)])
     t0 = time.monotonic()
     prepared = prepare(
-        data / spec["data"]["transactions"].split("/")[-1],
-        data / spec["data"]["identity"].split("/")[-1],
+        Path(spec["data"]["transactions"]),
+        Path(spec["data"]["identity"]),
         cache,
         test_fraction=spec["validation"]["test_fraction"],
         valid_fraction=spec["validation"]["valid_fraction"],
@@ -116,7 +115,7 @@ def main() -> int:
     number = 0
     best: dict[str, TrialSaved] = {}
     for model in spec["models"]:
-        space = resolve_space(model, search.get("space", {}).get(model))
+        space = resolve_space(model, (search.get("space") or {}).get(model))
         study = optuna.create_study(
             direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=search["seed"]),

@@ -15,9 +15,10 @@ there at all: nobody sees half a command or half a result, and of two workers re
 the same pending file exactly one succeeds (the other gets ENOENT and tries the next).
 
 Roles: the daemon (one process, one thread) calls :meth:`Queue.put`, ``results``,
-``ack``, ``finish``, ``take_back``, ``in_flight``, ``recover``, ``request_prune`` and
-``last_beat``; workers call ``claim``, ``beat``, ``should_prune`` and post through an
-:class:`Outbox`, which numbers their messages.
+``ack``, ``take_back``, ``in_flight``, ``recover``, ``request_prune`` and ``last_beat``;
+workers call ``claim``, ``beat``, ``should_prune``, post through an :class:`Outbox` (which
+numbers their messages) and ``finish`` a command once its result is posted. ``finish`` is
+idempotent, so a daemon may also call it for a command whose result it has ingested.
 
 Crashes: ``put`` and ``post`` are durable (file and folder fsynced) before they return.
 Claims, acks, finishes and take-backs are plain renames and unlinks without fsync: only a
