@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 from sentinel_daemon.events import TrialStarted
+from sentinel_daemon.logs import configure_logging
 from sentinel_daemon.store import Store
 
 
 def main() -> None:
     state_dir, seed = Path(sys.argv[1]), int(sys.argv[2])
+    configure_logging("warning", "json")  # to stderr: stdout carries only the acks
     rng = random.Random(seed)
     store = Store.open(state_dir, segment_bytes=4096, snapshot_every=100)
     out = sys.stdout

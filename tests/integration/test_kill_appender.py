@@ -34,7 +34,7 @@ def _read_acks(proc: subprocess.Popen[bytes], want: int, deadline: float) -> tup
         buf += chunk
         *lines, buf = buf.split(b"\n")
         for line in lines:
-            if line.startswith(b"ready"):
+            if not line.isdigit():  # "ready N"
                 continue
             acks += 1
             top = max(top, int(line))
@@ -56,6 +56,8 @@ def _check_log(events_dir: Path, acked: int) -> int:
 
 
 def test_every_acknowledged_record_survives_repeated_sigkill(tmp_path: Path) -> None:
+    # A kill can land inside a write (Linux returns a short write to a process with SIGKILL
+    # pending), so torn tails happen here too; start-up must cut them and lose no ack.
     seed = int(os.environ.get("SENTINEL_KILL_SEED", random.randrange(1 << 30)))
     print(f"kill test seed: {seed} (rerun with SENTINEL_KILL_SEED={seed})")
     rng = random.Random(seed)
