@@ -42,6 +42,8 @@ from pathlib import Path
 
 import orjson
 import pydantic
+from benchkit import filesystem_of, progress, rate, work_parent
+from benchkit import print_table as print_rows
 
 from sentinel_daemon.fsutil import fsync_dir
 from sentinel_daemon.queue import Outbox, Queue, Saved, TrialCommand, TrialData
@@ -84,15 +86,6 @@ class Row:
 class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def progress(message: str) -> None:
-    """Tell the operator what is running (stderr, so the table on stdout stays clean)."""
-    print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
-def rate(n: float) -> str:
-    return f"{n:,.0f}/s"
 
 
 def commands(count: int, job: str) -> list[TrialCommand]:
@@ -313,35 +306,6 @@ def bench(root: Path, sizes: Sizes, report: Report) -> None:
 # ---- main ---------------------------------------------------------------------------------
 
 
-def filesystem_of(path: Path) -> tuple[str, str]:
-    """``(device, fstype)`` of the mount holding ``path``, from /proc/mounts."""
-    best = ("?", "?", "")
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return best[:2]
-    target = str(path.resolve())
-    for line in mounts:
-        dev, mnt, fstype, *_ = line.split()
-        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best[2]):
-            best = (dev, fstype, mnt)
-    return best[:2]
-
-
-def work_parent(requested: Path | None) -> tuple[Path, bool]:
-    """Where to make the work folder, and whether we created that parent ourselves."""
-    if requested is not None:
-        requested.mkdir(parents=True, exist_ok=True)
-        return requested, False
-    tmp = Path(tempfile.gettempdir())
-    if tmp.stat().st_dev == REPO.stat().st_dev:
-        return tmp, False
-    parent = REPO / ".bench-tmp"
-    created = not parent.exists()
-    parent.mkdir(exist_ok=True)
-    return parent, created
-
-
 def header(args: argparse.Namespace, root: Path) -> list[str]:
     dev, fstype = filesystem_of(root)
     same = root.stat().st_dev == REPO.stat().st_dev
@@ -359,20 +323,11 @@ def header(args: argparse.Namespace, root: Path) -> list[str]:
 
 
 def print_table(rows: list[Row]) -> None:
-    cols = ("what", "measured", "vs bare", "target", "result")
-    cells = [cols, *[(r.what, r.measured, r.ratio, r.need, r.result) for r in rows]]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
-    right = (False, True, True, False, False)
-
-    def fmt(cell: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cell, widths, right, strict=True)
-        ).rstrip()
-
-    print(fmt(cols))
-    print("  ".join("-" * w for w in widths))
-    for c in cells[1:]:
-        print(fmt(c))
+    print_rows(
+        ("what", "measured", "vs bare", "target", "result"),
+        [(r.what, r.measured, r.ratio, r.need, r.result) for r in rows],
+        (False, True, True, False, False),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -492,8 +492,3 @@ def _create_segment(events_dir: Path, name: str) -> None:
     fd = os.open(events_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     os.close(fd)
     fsync_dir(events_dir)
-
-
-def read_all(events_dir: Path) -> Iterator[Record]:
-    """Every intact record from the start (for readers: tail, verify, tests)."""
-    yield from LogScan(events_dir)

@@ -53,14 +53,7 @@ def format_ts(moment: datetime) -> str:
 
 def encode_line(seq: int, ts: str, payload: dict[str, Any]) -> bytes:
     """Serialise one record with its closing checksum and newline."""
-    if not ENVELOPE_KEYS.isdisjoint(payload):
-        clash = sorted(ENVELOPE_KEYS.intersection(payload))
-        raise ValueError(f"event field {clash[0]!r} clashes with the record envelope")
-    if len(ts) != TS_LEN:
-        raise ValueError(f"timestamp {ts!r} is not in the log's fixed-width form")
-    body = orjson.dumps(payload)
-    head = b'{"seq":%d,"ts":"%s",%s' % (seq, ts.encode(), body[1:-1])
-    return b'%s,"crc":"%08x"}\n' % (head, zlib.crc32(head))
+    return encode_batch(seq, ts, [payload])
 
 
 def encode_batch(first_seq: int, ts: str, payloads: list[dict[str, Any]]) -> bytes:

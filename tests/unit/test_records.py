@@ -30,7 +30,7 @@ def test_decoding_returns_envelope_and_payload_without_the_checksum() -> None:
 
 def test_an_event_field_named_like_the_envelope_is_refused() -> None:
     with pytest.raises(ValueError, match="seq"):
-        encode_line(1, "t", {"type": "x", "seq": 3})
+        encode_line(1, "2026-01-01T00:00:00.000000Z", {"type": "x", "seq": 3})
 
 
 json_values = st.recursive(

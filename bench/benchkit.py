@@ -1,0 +1,70 @@
+"""What the benchmark scripts share: where to work, progress lines, rates, the table."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def work_parent(requested: Path | None) -> tuple[Path, bool]:
+    """Where to make the work folder, and whether we created that parent ourselves.
+
+    The work must be on the repository's own filesystem (the disk being measured):
+    ``/tmp`` when it is the same filesystem, else ``.bench-tmp/`` in the repository.
+    """
+    if requested is not None:
+        requested.mkdir(parents=True, exist_ok=True)
+        return requested, False
+    tmp = Path(tempfile.gettempdir())
+    if tmp.stat().st_dev == REPO.stat().st_dev:
+        return tmp, False
+    parent = REPO / ".bench-tmp"
+    created = not parent.exists()
+    parent.mkdir(exist_ok=True)
+    return parent, created
+
+
+def progress(message: str) -> None:
+    """Tell the operator what is running (stderr, so the table on stdout stays clean)."""
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def filesystem_of(path: Path) -> tuple[str, str]:
+    """``(device, fstype)`` of the mount holding ``path``, from /proc/mounts."""
+    best = ("?", "?", "")
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return best[:2]
+    target = str(path.resolve())
+    for line in mounts:
+        dev, mnt, fstype, *_ = line.split()
+        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best[2]):
+            best = (dev, fstype, mnt)
+    return best[:2]
+
+
+def rate(n: float) -> str:
+    return f"{n:,.0f}/s"
+
+
+def print_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]
+) -> None:
+    """Print ``rows`` under ``header`` in aligned columns (``right`` marks numeric ones)."""
+    cells = [tuple(header), *map(tuple, rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+
+    def fmt(cell: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cell, widths, right, strict=True)
+        ).rstrip()
+
+    print(fmt(cells[0]))
+    print("  ".join("-" * w for w in widths))
+    for c in cells[1:]:
+        print(fmt(c))
