@@ -77,7 +77,9 @@ class QueueSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: How often :meth:`Queue.claim_wait` looks at ``pending/`` again when it was empty.
-    poll_interval_s: float = Field(default=0.2, gt=0)
+    #: A listing of a near-empty folder costs microseconds, and this wait is part of every
+    #: trial's hand-off, so it is short.
+    poll_interval_s: float = Field(default=0.01, gt=0)
     #: :meth:`Queue.recover` removes ``tmp/`` files older than this. Workers may still be
     #: writing while a daemon restarts, and a write takes milliseconds, so a minute is safe.
     tmp_stale_s: float = Field(default=60.0, ge=0)
@@ -351,6 +353,15 @@ class Queue:
             return False
         os.close(os.open(wdir / f"prune.{command_id}", os.O_WRONLY | os.O_CREAT, 0o640))
         return True
+
+    def withdraw(self, command_id: str) -> bool:
+        """Remove ``command_id`` from ``pending/`` before any worker claims it.
+
+        False when it is not pending (claimed meanwhile, or never put). The daemon withdraws
+        commands when it stops dispatching; its log still says the trial runs, so the next
+        start puts the command again.
+        """
+        return _unlink(self.pending / f"{command_id}.json")
 
     def should_prune(self, worker_id: str, command_id: str) -> bool:
         """Whether the daemon asked to prune ``command_id`` (one stat: call it every round)."""

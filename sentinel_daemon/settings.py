@@ -37,6 +37,30 @@ class EventLogSettings(_Section):
     snapshot_every: int = Field(default=10_000, ge=100)
 
 
+class WorkerSettings(_Section):
+    #: Local worker processes; null means one per GPU that NVML finds, else one (CPU).
+    count: int | None = Field(default=None, ge=1, le=64)
+    #: How often a worker replaces its heartbeat file.
+    heartbeat_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    #: A worker whose heartbeat has not changed for this long is killed and counted lost.
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    #: Restart delay after a loss: doubles per consecutive loss from min to max.
+    restart_backoff_min_s: float = Field(default=1.0, ge=0.0, le=600.0)
+    restart_backoff_max_s: float = Field(default=30.0, ge=0.0, le=3600.0)
+
+
+class TrialSettings(_Section):
+    #: Attempts of one trial (its first run included) before it ends as failed.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    #: Workers report the validation score every this many boosting rounds (for pruning).
+    report_every: int = Field(default=10, ge=1, le=10_000)
+
+
+class ShutdownSettings(_Section):
+    #: After the first SIGTERM/SIGINT, running trials get this long to finish.
+    grace_s: float = Field(default=60.0, ge=0.0, le=86_400.0)
+
+
 class Settings(BaseSettings):
     """Every setting of Sentinel, with its default."""
 
@@ -45,10 +69,23 @@ class Settings(BaseSettings):
     )
 
     state_dir: Path = Path("./sentinel-state")
+    #: Folders job files may read data from (after resolving symlinks); empty means
+    #: STATE/data and the daemon's working folder. Relative data paths in a job file
+    #: resolve against the daemon's working folder.
+    data_roots: list[Path] = Field(default_factory=list)
     logging: LoggingSettings = LoggingSettings()
     eventlog: EventLogSettings = EventLogSettings()
     inbox: InboxSettings = InboxSettings()
     queue: QueueSettings = QueueSettings()
+    workers: WorkerSettings = WorkerSettings()
+    trials: TrialSettings = TrialSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+
+    def resolved_data_roots(self, cwd: Path | None = None) -> list[Path]:
+        """``data_roots``, or the defaults (STATE/data and the working folder) when empty."""
+        if self.data_roots:
+            return list(self.data_roots)
+        return [self.state_dir / "data", cwd or Path.cwd()]
 
     @classmethod
     def settings_customise_sources(

@@ -141,3 +141,20 @@ def suggest(trial: optuna.Trial, model: str, space: Mapping[str, ParamSpec]) -> 
         else:
             params[name] = trial.suggest_float(name, spec.low, spec.high, log=spec.log)
     return params
+
+
+def distributions(
+    space: Mapping[str, ParamSpec],
+) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The Optuna distributions :func:`suggest` samples from, to rebuild recorded trials."""
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for name, spec in space.items():
+        if spec.kind == "choice":
+            out[name] = optuna.distributions.CategoricalDistribution(list(spec.choices))
+        elif spec.kind == "int":
+            out[name] = optuna.distributions.IntDistribution(
+                int(spec.low), int(spec.high), log=spec.log
+            )
+        else:
+            out[name] = optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log)
+    return out

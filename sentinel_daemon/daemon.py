@@ -1,0 +1,471 @@
+"""``sentinel run``: the daemon's core loop.
+
+One thread owns the event log and the state; the other parts talk to it by messages and
+files. The inbox thread hands it job files through a queue; workers (separate processes)
+hand it results through the queue directory; each job's :class:`~sentinel_daemon.jobs.JobActor`
+turns the job's state into decisions; the supervisor reports workers starting and dying.
+Every turn of the loop is: gather what happened, decide, append (fsync), fold into the
+state, then act. Nothing acts on a decision before it is durable.
+
+Start-up is recovery: replay the log (snapshot plus tail), record ``daemon.started``, kill
+workers a crashed predecessor left behind, ingest results that arrived while no daemon
+ran (a trial saved then is recorded, never retrained), take back the commands its workers
+held and queue every trial that is running in the log but queued nowhere, and look again
+at job files claimed but never recorded. Then the workers start and the inbox is watched.
+
+Stopping: the first SIGTERM or SIGINT stops dispatching (pending commands are withdrawn;
+the log still has them running, so the next start queues them again), lets claimed trials
+finish for ``shutdown.grace_s``, stops the workers, records ``daemon.stopped`` and exits
+0. A second signal kills the workers' process groups and exits :data:`EXIT_FORCED`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue as queue_mod
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+import structlog
+
+from sentinel_daemon import __version__
+from sentinel_daemon.events import (
+    DaemonStarted,
+    DaemonStopped,
+    Event,
+    JobCancelled,
+    JobFailed,
+    JobRejected,
+    JobSubmitted,
+    WorkerId,
+    WorkerLost,
+)
+from sentinel_daemon.fsutil import fsync_dir
+from sentinel_daemon.inbox import Inbox, InboxFileGone, is_job_name
+from sentinel_daemon.jobs import JOBS_DIR, ActorContext, JobActor
+from sentinel_daemon.jobspec import JobSpecError, parse_job_file
+from sentinel_daemon.queue import Queue, split_command_id
+from sentinel_daemon.settings import Settings
+from sentinel_daemon.state import JobStatus, WorkerStatus
+from sentinel_daemon.store import Store
+from sentinel_daemon.supervisor import Supervisor, default_worker_count, discover_gpus
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+#: A second SIGTERM/SIGINT: workers were killed, not stopped.
+EXIT_FORCED = 3
+
+INBOX_DIR = "inbox"
+CLAIMED_DIR = "claimed"
+REJECTED_DIR = "rejected"
+CONTROL_DIR = "control"
+CANCEL_PREFIX = "cancel."
+#: Loop period while trials are in flight, and while idle.
+BUSY_TICK_S = 0.005
+IDLE_TICK_S = 0.05
+#: How long start-up waits for a predecessor's orphaned worker to die after SIGKILL.
+ORPHAN_KILL_WAIT_S = 10.0
+
+
+@dataclass
+class _Stop:
+    signals: int = 0
+    deadline: float | None = None
+
+
+class Daemon:
+    """The core loop over one state directory (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        workers: int | None = None,
+        worker_env: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.state_dir = Path(os.path.abspath(settings.state_dir))
+        self.cwd = Path.cwd()
+        self.gpus = discover_gpus()
+        self.worker_count = workers or settings.workers.count or default_worker_count(self.gpus)
+        self.worker_env = worker_env or {}
+        self.queue = Queue(self.state_dir / "queue", settings.queue)
+        self.ctx = ActorContext(
+            state_dir=self.state_dir,
+            queue=self.queue,
+            max_attempts=settings.trials.max_attempts,
+            report_every=settings.trials.report_every,
+        )
+        self.actors: dict[str, JobActor] = {}
+        self.files: queue_mod.SimpleQueue[Path] = queue_mod.SimpleQueue()
+        self.stop_state = _Stop()
+        self.store: Store | None = None
+        self.supervisor: Supervisor | None = None
+        self.inbox: Inbox | None = None
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Recover, serve until a signal, stop; returns the exit code."""
+        for sub in (INBOX_DIR, CLAIMED_DIR, REJECTED_DIR, CONTROL_DIR, JOBS_DIR):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.store = Store.open(
+            self.state_dir,
+            segment_bytes=self.settings.eventlog.segment_bytes,
+            snapshot_every=self.settings.eventlog.snapshot_every,
+        )
+        previous = self._install_signals()
+        try:
+            self._recover()
+            self._serve()
+            return self._shutdown()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._release()
+
+    def _install_signals(self) -> dict[int, Any]:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.stop_state.signals += 1  # only a flag: the loop does the work
+
+        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _release(self) -> None:
+        """Leave nothing running, whatever happened (also on a fatal error)."""
+        if self.inbox is not None:
+            self.inbox.stop()
+            self.inbox = None
+        for actor in self.actors.values():
+            actor.stop()
+        if self.supervisor is not None and self.supervisor.worker_ids():
+            self.supervisor.stop(grace_s=0.0)
+        if self.store is not None:
+            self.store.close(snapshot=True)
+            self.store = None
+
+    # ---- start-up ------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        store = self._store
+        t0 = time.monotonic()
+        records = self.commit([DaemonStarted(pid=os.getpid(), version=__version__)])
+        generation = records[-1]
+        self.commit(self._reap_orphans())
+        stale = self.queue.recover()
+        for job in store.state.running_jobs():
+            self._actor(job.job_id).rebuild(job)
+        self._ingest_results()
+        # Commands held by the predecessor's workers (all dead now) go back to the queue
+        # with the same attempt: the daemon stopped, the trial did not fail.
+        requeued = 0
+        for worker in set(self.queue.in_flight().values()):
+            if worker is not None:
+                for command in self.queue.take_back(worker):
+                    held = store.state.jobs.get(command.job_id)
+                    trial = held.trials.get(command.trial) if held else None
+                    if trial and trial.attempt == command.attempt and not trial.status.ended:
+                        self.queue.put(command)
+                        requeued += 1
+        in_flight = set(self.queue.in_flight())
+        for job in store.state.running_jobs():
+            requeued += self._actor(job.job_id).redispatch(job, in_flight)
+        self.inbox = Inbox(
+            self.state_dir / INBOX_DIR,
+            self.state_dir / CLAIMED_DIR,
+            self.state_dir / REJECTED_DIR,
+            rescan_interval=self.settings.inbox.rescan_seconds,
+            settle=self.settings.inbox.settle_seconds,
+            on_file=self.files.put,
+        )
+        # Claimed before a crash but never recorded: look at them again.
+        for claimed in sorted((self.state_dir / CLAIMED_DIR).iterdir()):
+            if is_job_name(claimed.name):
+                self._consider(claimed)
+        self.supervisor = Supervisor(
+            self.state_dir,
+            count=self.worker_count,
+            gpus=list(self.gpus),
+            heartbeat_timeout_s=self.settings.workers.heartbeat_timeout_s,
+            heartbeat_s=self.settings.workers.heartbeat_s,
+            restart_backoff_s=(
+                self.settings.workers.restart_backoff_min_s,
+                self.settings.workers.restart_backoff_max_s,
+            ),
+            generation=generation,
+            worker_env=self.worker_env,
+        )
+        self.supervisor.start()
+        self.inbox.start()
+        log.info(
+            "daemon.ready",
+            state_dir=str(self.state_dir),
+            seq=store.state.last_seq,
+            replayed=store.report.replayed,
+            running_jobs=len(store.state.running_jobs()),
+            requeued=requeued,
+            stale_tmp=len(stale),
+            workers=self.worker_count,
+            gpus=self.gpus,
+            seconds=round(time.monotonic() - t0 + store.report.seconds, 3),
+        )
+
+    def _reap_orphans(self) -> list[Event]:
+        """Workers the log has alive belong to a predecessor: make sure they are gone."""
+        events: list[Event] = []
+        doomed: list[psutil.Process] = []
+        for w in self._store.state.workers.values():
+            if w.status is not WorkerStatus.ALIVE:
+                continue
+            reason = "its daemon stopped without stopping it"
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(w.pid)
+                cmdline = proc.cmdline()
+                if "sentinel_daemon.worker" in " ".join(cmdline) and w.worker in cmdline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(w.pid, signal.SIGKILL)  # its own group (start_new_session)
+                    doomed.append(proc)
+                    reason += "; it was still running and was killed at start-up"
+            events.append(
+                WorkerLost(worker=WorkerId(w.worker), pid=w.pid, gpu=w.gpu, reason=reason)
+            )
+        if doomed:
+            psutil.wait_procs(doomed, timeout=ORPHAN_KILL_WAIT_S)
+        return events
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        assert self.supervisor is not None
+        while True:
+            stop = self.stop_state
+            if stop.signals >= 2:
+                return
+            if stop.signals == 1 and stop.deadline is None:
+                self._begin_stop()
+            if stop.deadline is not None and (
+                time.monotonic() >= stop.deadline or not self._claimed_trials()
+            ):
+                return
+            self.turn(time.monotonic())
+            busy = any(j.trials for j in self._store.state.running_jobs())
+            with contextlib.suppress(queue_mod.Empty):
+                path = self.files.get(timeout=BUSY_TICK_S if busy else IDLE_TICK_S)
+                self._take_job_file(path)
+
+    def turn(self, now: float) -> None:
+        """One pass over every source of events; each decision is durable before its act."""
+        assert self.supervisor is not None
+        while True:
+            try:
+                path = self.files.get_nowait()
+            except queue_mod.Empty:
+                break
+            self._take_job_file(path)
+        polled = self.supervisor.poll(now)
+        self.commit(polled.events)
+        self._ingest_results()  # before acting on take-backs: a result posted just before
+        for worker, command in polled.taken_back:  # a death is real, and wins
+            reason = next(
+                (e.reason for e in polled.events if isinstance(e, WorkerLost) and
+                 e.worker == worker), "lost")  # fmt: skip
+            job = self._store.state.jobs.get(command.job_id)
+            actor = self.actors.get(command.job_id)
+            if job is not None and actor is not None:
+                self.commit(actor.lost(job, command, reason))
+        self._control()
+        dispatching = self.stop_state.signals == 0
+        for job_id in list(self.actors):
+            actor = self.actors[job_id]
+            for _ in range(8):  # a few transitions per turn (stage ends, next one starts)
+                events = actor.step(self._store.state, dispatching)
+                if not events:
+                    break
+                self.commit(events)
+            if self._store.state.jobs[job_id].status is not JobStatus.RUNNING:
+                actor.stop()
+                del self.actors[job_id]
+
+    def commit(self, events: list[Event]) -> list[int]:
+        """Append ``events`` (one fsync), fold them in, then act on each; their seqs."""
+        if not events:
+            return []
+        records = self._store.append(events)
+        for event in events:
+            job_id = getattr(event, "job_id", None)
+            if job_id is not None and job_id in self.actors:
+                self.actors[job_id].act(event)
+            if isinstance(event, JobCancelled | JobFailed):
+                self._withdraw_job(event.job_id)
+        return [r.seq for r in records]
+
+    def _ingest_results(self) -> None:
+        for path, message in self.queue.results():
+            job_id, _, _ = split_command_id(message.command_id)
+            job = self._store.state.jobs.get(job_id)
+            actor = self.actors.get(job_id)
+            if job is not None and actor is not None:
+                self.commit(actor.ingest(job, message))
+            self.queue.ack(path)
+
+    # ---- inbox ---------------------------------------------------------------------------
+
+    def _take_job_file(self, path: Path) -> None:
+        assert self.inbox is not None
+        try:
+            claimed = self.inbox.claim(path)
+        except InboxFileGone:
+            return
+        self._consider(claimed)
+
+    def _consider(self, claimed: Path) -> None:
+        """Turn a claimed job file into ``job.submitted`` or ``job.rejected``, then move it."""
+        rel = claimed.relative_to(self.state_dir).as_posix()
+        try:
+            parsed = parse_job_file(
+                claimed,
+                data_roots=self.settings.resolved_data_roots(self.cwd),
+                base_dir=self.cwd,
+                max_bytes=self.settings.inbox.max_job_bytes,
+            )
+        except JobSpecError as exc:
+            self._reject(claimed, rel, str(exc))
+            return
+        job = self._store.state.jobs.get(parsed.job_id)
+        if job is None:
+            self.commit(
+                [
+                    JobSubmitted(
+                        job_id=parsed.job_id,
+                        name=parsed.spec.name,
+                        spec=parsed.raw,
+                        file=rel,
+                        file_sha256=parsed.sha256,
+                    )
+                ]
+            )
+            self._actor(parsed.job_id)
+        elif job.file != rel:
+            self._reject(
+                claimed,
+                rel,
+                f"{claimed.name}: job {parsed.job_id} was already submitted with the same name "
+                f"and content ({job.status}); change the file (or its name) to run it again",
+                parsed.sha256,
+            )
+            return
+        # Recorded (now, or before a crash): the file moves in with its job.
+        job_dir = self.state_dir / JOBS_DIR / parsed.job_id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        fsync_dir(job_dir.parent)
+        os.rename(claimed, job_dir / f"job{claimed.suffix.lower()}")
+        fsync_dir(job_dir)
+        fsync_dir(claimed.parent)
+        log.info("daemon.job_submitted", job=parsed.job_id, file=rel)
+
+    def _reject(self, claimed: Path, rel: str, reason: str, sha256: str | None = None) -> None:
+        assert self.inbox is not None
+        self.commit([JobRejected(file=rel, reason=reason, file_sha256=sha256)])
+        log.warning("daemon.job_rejected", file=rel, reason=reason)
+        self.inbox.reject(claimed, reason)
+
+    # ---- control requests ----------------------------------------------------------------
+
+    def _control(self) -> None:
+        folder = self.state_dir / CONTROL_DIR
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if not name.startswith(CANCEL_PREFIX):
+                continue
+            job_id = name[len(CANCEL_PREFIX) :]
+            job = self._store.state.jobs.get(job_id)
+            if job is not None and job.status is JobStatus.RUNNING:
+                self.commit([JobCancelled(job_id=job.job_id, reason="cancelled by an operator")])
+            else:
+                log.warning("daemon.cancel_ignored", job=job_id, reason="no such running job")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / name)
+
+    def _withdraw_job(self, job_id: str) -> None:
+        """A job ended early: take its pending commands back, ask its workers to stop."""
+        for command_id, worker in self.queue.in_flight().items():
+            if split_command_id(command_id)[0] != job_id:
+                continue
+            if worker is None:
+                self.queue.withdraw(command_id)
+            else:
+                self.queue.request_prune(worker, command_id)
+        actor = self.actors.get(job_id)
+        if actor is not None:
+            actor.stop()
+
+    # ---- stopping ------------------------------------------------------------------------
+
+    def _begin_stop(self) -> None:
+        grace = self.settings.shutdown.grace_s
+        self.stop_state.deadline = time.monotonic() + grace
+        withdrawn = [cid for cid, w in self.queue.in_flight().items() if w is None]
+        for command_id in withdrawn:
+            self.queue.withdraw(command_id)
+        for actor in self.actors.values():
+            actor.stop()  # a stage process is simply rerun after the restart
+        log.info("daemon.stopping", grace_s=grace, withdrawn=len(withdrawn),
+                 claimed=self._claimed_trials())  # fmt: skip
+
+    def _claimed_trials(self) -> int:
+        return sum(1 for w in self.queue.in_flight().values() if w is not None)
+
+    def _shutdown(self) -> int:
+        assert self.supervisor is not None
+        if self.stop_state.signals == 0:
+            self.stop_state.signals = 1  # run() ended the loop by other means
+        forced = self.stop_state.signals >= 2
+        if self.inbox is not None:
+            self.inbox.stop()
+            self.inbox = None
+        for actor in self.actors.values():
+            actor.stop()
+        if not forced:
+            self._ingest_results()
+        self.commit(self.supervisor.stop(grace_s=0.0 if forced else 10.0))
+        if not forced:
+            self._ingest_results()
+        self.commit(
+            [
+                DaemonStopped(
+                    pid=os.getpid(),
+                    version=__version__,
+                    reason="second signal: workers killed" if forced else "signal",
+                )
+            ]
+        )
+        log.info("daemon.stopped", forced=forced)
+        return EXIT_FORCED if forced else EXIT_OK
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    @property
+    def _store(self) -> Store:
+        assert self.store is not None
+        return self.store
+
+    def _actor(self, job_id: str) -> JobActor:
+        actor = self.actors.get(job_id)
+        if actor is None:
+            actor = self.actors[job_id] = JobActor(self._store.state.jobs[job_id], self.ctx)
+        return actor
+
+
+def run_daemon(settings: Settings, workers: int | None = None) -> int:
+    """``sentinel run``: a state directory held by another daemon raises StateDirLocked."""
+    return Daemon(settings, workers=workers).run()
