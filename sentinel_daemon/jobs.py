@@ -21,6 +21,8 @@ flight are re-created with their recorded params through ``enqueue_trial``.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,9 +71,12 @@ from sentinel_daemon.stages import (
     quality_gate,
 )
 from sentinel_daemon.state import JobState, JobStatus, StageStatus, State, TrialState, TrialStatus
+from sentinel_daemon.worker import FAULT_PARAM, FAULTS_ENV
 
 log = structlog.get_logger(__name__)
 
+#: Crash tests only: a JSON plan of faults to put into trial commands (see _test_fault).
+FAULT_PLAN_ENV = "SENTINEL_TEST_FAULT_PLAN"
 #: Trial numbers are recorded in Optuna's user attributes under this key.
 TRIAL_ATTR = "sentinel_trial"
 CACHE_DIR = "cache"
@@ -101,6 +106,24 @@ def _pruner(kind: str, report_every: int) -> optuna.pruners.BasePruner:
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=report_every)
     return optuna.pruners.NopPruner()
+
+
+def _test_fault(job_id: str, number: int, attempt: int) -> str | None:
+    """The fault the crash tests planned for this attempt (see :data:`FAULT_PLAN_ENV`).
+
+    Only with ``SENTINEL_TEST_FAULTS=1``; the plan maps ``"<trial>"`` (every attempt),
+    ``"<trial>@<attempt>"``, or either prefixed by ``"<job name>/"`` to a fault kind of
+    :mod:`sentinel_daemon.worker`. The fault goes into the command only, never the log.
+    """
+    if os.environ.get(FAULTS_ENV) != "1" or not (raw := os.environ.get(FAULT_PLAN_ENV)):
+        return None
+    plan = json.loads(raw)
+    name = job_id.rsplit("-", 1)[0]
+    for key in (f"{name}/{number}@{attempt}", f"{name}/{number}", f"{number}@{attempt}",
+                f"{number}"):  # fmt: skip
+        if key in plan:
+            return str(plan[key])
+    return None
 
 
 class JobActor:
@@ -517,6 +540,9 @@ class JobActor:
         self, number: int, model: ModelKind, params: dict[str, Any], attempt: int
     ) -> TrialCommand:
         d = self._data_request()
+        fault = _test_fault(self.job_id, number, attempt)
+        if fault is not None:
+            params = {**params, FAULT_PARAM: fault}
         return TrialCommand(
             job_id=self.job_id,
             trial=TrialNumber(number),
