@@ -31,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import optuna
 import psutil
 import structlog
 
@@ -92,6 +93,8 @@ class Daemon:
         worker_env: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        # Optuna's INFO lines ("A new study created") would say nothing the log does not.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.state_dir = Path(os.path.abspath(settings.state_dir))
         self.cwd = Path.cwd()
         self.gpus = discover_gpus()
@@ -274,8 +277,13 @@ class Daemon:
         self._ingest_results()  # before acting on take-backs: a result posted just before
         for worker, command in polled.taken_back:  # a death is real, and wins
             reason = next(
-                (e.reason for e in polled.events if isinstance(e, WorkerLost) and
-                 e.worker == worker), "lost")  # fmt: skip
+                (
+                    e.reason
+                    for e in polled.events
+                    if isinstance(e, WorkerLost) and e.worker == worker
+                ),
+                "lost",
+            )
             job = self._store.state.jobs.get(command.job_id)
             actor = self.actors.get(command.job_id)
             if job is not None and actor is not None:
@@ -419,8 +427,12 @@ class Daemon:
             self.queue.withdraw(command_id)
         for actor in self.actors.values():
             actor.stop()  # a stage process is simply rerun after the restart
-        log.info("daemon.stopping", grace_s=grace, withdrawn=len(withdrawn),
-                 claimed=self._claimed_trials())  # fmt: skip
+        log.info(
+            "daemon.stopping",
+            grace_s=grace,
+            withdrawn=len(withdrawn),
+            claimed=self._claimed_trials(),
+        )
 
     def _claimed_trials(self) -> int:
         return sum(1 for w in self.queue.in_flight().values() if w is not None)

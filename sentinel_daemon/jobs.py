@@ -119,8 +119,12 @@ def _test_fault(job_id: str, number: int, attempt: int) -> str | None:
         return None
     plan = json.loads(raw)
     name = job_id.rsplit("-", 1)[0]
-    for key in (f"{name}/{number}@{attempt}", f"{name}/{number}", f"{number}@{attempt}",
-                f"{number}"):  # fmt: skip
+    for key in (
+        f"{name}/{number}@{attempt}",
+        f"{name}/{number}",
+        f"{number}@{attempt}",
+        f"{number}",
+    ):
         if key in plan:
             return str(plan[key])
     return None
@@ -147,6 +151,8 @@ class JobActor:
         self.next_number = 0
         self.stage_proc: StageProcess | None = None
         self._built = False
+        self._seq = 0
+        self._idle: tuple[int, int, bool] | None = None
 
     # ---- studies ------------------------------------------------------------------------
 
@@ -195,12 +201,15 @@ class JobActor:
         job = state.jobs[self.job_id]
         if job.status is not JobStatus.RUNNING:
             return []
+        self._seq = state.last_seq
         if not self._built:
             self.rebuild(job)
         order = (Stage.PREPARE, Stage.SEARCH, Stage.VALIDATE, Stage.EXPORT)
         for stage in order:
             current = job.stages.get(stage)
             if current is None:
+                if not dispatching:
+                    return []  # stopping: no new stage; the restart takes it from here
                 if stage is Stage.EXPORT:
                     return self._promote(job)
                 return [StageStarted(job_id=self.job_id, stage=stage)]
@@ -213,6 +222,16 @@ class JobActor:
         return []
 
     def _search(self, job: JobState, dispatching: bool) -> list[Event]:
+        # Deciding walks the job's trials; when no event arrived since a pass that decided
+        # nothing, the same pass would decide nothing again.
+        idle_key = (len(job.trials), self._seq, dispatching)
+        if idle_key == self._idle:
+            return []
+        events = self._decide_search(job, dispatching)
+        self._idle = None if events else idle_key
+        return events
+
+    def _decide_search(self, job: JobState, dispatching: bool) -> list[Event]:
         events: list[Event] = []
         in_flight = [t for t in job.trials.values() if not t.status.ended]
         if dispatching:
@@ -523,8 +542,9 @@ class JobActor:
         """The side effect of ``event``, now that it is durable."""
         match event:
             case TrialStarted():
-                self.ctx.queue.put(self.command(event.trial, event.model, event.params,
-                                                event.attempt))  # fmt: skip
+                self.ctx.queue.put(
+                    self.command(event.trial, event.model, event.params, event.attempt)
+                )
             case TrialSaved():
                 self._tell(event.trial, optuna.trial.TrialState.COMPLETE, event.value)
             case TrialPruned():
@@ -568,8 +588,9 @@ class JobActor:
         study = ot.study
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna warns on a pruned trial with no report
-            study.tell(ot, value if state is optuna.trial.TrialState.COMPLETE else None,
-                       state=state)  # fmt: skip
+            study.tell(
+                ot, value if state is optuna.trial.TrialState.COMPLETE else None, state=state
+            )
 
     def redispatch(self, job: JobState, in_flight: set[str]) -> int:
         """At start-up: queue again every running attempt whose command is nowhere."""

@@ -1,0 +1,312 @@
+"""The job actor's decisions: events in, events out, against a real queue folder."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from sentinel_daemon.events import (
+    Event,
+    JobCompleted,
+    JobFailed,
+    JobSubmitted,
+    ModelKind,
+    ModelPromoted,
+    Stage,
+    StageCompleted,
+    StageStarted,
+    TrialFailed,
+    TrialSaved,
+    TrialStarted,
+)
+from sentinel_daemon.jobs import ActorContext, JobActor
+from sentinel_daemon.jobspec import JobSpec
+from sentinel_daemon.queue import Failed, Queue, Saved
+from sentinel_daemon.stages import export_best, quality_gate
+from sentinel_daemon.state import State, TrialStatus, apply
+
+JOB = "fraud-0123abcd"
+
+
+def make_spec(**search: Any) -> dict[str, Any]:
+    spec = JobSpec.from_raw(
+        {
+            "name": "fraud",
+            "data": {"transactions": "/data/t.csv"},
+            "models": ["xgboost", "lightgbm"],
+            "search": {"n_trials": 2, "parallelism": 2, "seed": 3, "sampler": "random", **search},
+        }
+    )
+    return spec.model_dump(mode="json", exclude_none=True)
+
+
+class Harness:
+    """A state, an actor and a queue; ``run`` appends what the actor decides, then acts."""
+
+    def __init__(self, tmp: Path, max_attempts: int = 2, **search: Any) -> None:
+        self.state = State()
+        self.queue = Queue(tmp / "queue")
+        self.ctx = ActorContext(tmp, self.queue, max_attempts=max_attempts, report_every=5)
+        self.append(
+            JobSubmitted(
+                job_id=JOB, name="fraud", spec=make_spec(**search), file="f", file_sha256="0" * 64
+            )
+        )
+        self.actor = JobActor(self.state.jobs[JOB], self.ctx)
+
+    def append(self, *events: Event) -> None:
+        for event in events:
+            apply(self.state, event)
+            self.state.last_seq += 1
+
+    def step(self, dispatching: bool = True) -> list[Event]:
+        events = self.actor.step(self.state, dispatching)
+        self.append(*events)
+        for event in events:
+            self.actor.act(event)
+        return events
+
+    def searching(self) -> list[Event]:
+        self.append(
+            StageStarted(job_id=JOB, stage=Stage.PREPARE),
+            StageCompleted(job_id=JOB, stage=Stage.PREPARE, outputs={}),
+            StageStarted(job_id=JOB, stage=Stage.SEARCH),
+        )
+        return self.step()
+
+    def save(self, trial: int, value: float) -> TrialSaved:
+        t = self.state.jobs[JOB].trials[trial]
+        event = TrialSaved(
+            job_id=JOB,
+            trial=trial,
+            model=t.model,
+            value=value,
+            metrics={"roc_auc": value},
+            artifact=f"a/{trial}",
+            sha256="b" * 64,
+            duration_s=1.0,
+        )
+        self.append(event)
+        self.actor.act(event)
+        return event
+
+
+def test_a_new_job_starts_with_prepare_and_waits_while_stopping(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert h.step(dispatching=False) == []
+    assert h.step() == [StageStarted(job_id=JOB, stage=Stage.PREPARE)]
+
+
+def test_search_fills_parallelism_interleaving_models_and_queues_each_command(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    started = h.searching()
+    assert [type(e) for e in started] == [TrialStarted, TrialStarted]
+    assert [e.model for e in started if isinstance(e, TrialStarted)] == ["xgboost", "lightgbm"]
+    assert [e.trial for e in started if isinstance(e, TrialStarted)] == [0, 1]
+    assert sorted(h.queue.in_flight()) == [f"{JOB}.0.1", f"{JOB}.1.1"]
+    assert h.step() == []  # nothing more while both are in flight
+
+
+def test_search_completes_after_n_trials_ended_per_model_with_the_best_of_each(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    h.searching()
+    values = {0: 0.7, 1: 0.6, 2: 0.9, 3: 0.65}
+    for number in range(4):
+        h.save(number, values[number])
+        if number < 2:  # each model has one more trial to start
+            assert [type(e) for e in h.step()] == [TrialStarted]
+        elif number == 2:  # xgboost is done; lightgbm's last trial still runs
+            assert h.step() == []
+    done = h.step()
+    assert isinstance(done[0], StageCompleted) and done[0].stage is Stage.SEARCH
+    assert done[0].outputs == {
+        "xgboost": {"trial": 2, "value": 0.9},
+        "lightgbm": {"trial": 3, "value": 0.65},
+    }
+    assert h.state.jobs[JOB].ended_trials(ModelKind.XGBOOST) == 2
+
+
+def test_a_failed_attempt_is_retried_with_the_same_params_until_max_attempts(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, max_attempts=2, n_trials=1, parallelism=1)
+    (first,) = h.searching()
+    assert isinstance(first, TrialStarted)
+    job = h.state.jobs[JOB]
+    msg = Failed(worker_id="w0-1-1", msg_seq=1, command_id=f"{JOB}.0.1", error="boom")
+    (failed,) = h.actor.ingest(job, msg)
+    assert isinstance(failed, TrialFailed) and failed.retry
+    h.append(failed)
+    (retry,) = h.step()
+    assert isinstance(retry, TrialStarted)
+    assert (retry.trial, retry.attempt, retry.params) == (0, 2, first.params)
+    assert f"{JOB}.0.2" in h.queue.in_flight()
+    # The first attempt's result, seen again, is stale now.
+    assert h.actor.ingest(job, msg) == []
+    msg2 = Failed(worker_id="w0-1-1", msg_seq=2, command_id=f"{JOB}.0.2", error="boom again")
+    (last,) = h.actor.ingest(job, msg2)
+    assert isinstance(last, TrialFailed) and not last.retry
+    h.append(last)
+    h.actor.act(last)
+    assert h.state.jobs[JOB].trials[0].status is TrialStatus.FAILED
+
+
+def test_a_job_whose_trials_all_fail_fails_and_names_the_last_error(tmp_path: Path) -> None:
+    h = Harness(tmp_path, max_attempts=1, n_trials=1, parallelism=2)
+    h.searching()
+    job = h.state.jobs[JOB]
+    for number in (0, 1):
+        cid = f"{JOB}.{number}.1"
+        (ev,) = h.actor.ingest(
+            job,
+            Failed(
+                worker_id="w", msg_seq=number + 1, command_id=cid, error=f"ValueError: bad {number}"
+            ),
+        )
+        h.append(ev)
+        h.actor.act(ev)
+    events = h.step()
+    assert isinstance(events[-1], JobFailed)
+    assert "ValueError: bad 1" in events[-1].reason
+
+
+def test_a_saved_result_is_checked_against_its_file_and_recorded_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path, n_trials=1, parallelism=1)
+    h.searching()
+    model = tmp_path / "jobs" / JOB / "m.ubj"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"model bytes")
+    good = hashlib.sha256(b"model bytes").hexdigest()
+    job = h.state.jobs[JOB]
+
+    def saved(sha: str, seq: int) -> Saved:
+        return Saved(
+            worker_id="w",
+            msg_seq=seq,
+            command_id=f"{JOB}.0.1",
+            artifact=f"jobs/{JOB}/m.ubj",
+            sha256=sha,
+            metrics={"roc_auc": 0.8},
+            value=0.8,
+            train_seconds=0.5,
+            duration_s=0.6,
+        )
+
+    (bad,) = h.actor.ingest(job, saved("c" * 64, 1))
+    assert isinstance(bad, TrialFailed) and "does not match" in bad.error
+    (ok,) = h.actor.ingest(job, saved(good, 2))
+    assert isinstance(ok, TrialSaved) and ok.sha256 == good
+    h.append(ok)
+    assert h.actor.ingest(job, saved(good, 3)) == []  # a replayed result is a no-op
+
+
+def test_rebuilt_studies_hold_the_recorded_trials_and_reask_the_ones_in_flight(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, n_trials=3, parallelism=2)
+    h.searching()
+    h.save(0, 0.75)
+    h.step()  # trial 2 starts
+    recorded = {n: dict(t.params) for n, t in h.state.jobs[JOB].trials.items()}
+    # A new daemon: a fresh actor over the same state.
+    actor = JobActor(h.state.jobs[JOB], h.ctx)
+    actor.rebuild(h.state.jobs[JOB])
+    xgb = actor.studies["xgboost"].get_trials(deepcopy=False)
+    assert [t.state for t in xgb] == [
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.RUNNING,
+    ]
+    assert xgb[0].value == 0.75 and xgb[0].params == recorded[0]
+    assert actor.live[2].params == recorded[2]
+    assert actor.live[1].params == recorded[1]
+    assert actor.next_number == 3
+
+
+def test_the_gate_refuses_a_model_below_the_minimum_or_worse_than_the_last_promoted() -> None:
+    passed, reason = quality_gate(
+        test_auc=0.6, min_test_auc=0.7, allow_regression=False, previous_job=None, previous_auc=None
+    )
+    assert not passed and "min_test_auc" in reason
+    passed, reason = quality_gate(
+        test_auc=0.8,
+        min_test_auc=0.7,
+        allow_regression=False,
+        previous_job="fraud-1",
+        previous_auc=0.85,
+    )
+    assert not passed and "fraud-1" in reason and "allow_regression" in reason
+    assert quality_gate(
+        test_auc=0.8,
+        min_test_auc=0.7,
+        allow_regression=True,
+        previous_job="fraud-1",
+        previous_auc=0.85,
+    )[0]
+    assert quality_gate(
+        test_auc=0.9,
+        min_test_auc=0.7,
+        allow_regression=False,
+        previous_job="fraud-1",
+        previous_auc=0.85,
+    )[0]
+
+
+def test_a_job_that_fails_the_gate_completes_without_promotion(tmp_path: Path) -> None:
+    h = Harness(tmp_path, n_trials=1, parallelism=2)
+    h.searching()
+    h.save(0, 0.8)
+    h.save(1, 0.7)
+    assert isinstance(h.step()[0], StageCompleted)
+    assert h.step() == [StageStarted(job_id=JOB, stage=Stage.VALIDATE)]
+    events = h.actor._gate(
+        h.state,
+        h.state.jobs[JOB],
+        {"test": {"xgboost": {"roc_auc": 0.4}, "lightgbm": {"roc_auc": 0.9}}},
+    )
+    _, completed = events
+    assert isinstance(completed, JobCompleted) and not completed.promoted
+    assert completed.best_trial == 0  # chosen on validation, never on the test split
+    assert "min_test_auc" in completed.reason
+
+
+def test_export_promotes_atomically_and_is_idempotent(tmp_path: Path) -> None:
+    src = tmp_path / "jobs" / JOB / "trials" / "0" / "1-w" / "model.ubj"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(b"the model")
+    (src.parent / "meta.json").write_text("{}")
+    sha = hashlib.sha256(b"the model").hexdigest()
+    job_dir = tmp_path / "jobs" / JOB
+    rel = src.relative_to(tmp_path).as_posix()
+    path = export_best(tmp_path, job_dir, rel, sha, {"trial": 0})
+    assert path == f"jobs/{JOB}/best/model.ubj"
+    assert sorted(p.name for p in (job_dir / "best").iterdir()) == [
+        "meta.json",
+        "model-card.json",
+        "model.ubj",
+    ]
+    assert export_best(tmp_path, job_dir, rel, sha, {"trial": 0}) == path  # again: kept
+    assert not (job_dir / ".best.tmp").exists()
+    with pytest.raises(ValueError, match="does not match"):
+        export_best(tmp_path, tmp_path / "other", rel, "d" * 64, {})
+
+
+def test_promotion_is_recorded_before_best_is_written(tmp_path: Path) -> None:
+    h = Harness(tmp_path, n_trials=1, parallelism=2)
+    h.searching()
+    for number in (0, 1):
+        ev = h.save(number, 0.8 - number / 10)
+    assert ev
+    h.step()
+    h.step()  # validate started
+    h.append(*h.actor._gate(h.state, h.state.jobs[JOB], {"test": {"xgboost": {"roc_auc": 0.9}}}))
+    started, promoted = h.step()
+    assert isinstance(started, StageStarted) and isinstance(promoted, ModelPromoted)
+    assert not (tmp_path / "jobs" / JOB / "best").exists()  # nothing acted on yet
