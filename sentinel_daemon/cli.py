@@ -2,7 +2,8 @@
 
 Every subcommand takes ``--state-dir`` (env ``SENTINEL_STATE_DIR``) and ``--config`` (env
 ``SENTINEL_CONFIG``); ``--json`` gives output for scripts. Exit codes: 0 success, 1 the
-command ran and found a problem (damage, failure), 2 bad usage or settings.
+command ran and found a problem (damage, failure, a job that failed or was cancelled, a
+refused request), 2 bad usage or settings, 4 ``wait`` timed out, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from sentinel_daemon.settings import Settings, load_settings
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
+EXIT_TIMEOUT = 4
+EXIT_INTERRUPTED = 130
 
 
 def _common() -> argparse.ArgumentParser:
@@ -45,6 +48,16 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -52,6 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sentinel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = sub.add_parser(
+        "submit", parents=[common], help="validate a job file and place it in the inbox"
+    )
+    submit.add_argument("file", type=Path, metavar="FILE", help="job file (.yaml, .yml, .json)")
+    status = sub.add_parser(
+        "status", parents=[common], help="jobs, stages, trials, best scores, workers, GPUs"
+    )
+    status.add_argument("job", nargs="?", default=None, metavar="JOB", help="only this job")
+    wait = sub.add_parser(
+        "wait",
+        parents=[common],
+        help="block until a job ends; exit 0 completed, 1 failed or cancelled, 4 timeout",
+    )
+    wait.add_argument("job", metavar="JOB")
+    wait.add_argument(
+        "--timeout", type=_seconds, default=None, metavar="S", help="give up after S seconds"
+    )
+    cancel = sub.add_parser(
+        "cancel", parents=[common], help="ask the daemon to cancel a running job"
+    )
+    cancel.add_argument("job", metavar="JOB")
 
     tail = sub.add_parser("tail", parents=[common], help="show (and follow) the event log")
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
@@ -195,7 +230,113 @@ def cmd_gen_data(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"tail": cmd_tail, "log": cmd_log, "gen-data": cmd_gen_data}
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from sentinel_daemon.jobspec import JobSpecError
+    from sentinel_daemon.operator import submit
+
+    try:
+        done = submit(args.file, settings)
+    except JobSpecError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.json:
+        _print_json(
+            {"job_id": done.job_id, "file": str(done.file), "inbox_path": str(done.inbox_path)}
+        )
+    else:
+        print(done.job_id)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import psutil
+
+    from sentinel_daemon.operator import render_status, status_report
+    from sentinel_daemon.readstate import read_state
+    from sentinel_daemon.supervisor import discover_gpus
+
+    state = read_state(settings.state_dir)
+    report = status_report(
+        state,
+        settings.state_dir,
+        job_id=args.job,
+        gpus=discover_gpus(),
+        pid_alive=psutil.pid_exists,
+    )
+    if args.json:
+        _print_json(report)
+    else:
+        print(render_status(report))
+    return EXIT_OK
+
+
+def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
+    from sentinel_daemon.operator import progress_line, terminal_width, wait_for_job
+
+    tty = sys.stderr.isatty()
+    drawn = False
+
+    def draw(job: dict[str, object] | None) -> None:
+        nonlocal drawn
+        if tty:
+            line = progress_line(args.job, job, terminal_width() - 1)
+            sys.stderr.write(f"\r{line}\x1b[K")
+            sys.stderr.flush()
+            drawn = True
+
+    try:
+        ended, job = wait_for_job(settings.state_dir, args.job, timeout=args.timeout, on_poll=draw)
+    except KeyboardInterrupt:
+        if drawn:
+            sys.stderr.write("\n")
+        return EXIT_INTERRUPTED
+    if drawn:
+        sys.stderr.write("\n")
+    if args.json:
+        _print_json(job if job is not None else {"job_id": args.job, "status": "unknown"})
+    if not ended:
+        where = "still " + job["status"] if job else "not in the log yet"
+        print(
+            f"sentinel: timed out after {args.timeout:g}s waiting for job {args.job} ({where})",
+            file=sys.stderr,
+        )
+        return EXIT_TIMEOUT
+    assert job is not None
+    if job["status"] == "completed":
+        if not args.json:
+            best = job["best_value"]
+            tail = "" if best is None else f"; best {best:.4f} (trial {job['best_trial']})"
+            print(f"job {args.job} completed{tail}")
+        return EXIT_OK
+    reason = f": {job['reason']}" if job["reason"] else ""
+    print(f"sentinel: job {args.job} {job['status']}{reason}", file=sys.stderr)
+    return EXIT_PROBLEM
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from sentinel_daemon.operator import request_cancel
+    from sentinel_daemon.readstate import read_state
+
+    state = read_state(settings.state_dir)
+    path = request_cancel(settings.state_dir, args.job, state, now=datetime.now(UTC))
+    if args.json:
+        _print_json({"job_id": args.job, "request": str(path)})
+    else:
+        print(f"cancel requested for {args.job}; the daemon records job.cancelled")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "wait": cmd_wait,
+    "cancel": cmd_cancel,
+    "tail": cmd_tail,
+    "log": cmd_log,
+    "gen-data": cmd_gen_data,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -112,8 +112,8 @@ class Store:
         try:
             events_dir = state_dir / EVENTS_DIR
             events_dir.mkdir(mode=0o750, exist_ok=True)
-            snap, problem = _trusted_snapshot(state_dir / SNAPSHOT_NAME)
-            state, scan, replayed, problem = _recover(events_dir, snap, problem)
+            snap, problem = trusted_snapshot(state_dir / SNAPSHOT_NAME)
+            state, scan, replayed, problem = recover(events_dir, snap, problem)
             log_, torn, backup = FileLog.open(
                 events_dir, scan, segment_bytes=segment_bytes, clock=clock, sync=sync
             )
@@ -175,7 +175,8 @@ class Store:
         self.lock.release()
 
 
-def _trusted_snapshot(path: Path) -> tuple[Snapshot | None, str | None]:
+def trusted_snapshot(path: Path) -> tuple[Snapshot | None, str | None]:
+    """The snapshot at ``path`` and ``None``, or ``None`` and why it cannot be used (warned)."""
     try:
         return load_snapshot(path), None
     except SnapshotInvalid as exc:
@@ -183,10 +184,14 @@ def _trusted_snapshot(path: Path) -> tuple[Snapshot | None, str | None]:
         return None, exc.reason
 
 
-def _recover(
+def recover(
     events_dir: Path, snap: Snapshot | None, problem: str | None
 ) -> tuple[State, LogScan, int, str | None]:
-    """Replay from the snapshot if it fits the log, else from the start."""
+    """Replay from the snapshot if it fits the log, else from the start.
+
+    Reads only: the returned scan reports a torn tail (``scan.torn``) without cutting it,
+    which is what lets ``sentinel status`` call this while a daemon appends.
+    """
     if snap is not None:
         scan = LogScan(events_dir, start=snap.position, expect_seq=snap.seq + 1)
         state = snap.state

@@ -1,0 +1,186 @@
+"""The operator commands' pure parts: job summaries, the status table, the progress line,
+job-id checks and the cancel request, on states folded from events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sentinel_daemon.events import JobSubmitted, TrialStarted, WorkerExited
+from sentinel_daemon.operator import (
+    CONTROL_DIR,
+    BadJobId,
+    JobAlreadyEnded,
+    UnknownJob,
+    cancel_request_path,
+    check_job_id,
+    job_summary,
+    progress_line,
+    render_status,
+    request_cancel,
+    status_report,
+    wait_for_job,
+)
+from sentinel_daemon.state import JobStatus, fold
+from tests.jobevents import failed, finish, running, worker
+
+
+def test_a_running_job_reports_its_stage_trials_per_model_and_best_saved_trial() -> None:
+    job = fold(running("j1")).jobs["j1"]
+    summary = job_summary(job)
+    assert summary["status"] == "running"
+    assert summary["stage"] == {"name": "search", "completed": False}
+    assert summary["models"] == [
+        {"model": "xgboost", "ended": 2, "n_trials": 2, "running": 0},
+        {"model": "lightgbm", "ended": 0, "n_trials": 2, "running": 1},
+    ]
+    assert (summary["trials_ended"], summary["trials_total"], summary["trials_running"]) == (
+        2,
+        4,
+        1,
+    )
+    assert (summary["best_trial"], summary["best_value"]) == (1, 0.9)
+    assert summary["promoted"] is None and summary["reason"] == ""
+
+
+def test_a_completed_job_counts_its_compacted_trials_and_names_the_promoted_model() -> None:
+    job = fold([*running("j1"), *finish("j1")]).jobs["j1"]
+    assert job.trials == {}  # compacted: only counts are left
+    summary = job_summary(job)
+    assert summary["status"] == "completed"
+    assert [m["ended"] for m in summary["models"]] == [2, 2]
+    assert summary["stage"] == {"name": "search", "completed": True}
+    assert (summary["best_trial"], summary["best_value"]) == (1, 0.9)
+    assert summary["promoted"]["artifact"] == "jobs/j1/model"
+
+
+def test_a_spec_without_models_or_budget_shows_the_models_seen_and_an_unknown_total() -> None:
+    state = fold(
+        [
+            JobSubmitted(job_id="j1", name="x", spec={}, file="f.yaml", file_sha256="0" * 64),
+            TrialStarted(job_id="j1", trial=0, model="lightgbm", params={}, attempt=1),
+        ]
+    )
+    summary = job_summary(state.jobs["j1"])
+    assert summary["models"] == [{"model": "lightgbm", "ended": 0, "n_trials": None, "running": 1}]
+    assert summary["trials_total"] is None and summary["stage"] is None
+    assert "0/? trials" in progress_line("j1", summary)
+
+
+def test_status_lists_alive_workers_only_and_asks_whether_the_daemon_pid_lives() -> None:
+    state = fold(
+        [
+            *running("j1"),
+            *failed("j2", "data file gone"),
+            worker("w0", 100, gpu=0),
+            worker("w1", 101),
+            WorkerExited(worker="w0", pid=100, gpu=0, exit_code=0),
+        ]
+    )
+    state.daemon_pid = 4242
+    report = status_report(state, Path("st"), gpus=[0, 1], pid_alive=lambda pid: pid == 4242)
+    assert report["daemon"] == {"pid": 4242, "alive": True}
+    assert report["workers"] == [{"worker": "w1", "pid": 101, "gpu": None}]
+    assert [j["job_id"] for j in report["jobs"]] == ["j1", "j2"]
+    assert report["last_seq"] == state.last_seq and report["gpus"] == [0, 1]
+    one = status_report(state, Path("st"), job_id="j2")
+    assert [j["job_id"] for j in one["jobs"]] == ["j2"] and one["daemon"]["alive"] is False
+
+
+def test_status_of_an_unknown_job_names_it() -> None:
+    with pytest.raises(UnknownJob, match="nope") as err:
+        status_report(fold(running("j1")), Path("st"), job_id="nope")
+    assert "sentinel status" in str(err.value)
+
+
+def test_the_status_table_shows_each_job_on_a_row_and_reasons_below() -> None:
+    state = fold([*running("j1"), *failed("j2", "data file gone"), worker("w1", 101, gpu=3)])
+    text = render_status(status_report(state, Path("st"), gpus=[]))
+    lines = text.splitlines()
+    assert lines[0].startswith("daemon: not running")
+    assert lines[1].split() == [
+        "JOB",
+        "NAME",
+        "STATUS",
+        "STAGE",
+        "TRIALS",
+        "RUN",
+        "BEST",
+        "PROMOTED",
+    ]
+    assert "search" in lines[2] and "xgboost 2/2, lightgbm 0/2" in lines[2]
+    assert "0.9000 (#1)" in lines[2]
+    assert lines[3].split()[:3] == ["j2", "fraud", "failed"]
+    assert "  j2: data file gone" in lines
+    assert "workers: w1 (pid 101, gpu 3)" in lines
+    assert lines[-1] == "gpus: none (workers train on CPU)"
+
+
+def test_an_empty_state_renders_without_a_table() -> None:
+    text = render_status(status_report(fold([]), Path("st")))
+    assert "no jobs" in text and "workers: none alive" in text
+
+
+def test_the_progress_line_shows_stage_bar_trials_and_best_within_the_width() -> None:
+    summary = job_summary(fold(running("j1")).jobs["j1"])
+    line = progress_line("j1", summary)
+    assert line == "j1 running search [##########..........] 2/4 trials best 0.9000"
+    assert len(progress_line("j1", summary, width=20)) == 20
+    assert "not in the log yet" in progress_line("j1", None)
+
+
+@pytest.mark.parametrize("bad", ["", "../etc", "a/b", ".hidden", "-x", "x" * 129, "a\nb"])
+def test_job_ids_that_could_escape_or_hide_a_path_are_refused(bad: str) -> None:
+    with pytest.raises(BadJobId):
+        check_job_id(bad)
+    with pytest.raises(BadJobId):
+        cancel_request_path(Path("st"), bad)
+
+
+def test_the_cancel_request_lives_in_the_control_folder() -> None:
+    assert check_job_id("fraud-1a2b3c4d") == "fraud-1a2b3c4d"
+    assert cancel_request_path(Path("st"), "fraud-1a2b3c4d") == Path(
+        "st", CONTROL_DIR, "cancel.fraud-1a2b3c4d"
+    )
+
+
+def test_a_cancel_request_records_job_time_and_pid(tmp_path: Path) -> None:
+    now = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    path = request_cancel(tmp_path, "j1", fold(running("j1")), now=now, pid=77)
+    assert path == tmp_path / "control" / "cancel.j1"
+    assert orjson.loads(path.read_bytes()) == {
+        "job_id": "j1",
+        "requested_at": "2024-05-06T07:08:09.123456Z",
+        "pid": 77,
+    }
+    assert [p.name for p in path.parent.iterdir()] == ["cancel.j1"]  # no temporary left
+
+
+def test_cancelling_an_ended_or_unknown_job_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    state = fold([*running("j1"), *finish("j1"), *failed("j2", "boom")])
+    now = datetime.now(UTC)
+    with pytest.raises(JobAlreadyEnded) as ended:
+        request_cancel(tmp_path, "j1", state, now=now)
+    assert ended.value.status is JobStatus.COMPLETED
+    with pytest.raises(JobAlreadyEnded, match="boom"):
+        request_cancel(tmp_path, "j2", state, now=now)
+    with pytest.raises(UnknownJob, match="sentinel status"):
+        request_cancel(tmp_path, "j3", state, now=now)
+    assert not (tmp_path / "control").exists()
+
+
+def test_waiting_for_a_job_never_submitted_gives_up_at_the_deadline(tmp_path: Path) -> None:
+    now = [0.0]
+    polls: list[object] = []
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    ended, job = wait_for_job(
+        tmp_path, "j1", timeout=1.0, clock=lambda: now[0], sleep=sleep, on_poll=polls.append
+    )
+    assert (ended, job) == (False, None)
+    assert now[0] == pytest.approx(1.0) and len(polls) == 6  # at 0, 0.2, ..., 1.0
