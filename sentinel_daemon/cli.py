@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sentinel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    run = sub.add_parser("run", parents=[common], help="the daemon, in the foreground")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local worker processes (default: workers.count, else one per GPU, else 1)",
+    )
+
     submit = sub.add_parser(
         "submit", parents=[common], help="validate a job file and place it in the inbox"
     )
@@ -328,7 +337,17 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from sentinel_daemon.daemon import run_daemon
+
+    if args.workers is not None and args.workers < 1:
+        print("sentinel: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    return run_daemon(settings, workers=args.workers)
+
+
 COMMANDS = {
+    "run": cmd_run,
     "submit": cmd_submit,
     "status": cmd_status,
     "wait": cmd_wait,
