@@ -51,6 +51,7 @@ from sentinel_daemon.fsutil import fsync_dir
 from sentinel_daemon.inbox import Inbox, InboxFileGone, is_job_name
 from sentinel_daemon.jobs import JOBS_DIR, ActorContext, JobActor
 from sentinel_daemon.jobspec import JobSpecError, parse_job_file
+from sentinel_daemon.operator import CONTROL_DIR, INBOX_DIR
 from sentinel_daemon.queue import Queue, split_command_id
 from sentinel_daemon.settings import Settings
 from sentinel_daemon.state import JobStatus, WorkerStatus
@@ -64,10 +65,8 @@ EXIT_ERROR = 1
 #: A second SIGTERM/SIGINT: workers were killed, not stopped.
 EXIT_FORCED = 3
 
-INBOX_DIR = "inbox"
 CLAIMED_DIR = "claimed"
 REJECTED_DIR = "rejected"
-CONTROL_DIR = "control"
 CANCEL_PREFIX = "cancel."
 #: Loop period while trials are in flight, and while idle.
 BUSY_TICK_S = 0.005

@@ -346,7 +346,7 @@ def discover_gpus() -> list[int]:
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
-        log.info("gpu.none", reason=f"NVML unavailable: {exc} (no NVIDIA driver?)")
+        log.debug("gpu.none", reason=f"NVML unavailable: {exc} (no NVIDIA driver?)")
         return []
     try:
         count = pynvml.nvmlDeviceGetCount()

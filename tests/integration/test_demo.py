@@ -20,12 +20,14 @@ def test_the_demo_runs_a_job_end_to_end_and_promotes_a_verified_model(tmp_path: 
          "4000"],
         capture_output=True, text=True, timeout=300,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ok: 29 records" in result.stdout
+    log = (tmp_path / "daemon.log").read_text() if (tmp_path / "daemon.log").exists() else ""
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + log[-3000:]
+    assert "ok: " in result.stdout and "leaderboard" in result.stdout
     state = tmp_path / "state"
     types = [r.payload["type"] for r in LogScan(state / "events")]
-    assert types.count("trial.saved") + types.count("trial.pruned") == 8
-    assert types[-3:] == ["stage.completed", "job.completed", "daemon.stopped"]
+    assert types.count("trial.saved") + types.count("trial.pruned") == 10  # 5 per model
+    assert "job.completed" in types and "model.promoted" in types
+    assert types[-1] == "daemon.stopped"
     (card_path,) = state.glob("jobs/*/best/model-card.json")
     card = orjson.loads(card_path.read_bytes())
     (model_path,) = [p for p in card_path.parent.iterdir() if p.name.startswith("model.")]
