@@ -165,6 +165,8 @@ class Daemon:
         for job in store.state.running_jobs():
             self._actor(job.job_id).rebuild(job)
         self._ingest_results()
+        for job in store.state.running_jobs():
+            self.commit(self._actor(job.job_id).recover_saved(job))
         # Commands held by the predecessor's workers (all dead now) go back to the queue
         # with the same attempt: the daemon stopped, the trial did not fail.
         requeued = 0

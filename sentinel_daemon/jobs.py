@@ -504,7 +504,56 @@ class JobActor:
             or trial.status is not TrialStatus.RUNNING
         ):
             return []
+        on_disk = self.saved_on_disk(trial)
+        if on_disk is not None:
+            return [on_disk]  # it died after saving, before reporting: the model counts
         return [self._failed(trial, f"worker lost: {reason}")]
+
+    def recover_saved(self, job: JobState) -> list[Event]:
+        """At start-up: running attempts whose model is complete on disk, as ``trial.saved``."""
+        events: list[Event] = []
+        for t in job.trials.values():
+            if t.status is TrialStatus.RUNNING and (saved := self.saved_on_disk(t)) is not None:
+                events.append(saved)
+        return events
+
+    def saved_on_disk(self, trial: TrialState) -> TrialSaved | None:
+        """The model of ``trial``'s current attempt, if a worker saved it whole.
+
+        A worker writes the model file, then ``meta.json`` (each atomically), then posts
+        its result; a crash after the second write leaves a complete, checkable model that
+        no result announces. It is recorded from its metadata instead of trained again.
+        """
+        folder = self.job_dir / "trials" / str(trial.number)
+        for meta_path in sorted(folder.glob(f"{trial.attempt}-*/meta.json")):
+            try:
+                meta = json.loads(meta_path.read_bytes())
+                model = meta_path.with_name(str(meta["model_file"]))
+                digest = hashlib.sha256(model.read_bytes()).hexdigest()
+                fits = (meta.get("job_id"), meta.get("trial"), meta.get("attempt")) == (
+                    self.job_id,
+                    trial.number,
+                    trial.attempt,
+                )
+                metrics = {str(k): float(v) for k, v in meta["metrics"]["valid"].items()}
+                if not fits or digest != meta["sha256"] or "roc_auc" not in metrics:
+                    continue
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue  # not a complete model: the attempt runs again
+            log.info(
+                "job.model_found_on_disk", job=self.job_id, trial=trial.number, artifact=str(model)
+            )
+            return TrialSaved(
+                job_id=self.job_id,
+                trial=TrialNumber(trial.number),
+                model=trial.model,
+                value=metrics["roc_auc"],
+                metrics=metrics,
+                artifact=model.relative_to(self.ctx.state_dir).as_posix(),
+                sha256=digest,
+                duration_s=round(float(meta.get("train_seconds", 0.0)), 6),
+            )
+        return None
 
     def _failed(self, trial: TrialState, error: str) -> TrialFailed:
         return TrialFailed(

@@ -310,3 +310,38 @@ def test_promotion_is_recorded_before_best_is_written(tmp_path: Path) -> None:
     started, promoted = h.step()
     assert isinstance(started, StageStarted) and isinstance(promoted, ModelPromoted)
     assert not (tmp_path / "jobs" / JOB / "best").exists()  # nothing acted on yet
+
+
+def test_a_model_saved_but_never_reported_is_recorded_not_retrained(tmp_path: Path) -> None:
+    import json
+
+    from sentinel_daemon.queue import TrialCommand
+
+    h = Harness(tmp_path, n_trials=1, parallelism=1)
+    (first,) = h.searching()
+    assert isinstance(first, TrialStarted)
+    job = h.state.jobs[JOB]
+    command = TrialCommand.model_validate_json(
+        (tmp_path / "queue" / "pending" / f"{JOB}.0.1.json").read_bytes()
+    )
+    folder = tmp_path / "jobs" / JOB / "trials" / "0" / "1-w0-1-1"
+    folder.mkdir(parents=True)
+    (folder / "model.ubj").write_bytes(b"half")  # the meta is missing: not complete
+    (lost,) = h.actor.lost(job, command, "killed by signal 9")
+    assert isinstance(lost, TrialFailed)
+    (folder / "model.ubj").write_bytes(b"whole model")
+    meta = {
+        "job_id": JOB,
+        "trial": 0,
+        "attempt": 1,
+        "model_file": "model.ubj",
+        "sha256": hashlib.sha256(b"whole model").hexdigest(),
+        "metrics": {"valid": {"roc_auc": 0.81, "pr_auc": 0.3}},
+        "train_seconds": 0.4,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+    (saved,) = h.actor.lost(job, command, "killed by signal 9")
+    assert isinstance(saved, TrialSaved)
+    assert (saved.value, saved.sha256) == (0.81, meta["sha256"])
+    assert saved.artifact == f"jobs/{JOB}/trials/0/1-w0-1-1/model.ubj"
+    assert h.actor.recover_saved(job) == [saved]
