@@ -46,13 +46,14 @@ from sentinel_daemon.events import (
     JobSubmitted,
     WorkerId,
     WorkerLost,
+    WorkerStarted,
 )
 from sentinel_daemon.fsutil import fsync_dir
 from sentinel_daemon.inbox import Inbox, InboxFileGone, is_job_name
 from sentinel_daemon.jobs import JOBS_DIR, ActorContext, JobActor
 from sentinel_daemon.jobspec import JobSpecError, parse_job_file
 from sentinel_daemon.operator import CONTROL_DIR, INBOX_DIR
-from sentinel_daemon.queue import Queue, split_command_id
+from sentinel_daemon.queue import Queue, TrialCommand, split_command_id
 from sentinel_daemon.settings import Settings
 from sentinel_daemon.state import JobStatus, WorkerStatus
 from sentinel_daemon.store import Store
@@ -71,6 +72,8 @@ CANCEL_PREFIX = "cancel."
 #: Loop period while trials are in flight, and while idle.
 BUSY_TICK_S = 0.005
 IDLE_TICK_S = 0.05
+#: How often workers this daemon did not start are checked for a stale heartbeat.
+EXTERNAL_CHECK_S = 1.0
 #: How long start-up waits for a predecessor's orphaned worker to die after SIGKILL.
 ORPHAN_KILL_WAIT_S = 10.0
 
@@ -112,6 +115,7 @@ class Daemon:
         self.store: Store | None = None
         self.supervisor: Supervisor | None = None
         self.inbox: Inbox | None = None
+        self._next_external_check = 0.0
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -170,14 +174,19 @@ class Daemon:
         # Commands held by the predecessor's workers (all dead now) go back to the queue
         # with the same attempt: the daemon stopped, the trial did not fail.
         requeued = 0
+        timeout = self.settings.workers.heartbeat_timeout_s
         for worker in set(self.queue.in_flight().values()):
-            if worker is not None:
-                for command in self.queue.take_back(worker):
-                    held = store.state.jobs.get(command.job_id)
-                    trial = held.trials.get(command.trial) if held else None
-                    if trial and trial.attempt == command.attempt and not trial.status.ended:
-                        self.queue.put(command)
-                        requeued += 1
+            if worker is None:
+                continue
+            beat = self.queue.last_beat(worker)
+            if worker not in store.state.workers and beat is not None and beat[0] < timeout:
+                continue  # a live worker systemd runs (not ours): its result will come
+            for command in self.queue.take_back(worker):
+                held = store.state.jobs.get(command.job_id)
+                trial = held.trials.get(command.trial) if held else None
+                if trial and trial.attempt == command.attempt and not trial.status.ended:
+                    self.queue.put(command)
+                    requeued += 1
         in_flight = set(self.queue.in_flight())
         for job in store.state.running_jobs():
             requeued += self._actor(job.job_id).redispatch(job, in_flight)
@@ -275,16 +284,18 @@ class Daemon:
             self._take_job_file(path)
         polled = self.supervisor.poll(now)
         self.commit(polled.events)
+        taken_back = list(polled.taken_back)
+        lost = [e for e in polled.events if isinstance(e, WorkerLost)]
+        if now >= self._next_external_check:
+            self._next_external_check = now + EXTERNAL_CHECK_S
+            external = self._lost_external_workers()
+            self.commit(list(external))
+            for event, commands in external.items():
+                lost.append(event)
+                taken_back += [(event.worker, c) for c in commands]
         self._ingest_results()  # before acting on take-backs: a result posted just before
-        for worker, command in polled.taken_back:  # a death is real, and wins
-            reason = next(
-                (
-                    e.reason
-                    for e in polled.events
-                    if isinstance(e, WorkerLost) and e.worker == worker
-                ),
-                "lost",
-            )
+        for worker, command in taken_back:  # a death is real, and wins
+            reason = next((e.reason for e in lost if e.worker == worker), "lost")
             job = self._store.state.jobs.get(command.job_id)
             actor = self.actors.get(command.job_id)
             if job is not None and actor is not None:
@@ -323,6 +334,39 @@ class Daemon:
             if job is not None and actor is not None:
                 self.commit(actor.ingest(job, message))
             self.queue.ack(path)
+
+    def _lost_external_workers(self) -> dict[WorkerLost, list[TrialCommand]]:
+        """Workers this daemon did not start (``sentinel-worker@.service``) that went silent.
+
+        systemd restarts such a worker, but a new process does not resume the command the
+        old one held; so, like the supervisor for its own workers, a worker holding commands
+        whose heartbeat is older than ``workers.heartbeat_timeout_s`` is lost, and its
+        commands are taken back. Judged by the heartbeat file's mtime (wall clock): there is
+        no process of ours to watch.
+        """
+        assert self.supervisor is not None
+        local = set(self.supervisor.worker_ids())
+        holders = {w for w in self.queue.in_flight().values() if w is not None and w not in local}
+        found: dict[WorkerLost, list[TrialCommand]] = {}
+        timeout = self.settings.workers.heartbeat_timeout_s
+        for worker in sorted(holders):
+            beat = self.queue.last_beat(worker)
+            age = beat[0] if beat is not None else float("inf")
+            if age < timeout:
+                continue
+            info = beat[1] if beat is not None else {}
+            pid = info.get("pid") if isinstance(info.get("pid"), int) else 0
+            if worker not in self._store.state.workers:
+                self.commit([WorkerStarted(worker=worker, pid=pid, gpu=None)])
+            event = WorkerLost(
+                worker=worker,
+                pid=pid,
+                gpu=None,
+                reason=f"external worker: no heartbeat for {age:.1f} s",
+            )
+            found[event] = self.queue.take_back(worker)
+            log.warning("daemon.external_worker_lost", worker=worker, silent_s=age)
+        return found
 
     # ---- inbox ---------------------------------------------------------------------------
 
