@@ -54,6 +54,7 @@ from sentinel_daemon.jobs import JOBS_DIR, ActorContext, JobActor
 from sentinel_daemon.jobspec import JobSpecError, parse_job_file
 from sentinel_daemon.operator import CONTROL_DIR, INBOX_DIR
 from sentinel_daemon.queue import Queue, TrialCommand, split_command_id
+from sentinel_daemon.sdnotify import Notifier
 from sentinel_daemon.settings import Settings
 from sentinel_daemon.state import JobStatus, WorkerStatus
 from sentinel_daemon.store import Store
@@ -72,6 +73,8 @@ CANCEL_PREFIX = "cancel."
 #: Loop period while trials are in flight, and while idle.
 BUSY_TICK_S = 0.005
 IDLE_TICK_S = 0.05
+#: How often STATUS= is sent to systemd.
+STATUS_EVERY_S = 5.0
 #: How often workers this daemon did not start are checked for a stale heartbeat.
 EXTERNAL_CHECK_S = 1.0
 #: How long start-up waits for a predecessor's orphaned worker to die after SIGKILL.
@@ -116,6 +119,8 @@ class Daemon:
         self.supervisor: Supervisor | None = None
         self.inbox: Inbox | None = None
         self._next_external_check = 0.0
+        self._next_status = 0.0
+        self.notifier = Notifier()
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -217,6 +222,7 @@ class Daemon:
         )
         self.supervisor.start()
         self.inbox.start()
+        self.notifier.ready(self.status_line())
         log.info(
             "daemon.ready",
             state_dir=str(self.state_dir),
@@ -267,7 +273,12 @@ class Daemon:
                 time.monotonic() >= stop.deadline or not self._claimed_trials()
             ):
                 return
-            self.turn(time.monotonic())
+            now = time.monotonic()
+            self.turn(now)
+            self.notifier.watchdog(now)  # only a loop that turns keeps systemd's watchdog fed
+            if now >= self._next_status:
+                self._next_status = now + STATUS_EVERY_S
+                self.notifier.status(self.status_line())
             busy = any(j.trials for j in self._store.state.running_jobs())
             with contextlib.suppress(queue_mod.Empty):
                 path = self.files.get(timeout=BUSY_TICK_S if busy else IDLE_TICK_S)
@@ -479,6 +490,18 @@ class Daemon:
             claimed=self._claimed_trials(),
         )
 
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: jobs, trials in flight, the best value."""
+        running = self._store.state.running_jobs()
+        flight = sum(1 for j in running for t in j.trials.values() if not t.status.ended)
+        best = [b.value for j in running if (b := j.best_saved()) is not None and b.value]
+        text = f"{len(running)} jobs running, {flight} trials in flight"
+        if best:
+            text += f", best {max(best):.4f}"
+        if self.stop_state.signals:
+            text = "stopping: " + text
+        return text
+
     def _claimed_trials(self) -> int:
         return sum(1 for w in self.queue.in_flight().values() if w is not None)
 
@@ -487,6 +510,7 @@ class Daemon:
         if self.stop_state.signals == 0:
             self.stop_state.signals = 1  # run() ended the loop by other means
         forced = self.stop_state.signals >= 2
+        self.notifier.stopping("stopping: killing workers" if forced else "stopping")
         if self.inbox is not None:
             self.inbox.stop()
             self.inbox = None
