@@ -25,6 +25,9 @@ WorkerId = NewType("WorkerId", str)
 JsonScalar: TypeAlias = str | int | float | bool | None
 Params: TypeAlias = dict[str, JsonScalar]
 Metrics: TypeAlias = dict[str, float]
+#: A trial's intermediate validation values as the pruner saw them: ``(step, value)`` pairs
+#: in the order reported, a JSON array of ``[step, value]`` arrays in a record.
+Intermediate: TypeAlias = tuple[tuple[int, float], ...]
 
 
 class Stage(StrEnum):
@@ -166,7 +169,7 @@ class TrialSaved(_Event):
     """A trial finished and its model is on disk with the given checksum."""
 
     type: Literal["trial.saved"] = "trial.saved"
-    v: Literal[1] = 1
+    v: Literal[2] = 2  # v2 added intermediate; v1 records are upcast with none
     job_id: JobId
     trial: TrialNumber
     model: ModelKind
@@ -175,16 +178,20 @@ class TrialSaved(_Event):
     artifact: str
     sha256: str
     duration_s: float
+    intermediate: Intermediate = ()
 
 
 class TrialPruned(_Event):
+    """The pruner stopped a trial early, at ``step``; it ends the trial."""
+
     type: Literal["trial.pruned"] = "trial.pruned"
-    v: Literal[1] = 1
+    v: Literal[2] = 2  # v2 added intermediate; v1 records are upcast with none
     job_id: JobId
     trial: TrialNumber
     model: ModelKind
     step: int
     value: float | None = None
+    intermediate: Intermediate = ()
 
 
 class TrialFailed(_Event):
@@ -307,9 +314,18 @@ CURRENT_VERSION: dict[str, int] = {
 
 Upcaster: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
 
+
+def _add_no_intermediate(payload: dict[str, Any]) -> dict[str, Any]:
+    """v1 -> v2 of ``trial.saved`` and ``trial.pruned``: v1 recorded no intermediate values."""
+    return {**payload, "v": 2, "intermediate": []}
+
+
 #: ``(type, from_version) -> function`` turning a version-N payload into version N+1.
-#: Each must be pure and must set ``v`` to N+1. None are needed yet: every type is at v1.
-UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+#: Each must be pure (a new dict; the input is left alone) and must set ``v`` to N+1.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("trial.saved", 1): _add_no_intermediate,
+    ("trial.pruned", 1): _add_no_intermediate,
+}
 
 
 class UnknownEventVersion(ValueError):

@@ -478,6 +478,7 @@ class JobActor:
                         artifact=message.artifact,
                         sha256=message.sha256,
                         duration_s=round(message.duration_s, 6),
+                        intermediate=message.intermediate,
                     )
                 ]
             case Pruned():
@@ -488,6 +489,7 @@ class JobActor:
                         model=trial.model,
                         step=message.step,
                         value=message.value,
+                        intermediate=message.intermediate,
                     )
                 ]
             case Failed():

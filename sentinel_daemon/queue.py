@@ -54,7 +54,15 @@ from pydantic import (
     model_validator,
 )
 
-from sentinel_daemon.events import JobId, Metrics, ModelKind, Params, TrialNumber, WorkerId
+from sentinel_daemon.events import (
+    Intermediate,
+    JobId,
+    Metrics,
+    ModelKind,
+    Params,
+    TrialNumber,
+    WorkerId,
+)
 from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
 
 log = structlog.get_logger(__name__)
@@ -185,6 +193,9 @@ class Saved(_Report):
     #: Time in the training library alone; ``duration_s`` is the whole attempt.
     train_seconds: float = Field(ge=0)
     duration_s: float = Field(ge=0)
+    #: Every ``(step, value)`` this attempt reported as ``progress``, in order. Empty in
+    #: messages from workers older than the field (so they still load).
+    intermediate: Intermediate = ()
 
     _artifact_inside_state = field_validator("artifact")(_inside_state)
 
@@ -195,6 +206,8 @@ class Pruned(_Report):
     kind: Literal["pruned"] = "pruned"
     step: int = Field(ge=0)
     value: float | None = None
+    #: As in :class:`Saved`: the values reported up to and including ``step``.
+    intermediate: Intermediate = ()
 
 
 class Failed(_Report):

@@ -251,8 +251,10 @@ class Worker:
         self.command_id = cid
         tlog = self.log.bind(command_id=cid, model=command.model)
         tlog.info("worker.trial_started")
+        # (step, value) of every progress report, for the result (and so the event log).
+        intermediate: list[tuple[int, float]] = []
         try:
-            outcome = self._train_and_save(command, started)
+            outcome = self._train_and_save(command, started, intermediate)
         except _Abandoned:
             tlog.info("worker.trial_abandoned", reason="stopping")
             return
@@ -262,7 +264,13 @@ class Worker:
             from sentinel_daemon import ml
 
             if isinstance(exc, ml.TrialPruned):
-                self.outbox.send(Pruned, cid, step=exc.step, value=_finite(exc.value))
+                self.outbox.send(
+                    Pruned,
+                    cid,
+                    step=exc.step,
+                    value=_finite(exc.value),
+                    intermediate=tuple(intermediate),
+                )
                 outcome = "pruned"
             else:
                 tlog.warning("worker.trial_failed", error=f"{type(exc).__name__}: {exc}")
@@ -279,7 +287,10 @@ class Worker:
         self.trials_done += 1
         tlog.info("worker.trial_ended", outcome=outcome, duration_s=time.monotonic() - started)
 
-    def _train_and_save(self, command: TrialCommand, started: float) -> str:
+    def _train_and_save(
+        self, command: TrialCommand, started: float, intermediate: list[tuple[int, float]]
+    ) -> str:
+        """Train and save ``command``'s model; ``intermediate`` collects its reports."""
         from sentinel_daemon import ml
 
         params: dict[str, Any] = dict(command.params)
@@ -301,6 +312,7 @@ class Worker:
             first_report = False
             if _finite(value) is not None:  # a NaN score has no JSON form: nothing to report
                 self.outbox.send(Progress, cid, step=step, value=value)
+                intermediate.append((step, value))
             return self.queue.should_prune(self.worker_id, cid)
 
         result = ml.train_trial(
@@ -334,6 +346,7 @@ class Worker:
             value=result.metrics["roc_auc"],
             train_seconds=result.train_seconds,
             duration_s=time.monotonic() - started,
+            intermediate=tuple(intermediate),
         )
         return "saved"
 

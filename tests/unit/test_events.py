@@ -38,7 +38,7 @@ SAMPLES: list[Any] = [
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: e.type)
 def test_events_round_trip_through_their_json_payload(event: Any) -> None:
     payload = encode(event)
-    assert payload["type"] == event.type and payload["v"] == 1
+    assert payload["type"] == event.type and payload["v"] == CURRENT_VERSION[event.type]
     assert decode(payload) == event
 
 
