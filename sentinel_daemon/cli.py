@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--fraud-rate", type=float, default=0.035)
+
+    sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check this host for the daemon: state dir, inbox, disk, file system, inotify, "
+        "GPUs, lock, systemd; exit 1 on any failure",
+    )
     return parser
 
 
@@ -346,6 +353,17 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return run_daemon(settings, workers=args.workers)
 
 
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from sentinel_daemon.doctor import failed, render, report, run_checks
+
+    checks = run_checks(settings.state_dir, rescan_s=settings.inbox.rescan_seconds)
+    if args.json:
+        _print_json(report(settings.state_dir, checks))
+    else:
+        print(render(settings.state_dir, checks))
+    return EXIT_PROBLEM if failed(checks) else EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run,
     "submit": cmd_submit,
@@ -355,6 +373,7 @@ COMMANDS = {
     "tail": cmd_tail,
     "log": cmd_log,
     "gen-data": cmd_gen_data,
+    "doctor": cmd_doctor,
 }
 
 
