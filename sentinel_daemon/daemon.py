@@ -56,7 +56,7 @@ from sentinel_daemon.operator import CONTROL_DIR, INBOX_DIR
 from sentinel_daemon.queue import Queue, TrialCommand, split_command_id
 from sentinel_daemon.sdnotify import Notifier
 from sentinel_daemon.settings import Settings
-from sentinel_daemon.state import JobStatus, WorkerStatus
+from sentinel_daemon.state import JobStatus, TrialStatus, WorkerStatus
 from sentinel_daemon.store import Store
 from sentinel_daemon.supervisor import Supervisor, default_worker_count, discover_gpus
 
@@ -73,6 +73,9 @@ CANCEL_PREFIX = "cancel."
 #: Loop period while trials are in flight, and while idle.
 BUSY_TICK_S = 0.005
 IDLE_TICK_S = 0.05
+#: How often running attempts are checked for a command that is in no queue folder.
+ORPHAN_CHECK_S = 2.0
+UNQUEUED_REASON = "its command left the queue without a readable result (see STATE/queue/bad/)"
 #: How often STATUS= is sent to systemd.
 STATUS_EVERY_S = 5.0
 #: How often workers this daemon did not start are checked for a stale heartbeat.
@@ -120,6 +123,7 @@ class Daemon:
         self.inbox: Inbox | None = None
         self._next_external_check = 0.0
         self._next_status = 0.0
+        self._next_orphan_check = 0.0
         self.notifier = Notifier()
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -304,6 +308,9 @@ class Daemon:
             for event, commands in external.items():
                 lost.append(event)
                 taken_back += [(event.worker, c) for c in commands]
+        if now >= self._next_orphan_check and self.stop_state.signals == 0:
+            self._next_orphan_check = now + ORPHAN_CHECK_S
+            self._fail_unqueued_trials()
         self._ingest_results()  # before acting on take-backs: a result posted just before
         for worker, command in taken_back:  # a death is real, and wins
             reason = next((e.reason for e in lost if e.worker == worker), "lost")
@@ -345,6 +352,27 @@ class Daemon:
             if job is not None and actor is not None:
                 self.commit(actor.ingest(job, message))
             self.queue.ack(path)
+
+    def _fail_unqueued_trials(self) -> None:
+        """A running attempt whose command is in no queue folder and whose result never came.
+
+        A worker posts its result before it finishes (removes) its command, so a command
+        missing from this listing had its result posted before the listing of results that
+        follows; a result that could not be read went to ``queue/bad/``. Without this check
+        such a trial would wait forever; with it, the attempt fails and is retried.
+        """
+        in_flight = set(self.queue.in_flight())
+        self._ingest_results()
+        for job_id in list(self.actors):
+            job = self._store.state.jobs[job_id]
+            actor = self.actors[job_id]
+            events: list[Event] = []
+            for trial in job.trials.values():
+                if trial.status is TrialStatus.RUNNING:
+                    command = actor.command(trial.number, trial.model, trial.params, trial.attempt)
+                    if command.command_id not in in_flight:
+                        events += actor.lost(job, command, UNQUEUED_REASON)
+            self.commit(events)
 
     def _lost_external_workers(self) -> dict[WorkerLost, list[TrialCommand]]:
         """Workers this daemon did not start (``sentinel-worker@.service``) that went silent.
@@ -403,6 +431,7 @@ class Daemon:
             self._reject(claimed, rel, str(exc))
             return
         job = self._store.state.jobs.get(parsed.job_id)
+        job_dir = self.state_dir / JOBS_DIR / parsed.job_id
         if job is None:
             self.commit(
                 [
@@ -416,7 +445,9 @@ class Daemon:
                 ]
             )
             self._actor(parsed.job_id)
-        elif job.file != rel:
+        elif job.file != rel or any(job_dir.glob("job.*")):
+            # Only a file recorded under this very name and never moved in is a leftover of
+            # a crash; anything else is the same job sent again.
             self._reject(
                 claimed,
                 rel,
@@ -426,7 +457,6 @@ class Daemon:
             )
             return
         # Recorded (now, or before a crash): the file moves in with its job.
-        job_dir = self.state_dir / JOBS_DIR / parsed.job_id
         job_dir.mkdir(parents=True, exist_ok=True)
         fsync_dir(job_dir.parent)
         os.rename(claimed, job_dir / f"job{claimed.suffix.lower()}")

@@ -23,6 +23,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,9 @@ BEST_DIR = "best"
 MODEL_CARD = "model-card.json"
 EXIT_DONE = 0
 EXIT_FAILED = 1
+#: The daemon died: a restarted daemon runs the stage again, so this copy stops.
+EXIT_ORPHANED = 3
+PARENT_CHECK_S = 1.0
 
 
 class _Request(BaseModel):
@@ -131,7 +136,10 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--request", type=Path, required=True)
     parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        _exit_with_parent(args.parent_pid)
     from sentinel_daemon.ml.errors import MLError
 
     raw = orjson.loads(args.request.read_bytes())
@@ -147,6 +155,19 @@ def child_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     atomic_write_bytes(args.result, orjson.dumps({"ok": True, "outputs": outputs}))
     return EXIT_DONE
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this process when the daemon that started it dies (it would be rerun anyway)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(EXIT_ORPHANED)
+
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_ORPHANED)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 # ---- the daemon's side ----------------------------------------------------------------
@@ -172,6 +193,7 @@ class StageProcess:
         atomic_write_bytes(self.request_path, request.model_dump_json().encode())
         argv = [sys.executable, "-m", "sentinel_daemon.stages", "--state-dir", str(state_dir)]
         argv += ["--request", str(self.request_path), "--result", str(self.result_path)]
+        argv += ["--parent-pid", str(os.getpid())]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
 
     @property

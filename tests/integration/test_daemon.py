@@ -292,12 +292,6 @@ def test_invalid_hostile_and_oversized_job_files_are_rejected_and_the_daemon_car
     assert daemon.stop() == EXIT_OK
 
 
-@pytest.mark.xfail(
-    reason="daemon.py Daemon._consider: a file whose job id is recorded and whose claimed "
-    "path equals job.file is taken for a crash-recovery leftover and moved into jobs/<id>/ "
-    "with no event, so the same file dropped again under the same name vanishes silently",
-    strict=True,
-)
 def test_a_job_file_dropped_again_under_the_same_name_is_rejected_with_a_reason(
     daemons: MakeDaemon, workspace: Path
 ) -> None:
@@ -392,6 +386,33 @@ def test_a_worker_killed_mid_trial_is_reported_lost_and_its_trial_retried(
     assert started_trials(events, job_id, 0) == [1, 2]
     (saved,) = of_type(events, "trial.saved", job_id=job_id, trial=0)
     assert "/2-" in saved["artifact"]  # the second attempt's model
+    assert daemon.stop() == EXIT_OK
+
+
+def test_a_trial_whose_command_vanished_without_a_readable_result_is_retried(
+    daemons: MakeDaemon, workspace: Path
+) -> None:
+    # What an unreadable result (moved to queue/bad/) leaves: a running attempt whose command
+    # is in no queue folder. Simulated by freezing the worker and taking its command away.
+    daemon = daemons(workers=2, settings=SLOW, faults={"0@1": "slow"}).start()
+    job_id = daemon.submit(write_job(workspace / "jobs", "vanish", space=SLOW_SPACE))
+    worker = claimed(daemon, f"{job_id}.0.1")
+    pid = daemon.worker_pids()[worker]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        (daemon.state_dir / "queue" / "workers" / worker / f"{job_id}.0.1.json").unlink()
+        failed = daemon.wait_for_event(
+            lambda e: e["type"] == "trial.failed" and e["trial"] == 0,
+            what="trial 0's first attempt to fail",
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert failed["retry"] is True and "without a readable result" in failed["error"]
+    daemon.wait_for_job(job_id)
+    events = check_invariants(daemon.state_dir)
+    assert started_trials(events, job_id, 0) == [1, 2]
+    (saved,) = of_type(events, "trial.saved", job_id=job_id, trial=0)
+    assert "/2-" in saved["artifact"]  # attempt 1's late result was stale and ignored
     assert daemon.stop() == EXIT_OK
 
 
