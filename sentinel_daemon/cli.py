@@ -143,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="check this host for the daemon: state dir, inbox, disk, file system, inotify, "
         "GPUs, lock, systemd; exit 1 on any failure",
     )
+
+    report = sub.add_parser(
+        "report",
+        parents=[common],
+        help="write an ended job's HTML report (if missing) and print its path",
+    )
+    report.add_argument("job", metavar="JOB")
+    report.add_argument("--force", action="store_true", help="rewrite an existing report")
     return parser
 
 
@@ -353,6 +361,21 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return run_daemon(settings, workers=args.workers)
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from sentinel_daemon.jobhistory import check_job_id
+    from sentinel_daemon.report import report_index, write_report
+
+    index = report_index(settings.state_dir, check_job_id(args.job))
+    written = args.force or not index.is_file()
+    if written:
+        index = write_report(settings.state_dir, args.job)
+    if args.json:
+        _print_json({"job_id": args.job, "report": str(index), "written": written})
+    else:
+        print(index)
+    return EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from sentinel_daemon.doctor import failed, render, report, run_checks
 
@@ -374,6 +397,7 @@ COMMANDS = {
     "log": cmd_log,
     "gen-data": cmd_gen_data,
     "doctor": cmd_doctor,
+    "report": cmd_report,
 }
 
 
