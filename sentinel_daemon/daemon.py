@@ -59,6 +59,7 @@ from sentinel_daemon.settings import Settings
 from sentinel_daemon.state import JobStatus, TrialStatus, WorkerStatus
 from sentinel_daemon.store import Store
 from sentinel_daemon.supervisor import Supervisor, default_worker_count, discover_gpus
+from sentinel_daemon.worker import FAULTS_ENV
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +71,8 @@ EXIT_FORCED = 3
 CLAIMED_DIR = "claimed"
 REJECTED_DIR = "rejected"
 CANCEL_PREFIX = "cancel."
+#: With SENTINEL_TEST_FAULTS=1, control/test-stall.<seconds> holds the loop still (tests).
+STALL_PREFIX = "test-stall."
 #: Loop period while trials are in flight, and while idle.
 BUSY_TICK_S = 0.005
 IDLE_TICK_S = 0.05
@@ -479,6 +482,8 @@ class Daemon:
         except FileNotFoundError:
             return
         for name in names:
+            if name.startswith(STALL_PREFIX) and os.environ.get(FAULTS_ENV) == "1":
+                self._test_stall(folder / name)
             if not name.startswith(CANCEL_PREFIX):
                 continue
             job_id = name[len(CANCEL_PREFIX) :]
@@ -489,6 +494,15 @@ class Daemon:
                 log.warning("daemon.cancel_ignored", job=job_id, reason="no such running job")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / name)
+
+    @staticmethod
+    def _test_stall(path: Path) -> None:
+        """Crash tests only: hold the core loop still, as a stuck loop would be."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            seconds = float(path.name[len(STALL_PREFIX) :])
+            log.warning("daemon.test_stall", seconds=seconds)
+            time.sleep(min(seconds, 60.0))
 
     def _withdraw_job(self, job_id: str) -> None:
         """A job ended early: take its pending commands back, ask its workers to stop."""
