@@ -151,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("job", metavar="JOB")
     report.add_argument("--force", action="store_true", help="rewrite an existing report")
+
+    export = sub.add_parser(
+        "export-optuna",
+        parents=[common],
+        help="write a job's studies to an Optuna journal file (for optuna-dashboard)",
+    )
+    export.add_argument("job", metavar="JOB")
+    export.add_argument("--out", type=Path, required=True, metavar="FILE", help="journal file")
+    export.add_argument("--force", action="store_true", help="replace an existing FILE")
     return parser
 
 
@@ -376,6 +385,19 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_export_optuna(args: argparse.Namespace, settings: Settings) -> int:
+    from sentinel_daemon.optuna_export import export_optuna
+
+    counts = export_optuna(settings.state_dir, args.job, args.out, force=args.force)
+    if args.json:
+        _print_json({"job_id": args.job, "out": str(args.out), "studies": counts})
+    else:
+        for name, n in counts.items():
+            print(f"{name}: {n} trials")
+        print(f"wrote {args.out}; open it with: optuna-dashboard {args.out}")
+    return EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from sentinel_daemon.doctor import failed, render, report, run_checks
 
@@ -398,6 +420,7 @@ COMMANDS = {
     "gen-data": cmd_gen_data,
     "doctor": cmd_doctor,
     "report": cmd_report,
+    "export-optuna": cmd_export_optuna,
 }
 
 

@@ -10,7 +10,9 @@ the distributions the search sampled from, for Optuna's own tools.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -183,13 +185,22 @@ def parse_ts(ts: str) -> datetime:
     return datetime.fromisoformat(ts.removesuffix("Z"))
 
 
+@contextlib.contextmanager
+def optuna_quiet() -> Iterator[None]:
+    """Optuna's INFO lines ("A new study created ...") off, for the calls inside."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
 _STATES = {
     Outcome.SAVED: optuna.trial.TrialState.COMPLETE,
     Outcome.PRUNED: optuna.trial.TrialState.PRUNED,
     Outcome.FAILED: optuna.trial.TrialState.FAIL,
-    # A trial that never ended (its job failed or was cancelled around it) did not
-    # produce a value: to Optuna it failed.
-    Outcome.RUNNING: optuna.trial.TrialState.FAIL,
+    Outcome.RUNNING: optuna.trial.TrialState.RUNNING,
 }
 
 
@@ -250,6 +261,9 @@ def frozen_trial(
     if dists is None:
         dists = model_distributions(history, trial.model)
     state = _STATES[trial.outcome]
+    if trial.outcome is Outcome.RUNNING and history.status != "running":
+        # It never ended: its job failed or was cancelled around it. No value: a failure.
+        state = optuna.trial.TrialState.FAIL
     value: float | None = None
     if state is optuna.trial.TrialState.COMPLETE:
         value = trial.value
@@ -263,7 +277,7 @@ def frozen_trial(
         user_attrs |= {f"valid_{k}": v for k, v in trial.metrics.items()}
     if trial.error:
         user_attrs["error"] = trial.error[:2000]
-    if trial.outcome is Outcome.RUNNING:
+    if trial.outcome is Outcome.RUNNING and history.status != "running":
         user_attrs["error"] = f"never ended: the job {history.status} first"
     frozen = optuna.trial.create_trial(
         state=state,
@@ -274,8 +288,9 @@ def frozen_trial(
         intermediate_values={step: v for step, v in trial.intermediate},
     )
     frozen.datetime_start = parse_ts(trial.started)
-    end = trial.ended or history.ended
-    frozen.datetime_complete = parse_ts(end) if end is not None else frozen.datetime_start
+    if state.is_finished():
+        end = trial.ended or history.ended
+        frozen.datetime_complete = parse_ts(end) if end is not None else frozen.datetime_start
     return frozen
 
 

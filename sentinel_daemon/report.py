@@ -41,6 +41,7 @@ from sentinel_daemon.jobhistory import (
     Outcome,
     TrialRecord,
     frozen_trials,
+    optuna_quiet,
     parse_ts,
     read_history,
 )
@@ -309,12 +310,8 @@ def _importance_figure(page: _Page, h: JobHistory, model: str) -> tuple[str, dic
 
 def param_importances(h: JobHistory, model: str) -> dict[str, float]:
     """fANOVA importances of ``model``'s parameters, most important first."""
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
-    try:
+    with optuna_quiet():  # no "A new study created" line
         study = optuna.create_study(direction="maximize")
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     study.add_trials(frozen_trials(h, model))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     found = optuna.importance.get_param_importances(study, evaluator=evaluator)
