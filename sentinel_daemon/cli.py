@@ -364,8 +364,8 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from sentinel_daemon.daemon import run_daemon
 
-    if args.workers is not None and args.workers < 1:
-        print("sentinel: --workers must be at least 1", file=sys.stderr)
+    if args.workers is not None and args.workers < 0:
+        print("sentinel: --workers must be 0 or more", file=sys.stderr)
         return EXIT_USAGE
     return run_daemon(settings, workers=args.workers)
 

@@ -109,7 +109,9 @@ class Daemon:
         self.state_dir = Path(os.path.abspath(settings.state_dir))
         self.cwd = Path.cwd()
         self.gpus = discover_gpus()
-        self.worker_count = workers or settings.workers.count or default_worker_count(self.gpus)
+        # 0 is a real choice: only workers systemd runs (sentinel-worker@.service) train.
+        configured = workers if workers is not None else settings.workers.count
+        self.worker_count = default_worker_count(self.gpus) if configured is None else configured
         self.worker_env = worker_env or {}
         self.queue = Queue(self.state_dir / "queue", settings.queue)
         self.ctx = ActorContext(

@@ -38,8 +38,9 @@ class EventLogSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    #: Local worker processes; null means one per GPU that NVML finds, else one (CPU).
-    count: int | None = Field(default=None, ge=1, le=64)
+    #: Local worker processes; null means one per GPU that NVML finds, else one (CPU); 0
+    #: means none (only workers that systemd runs, sentinel-worker@.service).
+    count: int | None = Field(default=None, ge=0, le=64)
     #: How often a worker replaces its heartbeat file.
     heartbeat_s: float = Field(default=1.0, gt=0.0, le=60.0)
     #: A worker whose heartbeat has not changed for this long is killed and counted lost.

@@ -99,8 +99,8 @@ class Supervisor:
         stable_after_s: float = 60.0,
         worker_env: Mapping[str, str] | None = None,
     ) -> None:
-        if count < 1:
-            raise ValueError(f"count must be at least 1, not {count}")
+        if count < 0:
+            raise ValueError(f"count must be 0 or more, not {count}")
         if heartbeat_timeout_s <= 0:
             raise ValueError(f"heartbeat_timeout_s must be positive, not {heartbeat_timeout_s}")
         low, high = restart_backoff_s
