@@ -64,6 +64,9 @@ def main() -> int:
         print(f"    finished in {time.monotonic() - started:.1f} s (exit {waited.returncode})")
         step("sentinel status")
         print(run("status", job_id, cwd=root, env=env), end="")
+        step(f"sentinel report {job_id}")
+        report = run("report", job_id, cwd=root, env=env).strip()
+        print(f"    {report}  (open it in a browser; it needs no network)")
     finally:
         step("stopping the daemon (SIGTERM)")
         daemon.send_signal(signal.SIGTERM)

@@ -25,6 +25,8 @@ import contextlib
 import os
 import queue as queue_mod
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ from sentinel_daemon.events import (
     DaemonStopped,
     Event,
     JobCancelled,
+    JobCompleted,
     JobFailed,
     JobRejected,
     JobSubmitted,
@@ -52,6 +55,8 @@ from sentinel_daemon.fsutil import fsync_dir
 from sentinel_daemon.inbox import Inbox, InboxFileGone, is_job_name
 from sentinel_daemon.jobs import JOBS_DIR, ActorContext, JobActor
 from sentinel_daemon.jobspec import JobSpecError, parse_job_file
+from sentinel_daemon.metrics import DaemonMetrics
+from sentinel_daemon.monitor import AdmissionGate, ResourceMonitor, ceiling_reason, over_ceiling
 from sentinel_daemon.operator import CONTROL_DIR, INBOX_DIR
 from sentinel_daemon.queue import Queue, TrialCommand, split_command_id
 from sentinel_daemon.sdnotify import Notifier
@@ -129,7 +134,13 @@ class Daemon:
         self._next_external_check = 0.0
         self._next_status = 0.0
         self._next_orphan_check = 0.0
+        self._next_sample = 0.0
         self.notifier = Notifier()
+        self.metrics = DaemonMetrics()
+        self.metrics.gpus.set(len(self.gpus))
+        self.monitor = ResourceMonitor(self.gpus, daemon_pid=os.getpid())
+        self.admission = AdmissionGate(settings.resources)
+        self.reports = ReportRunner(self.state_dir)
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -141,9 +152,13 @@ class Daemon:
             self.state_dir,
             segment_bytes=self.settings.eventlog.segment_bytes,
             snapshot_every=self.settings.eventlog.snapshot_every,
+            sync=self.metrics.timed_sync(os.fdatasync),
         )
+        self.metrics.initialise(self.store.state)
         previous = self._install_signals()
         try:
+            if self.settings.metrics.enabled:
+                self.metrics.serve(self.settings.metrics.address, self.settings.metrics.port)
             self._recover()
             self._serve()
             return self._shutdown()
@@ -160,6 +175,7 @@ class Daemon:
 
     def _release(self) -> None:
         """Leave nothing running, whatever happened (also on a fatal error)."""
+        self.reports.stop()
         if self.inbox is not None:
             self.inbox.stop()
             self.inbox = None
@@ -170,6 +186,8 @@ class Daemon:
         if self.store is not None:
             self.store.close(snapshot=True)
             self.store = None
+        self.metrics.close()
+        self.monitor.close()
 
     # ---- start-up ------------------------------------------------------------------------
 
@@ -185,6 +203,10 @@ class Daemon:
         self._ingest_results()
         for job in store.state.running_jobs():
             self.commit(self._actor(job.job_id).recover_saved(job))
+        for job in store.state.jobs.values():
+            report = self.state_dir / JOBS_DIR / job.job_id / "report" / "index.html"
+            if job.status is not JobStatus.RUNNING and not report.is_file():
+                self.reports.add(job.job_id)  # ended while no daemon could write its report
         # Commands held by the predecessor's workers (all dead now) go back to the queue
         # with the same attempt: the daemon stopped, the trial did not fail.
         requeued = 0
@@ -296,6 +318,7 @@ class Daemon:
     def turn(self, now: float) -> None:
         """One pass over every source of events; each decision is durable before its act."""
         assert self.supervisor is not None
+        self._sample(now)
         while True:
             try:
                 path = self.files.get_nowait()
@@ -324,11 +347,13 @@ class Daemon:
             if job is not None and actor is not None:
                 self.commit(actor.lost(job, command, reason))
         self._control()
+        if self.stop_state.signals == 0:
+            self.reports.poll()
         dispatching = self.stop_state.signals == 0
         for job_id in list(self.actors):
             actor = self.actors[job_id]
             for _ in range(8):  # a few transitions per turn (stage ends, next one starts)
-                events = actor.step(self._store.state, dispatching)
+                events = actor.step(self._store.state, dispatching, self.admission.admitting)
                 if not events:
                     break
                 self.commit(events)
@@ -340,14 +365,50 @@ class Daemon:
         """Append ``events`` (one fsync), fold them in, then act on each; their seqs."""
         if not events:
             return []
+        start = self._store.log.position
         records = self._store.append(events)
+        end = self._store.log.position
+        self.metrics.appended(
+            len(records), end.offset - (start.offset if end.segment == start.segment else 0)
+        )
+        self.metrics.observe(events, self._store.state)
         for event in events:
             job_id = getattr(event, "job_id", None)
             if job_id is not None and job_id in self.actors:
                 self.actors[job_id].act(event)
             if isinstance(event, JobCancelled | JobFailed):
                 self._withdraw_job(event.job_id)
+            if isinstance(event, JobCompleted | JobCancelled | JobFailed):
+                self.reports.add(event.job_id)
         return [r.seq for r in records]
+
+    def _sample(self, now: float) -> None:
+        """Every ``resources.sample_every_s``: admission, memory ceiling, sampled metrics."""
+        if now < self._next_sample:
+            return
+        assert self.supervisor is not None
+        resources = self.settings.resources
+        self._next_sample = now + resources.sample_every_s
+        pids = self.supervisor.worker_pids()
+        readings = self.monitor.sample(pids)
+        gpus = {s.gpu for s in self.supervisor.slots if s.gpu is not None}
+        self.admission.update(readings, gpus)
+        ceiling = resources.worker_memory_max_bytes
+        for worker, rss in over_ceiling(readings, ceiling).items():
+            if self.supervisor.kill(worker, ceiling_reason(rss, ceiling)):
+                log.warning(
+                    "daemon.worker_over_memory_ceiling",
+                    worker=worker,
+                    rss_bytes=rss,
+                    ceiling_bytes=ceiling,
+                )
+        pending = sum(1 for holder in self.queue.in_flight().values() if holder is None)
+        self.metrics.sampled(
+            readings,
+            pending=pending,
+            workers_alive=len(pids),
+            blocked=not self.admission.admitting,
+        )
 
     def _ingest_results(self) -> None:
         for path, message in self.queue.results():
@@ -562,6 +623,7 @@ class Daemon:
             self.inbox = None
         for actor in self.actors.values():
             actor.stop()
+        self.reports.stop()
         if not forced:
             self._ingest_results()
         self.commit(self.supervisor.stop(grace_s=0.0 if forced else 10.0))
@@ -591,6 +653,50 @@ class Daemon:
         if actor is None:
             actor = self.actors[job_id] = JobActor(self._store.state.jobs[job_id], self.ctx)
         return actor
+
+
+class ReportRunner:
+    """Writes ended jobs' reports, one child process at a time (``sentinel report JOB``).
+
+    A report reloads the test split and draws charts: seconds of work and memory that stay
+    out of the daemon's loop. Not recorded in the log: a report can always be written again,
+    and one missing at start-up is queued again.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.waiting: list[str] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.job: str | None = None
+
+    def add(self, job_id: str) -> None:
+        if job_id not in self.waiting and job_id != self.job:
+            self.waiting.append(job_id)
+
+    def poll(self) -> None:
+        if self.proc is not None:
+            code = self.proc.poll()
+            if code is None:
+                return
+            if code != 0:
+                log.warning("daemon.report_failed", job=self.job, exit_code=code)
+            else:
+                log.info("daemon.report_written", job=self.job)
+            self.proc = self.job = None
+        if self.waiting:
+            self.job = self.waiting.pop(0)
+            argv = [sys.executable, "-m", "sentinel_daemon.cli", "report", self.job]
+            argv += ["--state-dir", str(self.state_dir), "--force"]
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+            )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = self.job = None
 
 
 def run_daemon(settings: Settings, workers: int | None = None) -> int:

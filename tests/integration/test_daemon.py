@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -187,6 +188,13 @@ def test_a_dropped_job_file_runs_to_completion_and_promotes_a_verified_model(
     waited = sentinel("wait", job_id, "--timeout", "10", state_dir=daemon.state_dir)
     assert waited.returncode == 0, waited.stderr
     assert f"job {job_id} completed" in waited.stdout
+
+    # The daemon writes the job's report by itself, in a child process.
+    index = daemon.state_dir / "jobs" / job_id / "report" / "index.html"
+    wait_for(index.is_file, timeout=120, what="the job's report")
+    page = index.read_text()
+    images = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    assert images and all((index.parent / src).is_file() for src in images)
     assert daemon.stop() == EXIT_OK
 
 
