@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow bench lint clean report-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/eventlog.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/queuedir.py
+	$(BIN)/python bench/daemon.py
+
+# The demo job's report in headless Chromium: every image must render (apt-get install chromium).
+report-check: $(STAMP)
+	test -f $(DEMO)/state/jobs/*/report/index.html || $(BIN)/python scripts/demo.py --dir $(DEMO)
+	$(BIN)/python scripts/check_report.py $(DEMO)/state/jobs/*/report/index.html --screenshot $(DEMO)/report.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check sentinel_daemon tests bench scripts events/golden

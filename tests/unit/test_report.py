@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +253,23 @@ def test_sentinel_report_writes_when_missing_and_rewrites_only_when_forced(
     assert json.loads(capsys.readouterr().out)["written"] is True
     assert cli_main(["report", "--state-dir", str(refused.state_dir), "../etc"]) == 1
     assert "not a job id" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+    reason="Chromium is not installed (apt-get install chromium); `make report-check` "
+    "runs the same check on the demo job's report",
+)
+def test_the_report_renders_every_image_in_headless_chromium(
+    promoted_index: Path, tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import check_report
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    shot = tmp_path / "page.png"
+    states = check_report.check(promoted_index, screenshot=shot)
+    assert len(states) >= 6, states  # history x2, importances x2, ROC, PR, features
+    assert all(state.startswith("loaded") for state in states.values()), states
+    assert shot.read_bytes().startswith(PNG)
