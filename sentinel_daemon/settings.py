@@ -62,6 +62,26 @@ class ShutdownSettings(_Section):
     grace_s: float = Field(default=60.0, ge=0.0, le=86_400.0)
 
 
+class MetricsSettings(_Section):
+    #: Serve Prometheus metrics over HTTP (the daemon only; workers have no endpoint).
+    enabled: bool = True
+    #: Listen address; keep it on loopback unless a firewall guards the port.
+    address: str = "127.0.0.1"
+    #: TCP port; 0 picks a free one, which the daemon logs (``metrics.serving``).
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class ResourceSettings(_Section):
+    #: No trial is dispatched while the host has less memory available than this.
+    min_free_host_bytes: int = Field(default=512 << 20, ge=0)
+    #: ... nor while a GPU a worker uses has less free memory than this.
+    min_free_gpu_bytes: int = Field(default=512 << 20, ge=0)
+    #: A worker whose process tree holds more resident memory is killed (0: no ceiling).
+    worker_memory_max_bytes: int = Field(default=0, ge=0)
+    #: How often host, GPU and worker memory are sampled.
+    sample_every_s: float = Field(default=1.0, gt=0.0, le=60.0)
+
+
 class Settings(BaseSettings):
     """Every setting of Sentinel, with its default."""
 
@@ -81,6 +101,8 @@ class Settings(BaseSettings):
     workers: WorkerSettings = WorkerSettings()
     trials: TrialSettings = TrialSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    resources: ResourceSettings = ResourceSettings()
 
     def resolved_data_roots(self, cwd: Path | None = None) -> list[Path]:
         """``data_roots``, or the defaults (STATE/data and the working folder) when empty."""
