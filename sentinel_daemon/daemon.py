@@ -28,16 +28,18 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import optuna
+import orjson
 import psutil
 import structlog
 
 from sentinel_daemon import __version__
+from sentinel_daemon.eventlog import LogWriteFailed
 from sentinel_daemon.events import (
     DaemonStarted,
     DaemonStopped,
@@ -57,7 +59,7 @@ from sentinel_daemon.jobs import JOBS_DIR, ActorContext, JobActor
 from sentinel_daemon.jobspec import JobSpecError, parse_job_file
 from sentinel_daemon.metrics import DaemonMetrics
 from sentinel_daemon.monitor import AdmissionGate, ResourceMonitor, ceiling_reason, over_ceiling
-from sentinel_daemon.operator import CONTROL_DIR, INBOX_DIR
+from sentinel_daemon.operator import CONTROL_DIR, HEALTH_FILE, INBOX_DIR
 from sentinel_daemon.queue import Queue, TrialCommand, split_command_id
 from sentinel_daemon.sdnotify import Notifier
 from sentinel_daemon.settings import Settings
@@ -84,12 +86,25 @@ IDLE_TICK_S = 0.05
 #: How often running attempts are checked for a command that is in no queue folder.
 ORPHAN_CHECK_S = 2.0
 UNQUEUED_REASON = "its command left the queue without a readable result (see STATE/queue/bad/)"
+#: While writes fail (disk full), the loop tries a whole turn again this often.
+DEGRADED_RETRY_S = 2.0
+#: health.json's reserved size (see Daemon._write_health).
+HEALTH_BYTES = 4096
 #: How often STATUS= is sent to systemd.
 STATUS_EVERY_S = 5.0
 #: How often workers this daemon did not start are checked for a stale heartbeat.
 EXTERNAL_CHECK_S = 1.0
 #: How long start-up waits for a predecessor's orphaned worker to die after SIGKILL.
 ORPHAN_KILL_WAIT_S = 10.0
+
+
+@dataclass
+class _Backlog:
+    """Supervisor findings not yet recorded (a turn failed to write them)."""
+
+    events: list[Event] = field(default_factory=list)
+    taken_back: list[tuple[WorkerId, TrialCommand]] = field(default_factory=list)
+    lost: list[WorkerLost] = field(default_factory=list)
 
 
 @dataclass
@@ -141,6 +156,10 @@ class Daemon:
         self.monitor = ResourceMonitor(self.gpus, daemon_pid=os.getpid())
         self.admission = AdmissionGate(settings.resources)
         self.reports = ReportRunner(self.state_dir)
+        #: Why writes are failing (a full disk), or None while all is well.
+        self.degraded: str | None = None
+        self._retry_at = 0.0
+        self._backlog = _Backlog()
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -148,6 +167,7 @@ class Daemon:
         """Recover, serve until a signal, stop; returns the exit code."""
         for sub in (INBOX_DIR, CLAIMED_DIR, REJECTED_DIR, CONTROL_DIR, JOBS_DIR):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._write_health(None)
         self.store = Store.open(
             self.state_dir,
             segment_bytes=self.settings.eventlog.segment_bytes,
@@ -305,7 +325,17 @@ class Daemon:
             ):
                 return
             now = time.monotonic()
-            self.turn(now)
+            if self.degraded is not None and now < self._retry_at:
+                self.notifier.watchdog(now)  # waiting on purpose; the loop is not stuck
+                time.sleep(min(BUSY_TICK_S * 10, self._retry_at - now))
+                continue
+            try:
+                self.turn(now)
+            except (LogWriteFailed, OSError) as exc:
+                self._degrade(exc, now)
+                continue
+            if self.degraded is not None:
+                self._recovered()
             self.notifier.watchdog(now)  # only a loop that turns keeps systemd's watchdog fed
             if now >= self._next_status:
                 self._next_status = now + STATUS_EVERY_S
@@ -326,9 +356,16 @@ class Daemon:
                 break
             self._take_job_file(path)
         polled = self.supervisor.poll(now)
-        self.commit(polled.events)
-        taken_back = list(polled.taken_back)
-        lost = [e for e in polled.events if isinstance(e, WorkerLost)]
+        # What the supervisor saw happened whether or not it can be recorded now: kept until
+        # it is (a full disk fails this turn; the next one records it first).
+        self._backlog.events += polled.events
+        self._backlog.taken_back += polled.taken_back
+        self.commit(self._backlog.events)
+        self._backlog.events = []
+        taken_back, self._backlog.taken_back = self._backlog.taken_back, []
+        lost = [e for e in self._backlog.lost if isinstance(e, WorkerLost)]
+        lost += [e for e in polled.events if isinstance(e, WorkerLost)]
+        self._backlog.lost = lost[-64:]
         if now >= self._next_external_check:
             self._next_external_check = now + EXTERNAL_CHECK_S
             external = self._lost_external_workers()
@@ -340,16 +377,22 @@ class Daemon:
             self._next_orphan_check = now + ORPHAN_CHECK_S
             self._fail_unqueued_trials()
         self._ingest_results()  # before acting on take-backs: a result posted just before
-        for worker, command in taken_back:  # a death is real, and wins
-            reason = next((e.reason for e in lost if e.worker == worker), "lost")
+        while taken_back:  # a death is real, and wins
+            worker, command = taken_back[0]
+            reason = next((e.reason for e in reversed(lost) if e.worker == worker), "lost")
             job = self._store.state.jobs.get(command.job_id)
             actor = self.actors.get(command.job_id)
             if job is not None and actor is not None:
-                self.commit(actor.lost(job, command, reason))
+                try:
+                    self.commit(actor.lost(job, command, reason))
+                except (LogWriteFailed, OSError):
+                    self._backlog.taken_back = taken_back + self._backlog.taken_back
+                    raise
+            taken_back.pop(0)
         self._control()
         if self.stop_state.signals == 0:
             self.reports.poll()
-        dispatching = self.stop_state.signals == 0
+        dispatching = self.stop_state.signals == 0 and self.degraded is None
         for job_id in list(self.actors):
             actor = self.actors[job_id]
             for _ in range(8):  # a few transitions per turn (stage ends, next one starts)
@@ -608,6 +651,57 @@ class Daemon:
         if self.stop_state.signals:
             text = "stopping: " + text
         return text
+
+    def _degrade(self, exc: Exception, now: float) -> None:
+        """A write failed (a full disk, an I/O error): nothing was acknowledged or acted on.
+
+        Every decision is derived again from the state on the next turn, so retrying the
+        whole turn later is safe. Until one passes, nothing new is dispatched; running
+        trials go on (their results wait in the queue). A failed fsync is not handled here:
+        it is fatal (see eventlog.py).
+        """
+        reason = str(exc)
+        first = self.degraded is None
+        self.degraded = reason
+        self._retry_at = now + DEGRADED_RETRY_S
+        if first:
+            log.error(
+                "daemon.degraded",
+                reason=reason,
+                retry_every_s=DEGRADED_RETRY_S,
+                action="dispatching stopped until writes succeed again",
+            )
+        self.notifier.status(f"DEGRADED (writes failing, not dispatching): {reason}"[:200])
+        self._write_health({"status": "degraded", "reason": reason, "pid": os.getpid()})
+
+    def _recovered(self) -> None:
+        log.warning("daemon.resumed", after=self.degraded)
+        self.degraded = None
+        self._write_health(None)  # ok again
+        # A job file claimed during a failed turn was never recorded: look at it again.
+        for claimed in sorted((self.state_dir / CLAIMED_DIR).iterdir()):
+            if is_job_name(claimed.name):
+                self._consider(claimed)
+
+    def _write_health(self, health: dict[str, Any] | None) -> None:
+        """``STATE/health.json`` for ``sentinel status``: ok, or why the daemon is degraded.
+
+        The file is created at start-up with :data:`HEALTH_BYTES` reserved and rewritten in
+        place, so that it can still say "disk full" on a disk that is full (a new file, as an
+        atomic replace would write, needs space). A reader may see a torn write; it then
+        reads nothing, and the next rewrite fixes it. Best effort: errors are ignored.
+        """
+        data = orjson.dumps(health or {"status": "ok", "pid": os.getpid()})[: HEALTH_BYTES - 1]
+        with contextlib.suppress(OSError):
+            fd = os.open(
+                self.state_dir / HEALTH_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640
+            )
+            try:
+                os.posix_fallocate(fd, 0, HEALTH_BYTES)
+                os.pwrite(fd, data.ljust(HEALTH_BYTES - 1) + b"\n", 0)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
 
     def _claimed_trials(self) -> int:
         return sum(1 for w in self.queue.in_flight().values() if w is not None)

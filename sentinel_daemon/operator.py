@@ -47,6 +47,8 @@ from sentinel_daemon.state import (
 
 CONTROL_DIR = "control"
 INBOX_DIR = "inbox"
+#: Written by a daemon that cannot write its log (a full disk); see daemon.py.
+HEALTH_FILE = "health.json"
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
@@ -221,10 +223,11 @@ def status_report(
     """``sentinel status`` as JSON-ready data; ``job_id`` narrows it to one job."""
     jobs = [find_job(state, job_id, state_dir)] if job_id else list(state.jobs.values())
     pid = state.daemon_pid
+    alive = pid is not None and pid_alive(pid)
     return {
         "state_dir": str(state_dir),
         "last_seq": state.last_seq,
-        "daemon": {"pid": pid, "alive": pid is not None and pid_alive(pid)},
+        "daemon": {"pid": pid, "alive": alive, "health": _health(state_dir) if alive else None},
         "jobs": [job_summary(j) for j in jobs],
         "workers": [
             {"worker": w.worker, "pid": w.pid, "gpu": w.gpu}
@@ -234,6 +237,15 @@ def status_report(
         "gpus": list(gpus),
         "rejected": state.rejected,
     }
+
+
+def _health(state_dir: Path) -> dict[str, Any] | None:
+    """What a running daemon says about itself when it cannot write its log (``health.json``)."""
+    try:
+        health = orjson.loads((state_dir / HEALTH_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return health if isinstance(health, dict) else None
 
 
 def _value(value: float | None) -> str:
@@ -272,6 +284,9 @@ def render_status(report: dict[str, Any]) -> str:
     else:
         who = f"pid {daemon['pid']}, not running (it stopped without recording it)"
     lines = [f"daemon: {who}; log at seq {report['last_seq']}; state {report['state_dir']}"]
+    health = daemon.get("health") or {}
+    if health.get("status") == "degraded":
+        lines.append(f"DEGRADED: {health.get('reason', '?')} (not dispatching new trials)")
     if report["jobs"]:
         rows = [["JOB", "NAME", "STATUS", "STAGE", "TRIALS", "RUN", "BEST", "PROMOTED"]]
         for job in report["jobs"]:

@@ -160,7 +160,12 @@ class Store:
             apply(self.state, event)
             self.state.last_seq = record.seq
         if self.state.last_seq - self._snapshot_seq >= self.snapshot_every:
-            self.snapshot()
+            try:
+                self.snapshot()
+            except OSError as exc:
+                # The records are durable; a snapshot is only a shortcut. Try again later.
+                log.warning("snapshot not written", error=str(exc))
+                self._snapshot_seq = self.state.last_seq
         return records
 
     def snapshot(self) -> None:

@@ -175,7 +175,8 @@ def test_a_dropped_job_file_runs_to_completion_and_promotes_a_verified_model(
     status = sentinel("status", "--json", state_dir=daemon.state_dir)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert report["daemon"] == {"pid": daemon.pid, "alive": True}
+    assert report["daemon"]["pid"] == daemon.pid and report["daemon"]["alive"] is True
+    assert report["daemon"]["health"]["status"] == "ok"
     (job,) = report["jobs"]
     assert job["job_id"] == job_id and job["status"] == "completed"
     assert job["trials_ended"] == job["trials_total"] == 4 and job["trials_running"] == 0
@@ -324,7 +325,8 @@ def test_a_job_file_dropped_again_under_the_same_name_is_rejected_with_a_reason(
     assert len(of_type(events, "job.submitted")) == 1
     rejected = [e for e in of_type(events, "job.rejected") if e["file"].endswith(job_file.name)]
     assert rejected, "the second drop left no trace in the event log"
-    assert (daemon.state_dir / "rejected" / f"{job_file.name}.reason").exists()
+    reason = daemon.state_dir / "rejected" / f"{job_file.name}.reason"
+    wait_for(reason.exists, timeout=30, what="the .reason file (written after the move)")
 
 
 # ---- crashes and lost workers --------------------------------------------------------------

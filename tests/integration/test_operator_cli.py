@@ -125,7 +125,7 @@ def test_status_shows_jobs_workers_and_daemon_for_people_and_scripts(state_dir: 
 def test_status_says_whether_the_recorded_daemon_pid_is_alive(state_dir: Path) -> None:
     write_log(state_dir, [DaemonStarted(pid=os.getpid(), version="t")])
     alive = json.loads(run("status", "--json", state_dir=state_dir).stdout)
-    assert alive["daemon"] == {"pid": os.getpid(), "alive": True}
+    assert alive["daemon"] == {"pid": os.getpid(), "alive": True, "health": None}
     dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_pid.wait(timeout=30)
     write_log(state_dir, [DaemonStarted(pid=dead_pid.pid, version="t")])

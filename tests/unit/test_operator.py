@@ -82,7 +82,7 @@ def test_status_lists_alive_workers_only_and_asks_whether_the_daemon_pid_lives()
     )
     state.daemon_pid = 4242
     report = status_report(state, Path("st"), gpus=[0, 1], pid_alive=lambda pid: pid == 4242)
-    assert report["daemon"] == {"pid": 4242, "alive": True}
+    assert report["daemon"] == {"pid": 4242, "alive": True, "health": None}
     assert report["workers"] == [{"worker": "w1", "pid": 101, "gpu": None}]
     assert [j["job_id"] for j in report["jobs"]] == ["j1", "j2"]
     assert report["last_seq"] == state.last_seq and report["gpus"] == [0, 1]

@@ -1,0 +1,134 @@
+"""A full disk under the state directory: the daemon stops dispatching, says why, loses
+nothing, and resumes when space returns. The state directory is a real, small tmpfs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemonkit import (
+    DATASET_ROWS,
+    SLOW_SPACE,
+    DaemonProcess,
+    check_invariants,
+    copy_dataset,
+    make_dataset,
+    of_type,
+    write_job,
+)
+from tests.helpers import wait_for
+
+TMPFS_SIZE = "48m"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    state = tmp_path / "state"
+    state.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(state)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}); needs root")
+    try:
+        yield state
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write a file until the file system is full; return it."""
+    filler = folder / "filler.bin"
+    block = b"\0" * (1 << 20)
+    with contextlib.suppress(OSError), filler.open("wb") as out:
+        while True:
+            out.write(block)
+            out.flush()
+    return filler
+
+
+def status(daemon: DaemonProcess) -> dict[str, object]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sentinel_daemon.cli",
+            "status",
+            "--json",
+            "--state-dir",
+            str(daemon.state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, object] = json.loads(done.stdout)
+    return report
+
+
+def test_a_full_disk_stops_dispatching_says_why_and_the_job_resumes_when_space_returns(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    data = make_dataset(tmp_path / "dataset", rows=DATASET_ROWS)
+    copy_dataset(data, tmp_path / "data")
+    daemon = DaemonProcess(
+        tmp_path,
+        workers=1,
+        settings={"SENTINEL_TRIALS__REPORT_EVERY": "1", "SENTINEL_TRIALS__MAX_ATTEMPTS": "5"},
+        faults={"1": "slow"},
+    )
+    try:
+        daemon.start()
+        job_id = daemon.submit(
+            write_job(
+                tmp_path / "jobs",
+                "diskfull",
+                models=("xgboost",),
+                n_trials=3,
+                parallelism=1,
+                space=SLOW_SPACE,
+            )
+        )
+        daemon.wait_for_event(
+            lambda e: e["type"] == "trial.started" and e["trial"] == 1, what="trial 1 started"
+        )
+        filler = fill(small_disk)
+        degraded = wait_for(
+            lambda: (
+                (status(daemon)["daemon"] or {}).get("health", {}).get("status")  # type: ignore[union-attr]
+                == "degraded"
+            ),
+            timeout=120,
+            what="status to say the daemon is degraded",
+        )
+        assert degraded
+        report = status(daemon)
+        assert "No space left" in report["daemon"]["health"]["reason"]  # type: ignore[index]
+        assert "daemon.degraded" in daemon.log_text()
+        seq_when_full = daemon.events()[-1]["seq"]
+
+        filler.unlink()  # space returns
+        daemon.wait_for_job(job_id, timeout=180)
+        assert "daemon.resumed" in daemon.log_text()
+        events = check_invariants(daemon.state_dir)
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert (
+            len(of_type(events, "trial.saved", job_id=job_id))
+            + len(of_type(events, "trial.failed", job_id=job_id, retry=False))
+            + len(of_type(events, "trial.pruned", job_id=job_id))
+            == 3
+        )
+        assert events[-1]["seq"] > seq_when_full
+        assert status(daemon)["daemon"]["health"]["status"] == "ok"  # type: ignore[index]
+        assert daemon.stop() == 0
+    finally:
+        daemon.cleanup()
