@@ -8,12 +8,16 @@ the repository's own filesystem (``/tmp`` when it is the same filesystem, else
 ``python -m sentinel_daemon.cli run --state-dir S --workers N`` with the default settings
 (JSON logs to a file; ``shutdown.grace_s`` shortened so a stop never waits a minute).
 Figures are read from its event log (``STATE/events/*.jsonl``), which the benchmark
-follows while it runs. Each row is measured beside its baseline in the same run:
+follows while it runs. The daemon writes a report for every ended job in a child process
+(seconds of CPU each); in the full run the benchmark waits for it before each measured job
+so that it does not run during the next one. Each row is measured beside its baseline in
+the same run:
 
 1. ``pickup latency``: a job file renamed into ``STATE/inbox/`` (written as ``.x.tmp``
    first, as ``sentinel submit`` does) until its ``job.submitted`` record appears in the
    log, over N distinct files (each job is cancelled at once, through ``STATE/control/``,
-   so that none of them trains), renamed 1 s after the previous one was picked up (a
+   so that none of them trains; a daemon and state directory of their own, so that their
+   reports stay out of the later figures), renamed 1 s after the previous one was picked up (a
    lone submission) and 0.2 s after (a script submitting several). Baseline: the least a
    watcher can do, a bare watchdog observer in its own process that appends one line and
    ``fdatasync``s it on the same kind of rename, followed the same way. Renames alternate
@@ -119,6 +123,8 @@ RAY_TUNE_SHARE = "~14%"
 MIN_RATE_RATIO = 1.0
 MAX_RESTART_S = 1.0
 ANCHOR_RESTART = "Optuna journal, 28,000 trials: ~23 s (issue)"
+#: A job-report child absent this long: the daemon's report queue is empty.
+QUIET_S = 1.0
 #: The daemon's own default is a minute; the benchmark stops it between phases.
 GRACE_S = "10"
 NEAR_EMPTY = {"n_estimators": [1, 1], "max_depth": [1, 1]}
@@ -139,6 +145,7 @@ class Sizes:
     restart_repeats: int
     cpu_window_s: float  # how long to watch the daemon's CPU after the restart
     timeout_s: float  # the longest wait for any one thing the daemon should do
+    quiesce: bool  # wait for the daemon's job reports before each measured job
 
 
 FULL = Sizes(
@@ -152,6 +159,7 @@ FULL = Sizes(
     restart_repeats=3,
     cpu_window_s=3.0,
     timeout_s=300.0,
+    quiesce=True,
 )
 QUICK = Sizes(
     pickups=2,
@@ -164,6 +172,7 @@ QUICK = Sizes(
     restart_repeats=1,
     cpu_window_s=0.5,
     timeout_s=60.0,
+    quiesce=False,
 )
 
 
@@ -432,6 +441,28 @@ def running(procs: Processes, daemon: DaemonProcess, what: str) -> Iterator[Daem
             progress(f"{what}: the daemon exited with {code}; its log ends:\n{daemon.log_tail()}")
 
 
+def report_children(daemon: DaemonProcess) -> list[psutil.Process]:
+    """The daemon's ``sentinel report`` child processes (it writes one per ended job)."""
+    if daemon.proc is None:
+        return []
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(daemon.proc.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if "report" in child.cmdline()[3:5]:  # python -m sentinel_daemon.cli report
+                    found.append(child)
+    return found
+
+
+def count_reports(daemon: DaemonProcess) -> int:
+    """Job reports the daemon finished (written or failed), from its log."""
+    try:
+        lines = daemon.log_path.read_bytes().splitlines()
+    except OSError:
+        return 0
+    return sum(1 for line in lines if b'"daemon.report_' in line)
+
+
 # ---- jobs ----------------------------------------------------------------------------
 
 
@@ -498,12 +529,36 @@ class Session:
         self.state = daemon.state
         self.sizes = sizes
         self.log = event_follower(daemon.state)
+        self.quiesced_s = 0.0
 
     def wait(self, match: Callable[[dict[str, Any]], bool], what: str, start: int = 0,
              timeout: float | None = None) -> tuple[float, dict[str, Any], int]:  # fmt: skip
         return self.log.wait_for(
             match, timeout or self.sizes.timeout_s, what, start, alive=self.daemon.check_alive
         )
+
+    def quiesce(self) -> None:
+        """Wait until the daemon's job-report child (one per ended job) has finished.
+
+        The report is written after the job's last record, in a child process that reloads
+        the data and draws charts; it would otherwise run during the next measurement.
+        """
+        if not self.sizes.quiesce:
+            return
+        t0 = time.perf_counter()
+        deadline, quiet_since = t0 + self.sizes.timeout_s, None
+        while time.perf_counter() < deadline:
+            self.daemon.check_alive()
+            if report_children(self.daemon):
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.perf_counter()
+            elif time.perf_counter() - quiet_since >= QUIET_S:
+                break
+            time.sleep(0.05)
+        else:
+            progress("a job report was still being written; measuring anyway")
+        self.quiesced_s += time.perf_counter() - t0
 
     def wait_ready(self) -> None:
         """``daemon.started`` and every worker's ``worker.started`` of this daemon's run."""
@@ -1151,6 +1206,23 @@ def bench(root: Path, sizes: Sizes, procs: Processes, report: Report) -> None:
     else:
         mid, mid_rows = make_data(state / "data" / "mid", sizes.tiny_rows, seed=2), sizes.tiny_rows
     prepared_tiny = prepare(tiny, bench_cache)
+    # The pickups' jobs end (cancelled) and each ended job gets a report child process;
+    # a daemon of their own, stopped after them, keeps that work out of the later figures.
+    daemon = procs.daemon(root / "pickup-state", 1, root, root / "daemon-pickup.log")
+    with running(procs, daemon, "pickup"):
+        session = Session(daemon, sizes)
+        session.wait_ready()
+        progress(
+            f"pickup latency: {sizes.pickups} renames per gap, alternating with a bare watcher"
+        )
+        bench_pickup(session, procs, root, tiny, sizes, report)
+        session.log.close()
+    cancelled = len(PICKUP_GAPS_S) * sizes.pickups
+    report.notes.append(
+        f"pickup: the daemon queued a job report for each of the {cancelled} cancelled "
+        f"jobs (one child process at a time) and finished {count_reports(daemon)} of them while "
+        f"the pickups ran: one was being written through most of them"
+    )
     daemon = procs.daemon(state, 1, root, root / "daemon.log")
     rates: dict[tuple[str, str], list[float]] = {}
     runs: list[SentinelRun] = []
@@ -1159,19 +1231,17 @@ def bench(root: Path, sizes: Sizes, procs: Processes, report: Report) -> None:
     with running(procs, daemon, "main"):
         session = Session(daemon, sizes)
         session.wait_ready()
-        progress(
-            f"pickup latency: {sizes.pickups} renames per gap, alternating with a bare watcher"
-        )
-        bench_pickup(session, procs, root, tiny, sizes, report)
         progress(f"overhead: {sizes.overhead_trials + 1} trials of ~1 s, 1 worker")
         bench_overhead(session, mid, mid_rows, sizes, report)
         for r in range(sizes.rate_rounds):
             for sampler in ("random", "tpe"):
+                session.quiesce()
                 progress(f"trial rate {r + 1}/{sizes.rate_rounds}: Sentinel, {sampler}")
                 run = sentinel_rate(session, tiny, sampler, sizes.rate_trials, str(r))
                 rates.setdefault((sampler, "sentinel"), []).append(run.rate)
                 runs.append(run)
             # Optuna in this process; the daemon stays up, idle, and its CPU is counted.
+            session.quiesce()
             main, workers = daemon_and_workers(daemon)
             cpu0, t0 = cpu_seconds([main, *workers]), time.perf_counter()
             for sampler in ("random", "tpe"):
@@ -1195,6 +1265,12 @@ def bench(root: Path, sizes: Sizes, procs: Processes, report: Report) -> None:
             )
         )
     idle_share = sum(c for c, _ in idle_cpu) / sum(t for _, t in idle_cpu)
+    if sizes.quiesce:
+        report.notes.append(
+            f"reports: before each measured job and Optuna block the benchmark waited for the "
+            f"daemon's job-report child to finish ({count_reports(daemon)} reports, "
+            f"{session.quiesced_s:.0f} s of waiting); each ended job gets one"
+        )
     worker_train = [t for run in runs for t in run.train_s]
     report.notes.append(
         f"trial rate: {sizes.rate_rounds} alternating rounds of {sizes.rate_trials} trials per "

@@ -196,8 +196,12 @@ class JobActor:
 
     # ---- deciding ----------------------------------------------------------------------
 
-    def step(self, state: State, dispatching: bool) -> list[Event]:
-        """The next events for this job, from its state; may start or poll a stage process."""
+    def step(self, state: State, dispatching: bool, admit: bool = True) -> list[Event]:
+        """The next events for this job, from its state; may start or poll a stage process.
+
+        ``admit`` False (admission control: memory is short) holds back new trials and
+        retries only; stages still start and end.
+        """
         job = state.jobs[self.job_id]
         if job.status is not JobStatus.RUNNING:
             return []
@@ -215,7 +219,7 @@ class JobActor:
                 return [StageStarted(job_id=self.job_id, stage=stage)]
             if current.status is StageStatus.RUNNING:
                 if stage is Stage.SEARCH:
-                    return self._search(job, dispatching)
+                    return self._search(job, dispatching and admit)
                 if stage is Stage.EXPORT:
                     return self._export(state, job)
                 return self._poll_stage(state, job, stage, dispatching)

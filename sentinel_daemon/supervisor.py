@@ -193,6 +193,34 @@ class Supervisor:
         """Ids of the worker processes currently started (for status and metrics)."""
         return [s.worker_id for s in self.slots if s.proc is not None and s.worker_id]
 
+    def worker_pids(self) -> dict[WorkerId, int]:
+        """Pid of each running worker not being killed (for resource sampling)."""
+        return {
+            s.worker_id: s.proc.pid
+            for s in self.slots
+            if s.proc is not None
+            and s.worker_id is not None
+            and s.killed_for is None
+            and s.proc.returncode is None
+        }
+
+    def kill(self, worker_id: str, reason: str) -> bool:
+        """SIGKILL ``worker_id``'s process group, to be reported lost for ``reason``.
+
+        The next :meth:`poll` reaps it and returns ``worker.lost`` with ``reason`` (and the
+        commands it held, taken back). False when it is not running.
+        """
+        for slot in self.slots:
+            if slot.worker_id != worker_id or slot.proc is None or slot.killed_for is not None:
+                continue
+            if slot.proc.poll() is not None:
+                return False  # it ended on its own: poll reports why
+            slot.killed_for = reason
+            log.warning("supervisor.worker_killed_on_request", worker=worker_id, reason=reason)
+            _signal_group(slot, signal.SIGKILL)
+            return True
+        return False
+
     # -- internals -------------------------------------------------------------------------
 
     def _default_argv(self, worker_id: str, gpu: int | None) -> list[str]:

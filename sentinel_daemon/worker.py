@@ -37,7 +37,9 @@ training parameters and acted on at the trial's first report:
 - ``"hang"``: heartbeats stop and the main thread blocks, ignoring SIGTERM, until it is
   killed (or its parent dies, so a test that fails leaves no orphan behind);
 - ``"raise"``: training raises :class:`InjectedFault`, which is posted as ``failed``;
-- ``"slow"``: every report waits :data:`SLOW_REPORT_S`, so a test can act mid-trial.
+- ``"slow"``: every report waits :data:`SLOW_REPORT_S`, so a test can act mid-trial;
+- ``"memory"``: allocates and touches :data:`FAULT_MEMORY_BYTES` and holds them, still
+  heartbeating, until the worker is stopped or killed (the memory ceiling's test).
 
 Without the variable a ``_fault`` parameter is an unknown parameter: the command is
 answered with ``failed`` and the worker carries on.
@@ -91,8 +93,10 @@ EXIT_INJECTED_CRASH = 86
 
 FAULTS_ENV = "SENTINEL_TEST_FAULTS"
 FAULT_PARAM = "_fault"
-FAULT_KINDS = ("crash", "hang", "raise", "slow")
+FAULT_KINDS = ("crash", "hang", "raise", "slow", "memory")
 SLOW_REPORT_S = 0.2
+#: What the ``memory`` test fault holds.
+FAULT_MEMORY_BYTES = 400 << 20
 #: How long one claim_wait lasts before the loop looks at its flags again.
 CLAIM_WAIT_S = 0.5
 
@@ -405,6 +409,13 @@ class Worker:
             os._exit(EXIT_INJECTED_CRASH)
         if fault == "raise":
             raise InjectedFault(command_id)
+        if fault == "memory":
+            hog = bytearray(FAULT_MEMORY_BYTES)
+            hog[::4096] = b"\x01" * (FAULT_MEMORY_BYTES // 4096)  # touch every page
+            while not self.stopping():
+                time.sleep(0.05)
+            del hog
+            return  # stopping: the caller abandons the trial
         if fault == "hang":
             self.hung = True
             while not self.orphaned:

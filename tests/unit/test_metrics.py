@@ -1,0 +1,206 @@
+"""The daemon's metrics: counters set from a replayed state equal the log, then follow it."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sentinel_daemon.events import (
+    Event,
+    JobCompleted,
+    JobSubmitted,
+    TrialFailed,
+    TrialPruned,
+    TrialSaved,
+    TrialStarted,
+    WorkerId,
+    WorkerLost,
+    WorkerStarted,
+)
+from sentinel_daemon.metrics import DaemonMetrics
+from sentinel_daemon.monitor import GpuReading, ProcessReading, Readings
+from sentinel_daemon.state import State, apply
+
+
+def submitted(job: str) -> JobSubmitted:
+    return JobSubmitted(job_id=job, name=job, spec={}, file=f"{job}.yaml", file_sha256="0" * 64)
+
+
+def started(job: str, trial: int, model: str = "xgboost", attempt: int = 1) -> TrialStarted:
+    return TrialStarted(job_id=job, trial=trial, model=model, params={}, attempt=attempt)
+
+
+def saved(job: str, trial: int, value: float, model: str = "xgboost") -> TrialSaved:
+    return TrialSaved(
+        job_id=job,
+        trial=trial,
+        model=model,
+        value=value,
+        metrics={"roc_auc": value},
+        artifact=f"jobs/{job}/{trial}",
+        sha256="a" * 64,
+        duration_s=3.0,
+    )
+
+
+def failed(job: str, trial: int, attempt: int, retry: bool, model: str = "xgboost") -> TrialFailed:
+    return TrialFailed(
+        job_id=job, trial=trial, model=model, error="boom", attempt=attempt, retry=retry
+    )
+
+
+#: Job "old" ends (its trials are folded into counts); job "new" is still running.
+HISTORY: list[Event] = [
+    WorkerStarted(worker=WorkerId("w0-1-1"), pid=10, gpu=None),
+    submitted("old"),
+    started("old", 0),
+    saved("old", 0, 0.8),
+    started("old", 1, "lightgbm"),
+    failed("old", 1, 1, True, "lightgbm"),  # retried: not an ended trial
+    started("old", 1, "lightgbm", attempt=2),
+    failed("old", 1, 2, False, "lightgbm"),
+    started("old", 2),
+    TrialPruned(job_id="old", trial=2, model="xgboost", step=10, value=0.5),
+    JobCompleted(job_id="old", best_trial=0, best_value=0.8, promoted=False),
+    WorkerLost(worker=WorkerId("w0-1-1"), pid=10, gpu=None, reason="killed", signal=9),
+    submitted("new"),
+    started("new", 0),
+    saved("new", 0, 0.7),
+    started("new", 1),
+    saved("new", 1, 0.9),
+    started("new", 2),
+]
+
+
+def replay(events: list[Event]) -> State:
+    state = State()
+    for event in events:
+        apply(state, event)
+        state.last_seq += 1
+    return state
+
+
+def value(m: DaemonMetrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+def log_backed(m: DaemonMetrics) -> dict[str, float | None]:
+    """Every series the log determines, by name and labels."""
+    out: dict[str, float | None] = {}
+    for family in m.registry.collect():
+        if family.name in ("sentinel_trials_ended", "sentinel_jobs", "sentinel_job_best_value",
+                           "sentinel_workers_lost", "sentinel_eventlog_records"):  # fmt: skip
+            for s in family.samples:
+                if not s.name.endswith("_created"):
+                    out[s.name + repr(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def test_counters_set_from_a_replayed_state_count_the_whole_log() -> None:
+    m = DaemonMetrics()
+    m.initialise(replay(HISTORY))
+    assert value(m, "sentinel_trials_ended_total", model="xgboost", outcome="saved") == 3
+    assert value(m, "sentinel_trials_ended_total", model="xgboost", outcome="pruned") == 1
+    assert value(m, "sentinel_trials_ended_total", model="lightgbm", outcome="failed") == 1
+    assert value(m, "sentinel_trials_ended_total", model="lightgbm", outcome="saved") == 0
+    assert value(m, "sentinel_eventlog_records_total") == len(HISTORY)
+    assert value(m, "sentinel_workers_lost_total") == 1
+    assert value(m, "sentinel_jobs", state="running") == 1
+    assert value(m, "sentinel_jobs", state="completed") == 1
+    assert value(m, "sentinel_jobs", state="failed") == 0
+    assert value(m, "sentinel_job_best_value", job="new") == 0.9
+    assert value(m, "sentinel_job_best_value", job="old") is None  # ended: no series
+
+
+@pytest.mark.parametrize("cut", range(len(HISTORY) + 1))
+def test_a_restart_at_any_point_then_the_rest_gives_the_same_series_as_the_whole_log(
+    cut: int,
+) -> None:
+    whole = DaemonMetrics()
+    whole.initialise(replay(HISTORY))
+    restarted = DaemonMetrics()
+    state = replay(HISTORY[:cut])
+    restarted.initialise(state)
+    for event in HISTORY[cut:]:
+        apply(state, event)
+        state.last_seq += 1
+        restarted.appended(1, 100)
+        restarted.observe([event], state)
+    assert log_backed(restarted) == log_backed(whole)
+
+
+def test_the_best_value_series_of_a_job_goes_when_the_job_ends() -> None:
+    m = DaemonMetrics()
+    state = replay([submitted("j"), started("j", 0)])
+    m.initialise(state)
+    for event in (saved("j", 0, 0.75), JobCompleted(job_id="j", best_trial=0, best_value=0.75,
+                                                    promoted=False)):  # fmt: skip
+        apply(state, event)
+        m.observe([event], state)
+        if isinstance(event, TrialSaved):
+            assert value(m, "sentinel_job_best_value", job="j") == 0.75
+            assert value(m, "sentinel_trial_duration_seconds_count") == 1
+    assert value(m, "sentinel_job_best_value", job="j") is None
+    assert value(m, "sentinel_jobs", state="completed") == 1
+
+
+def test_log_appends_and_fsyncs_are_counted() -> None:
+    m = DaemonMetrics()
+    synced: list[int] = []
+    m.timed_sync(synced.append)(7)
+    m.appended(3, 512)
+    assert synced == [7]
+    assert value(m, "sentinel_eventlog_fsync_duration_seconds_count") == 1
+    assert value(m, "sentinel_eventlog_records_total") == 3
+    assert value(m, "sentinel_eventlog_batches_total") == 1
+    assert value(m, "sentinel_eventlog_written_bytes_total") == 512
+
+
+def test_cpu_seconds_only_grow_when_a_worker_ends_or_its_pid_is_reused() -> None:
+    m = DaemonMetrics()
+
+    def sample(*workers: ProcessReading) -> float:
+        m.sampled(
+            Readings(
+                host_available_bytes=1 << 30,
+                gpus=(GpuReading(0, 1 << 30, 4 << 30, 0.25),),
+                workers={f"w{i}-1-1": w for i, w in enumerate(workers)},
+                daemon=ProcessReading(100, {(1, 0.0): 2.0}),
+            ),
+            pending=4,
+            workers_alive=len(workers),
+            blocked=True,
+        )
+        return value(m, "sentinel_cpu_seconds_total", role="worker") or 0.0
+
+    assert sample(ProcessReading(10, {(5, 1.0): 3.0}), ProcessReading(10, {(6, 1.0): 1.0})) == 4
+    assert sample(ProcessReading(10, {(5, 1.0): 5.0})) == 6  # pid 6 ended: it keeps its 1 s
+    assert sample(ProcessReading(10, {(5, 1.0): 5.0, (6, 9.0): 0.5})) == 6.5  # pid 6 reused
+    assert value(m, "sentinel_resident_memory_bytes", role="worker") == 10
+    assert value(m, "sentinel_cpu_seconds_total", role="daemon") == 2.0
+    assert value(m, "sentinel_queue_pending_commands") == 4
+    assert value(m, "sentinel_dispatch_blocked") == 1
+    assert value(m, "sentinel_gpu_memory_total_bytes", gpu="0") == 4 << 30
+    assert value(m, "sentinel_gpu_utilisation_ratio", gpu="0") == 0.25
+
+
+def test_the_server_serves_the_registry_on_loopback_and_closes_its_port() -> None:
+    m = DaemonMetrics()
+    m.initialise(replay(HISTORY))
+    port = m.serve("127.0.0.1", 0)
+    try:
+        assert port is not None and port == m.port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        names = {f.name for f in text_string_to_metric_families(text)}
+        assert {"sentinel_trials_ended", "sentinel_eventlog_fsync_duration_seconds"} <= names
+        assert all(name.startswith("sentinel_") for name in names)
+        # The port is taken: a second server fails, logged, not raised.
+        assert DaemonMetrics().serve("127.0.0.1", port) is None
+    finally:
+        m.close()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
