@@ -60,6 +60,8 @@ BASE_SETTINGS: dict[str, str] = {
     "SENTINEL_WORKERS__RESTART_BACKOFF_MIN_S": "0.1",
     "SENTINEL_WORKERS__RESTART_BACKOFF_MAX_S": "1.0",
     "SENTINEL_SHUTDOWN__GRACE_S": "30",
+    # Many test daemons run at once; each takes a free port for its metrics.
+    "SENTINEL_METRICS__PORT": "0",
 }
 ENDED_TYPES = ("trial.saved", "trial.pruned", "trial.failed")
 
