@@ -53,7 +53,7 @@ from sentinel_daemon.events import (
     WorkerLost,
     WorkerStarted,
 )
-from sentinel_daemon.fsutil import fsync_dir
+from sentinel_daemon.fsutil import fsync_dir, make_drop_dir, restrict_umask
 from sentinel_daemon.inbox import Inbox, InboxFileGone, is_job_name
 from sentinel_daemon.jobs import JOBS_DIR, ActorContext, JobActor
 from sentinel_daemon.jobspec import JobSpecError, parse_job_file
@@ -165,8 +165,19 @@ class Daemon:
 
     def run(self) -> int:
         """Recover, serve until a signal, stop; returns the exit code."""
-        for sub in (INBOX_DIR, CLAIMED_DIR, REJECTED_DIR, CONTROL_DIR, JOBS_DIR):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        for sub in (INBOX_DIR, CONTROL_DIR):
+            if not make_drop_dir(self.state_dir / sub):
+                log.warning(
+                    "daemon.drop_dir_private",
+                    folder=str(self.state_dir / sub),
+                    reason="the setgid bit was refused (RestrictSUIDSGID=?); only the daemon's "
+                    "user can leave files here",
+                    fix="make it 2770 for the operators' group with systemd-tmpfiles "
+                    "(docs/install.md, step 3)",
+                )
+        for sub in (CLAIMED_DIR, REJECTED_DIR, JOBS_DIR):
+            (self.state_dir / sub).mkdir(mode=0o750, exist_ok=True)
         self._write_health(None)
         self.store = Store.open(
             self.state_dir,
@@ -255,6 +266,7 @@ class Daemon:
             on_file=self.files.put,
         )
         # Claimed before a crash but never recorded: look at them again.
+        self.inbox.drop_claimed_twins()
         for claimed in sorted((self.state_dir / CLAIMED_DIR).iterdir()):
             if is_job_name(claimed.name):
                 self._consider(claimed)
@@ -795,4 +807,5 @@ class ReportRunner:
 
 def run_daemon(settings: Settings, workers: int | None = None) -> int:
     """``sentinel run``: a state directory held by another daemon raises StateDirLocked."""
+    restrict_umask()  # before anything is created; workers and stages inherit it
     return Daemon(settings, workers=workers).run()

@@ -8,6 +8,46 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+#: Permission bits the daemon and its workers never grant: group write, anything for others.
+PRIVATE_UMASK = 0o027
+#: Folders operators leave files in (``inbox/``, ``control/``): group-writable, and setgid so
+#: that a file an operator leaves keeps the group the daemon reads it through.
+DROP_DIR_MODE = 0o2770
+
+
+def restrict_umask() -> int:
+    """Add :data:`PRIVATE_UMASK` to the process's umask (never loosening it); return the old one.
+
+    Only the service user writes the state directory and only its group reads it
+    (DESIGN.md, "Operations"). systemd's ``UMask=0027`` says so for the units, but
+    ``sentinel run`` started from a shell inherits the shell's umask (0022: every folder
+    made without an explicit mode world-readable; 0000: world-writable). Child processes
+    (workers, stages, reports) inherit the restricted umask.
+    """
+    old = os.umask(PRIVATE_UMASK)
+    os.umask(old | PRIVATE_UMASK)
+    return old
+
+
+def make_drop_dir(path: Path) -> bool:
+    """Create ``path`` as a folder operators drop files into (:data:`DROP_DIR_MODE`).
+
+    An existing folder is left as it is: docs/install.md has systemd-tmpfiles make these
+    2770 for the operators' group, and ``sentinel doctor`` reports what is wrong with one.
+    Returns False when the setgid bit could not be set (systemd's ``RestrictSUIDSGID=``
+    refuses it): the folder then stays private to the daemon (0750 after the umask) rather
+    than taking files the daemon could not read.
+    """
+    try:
+        path.mkdir(mode=0o750)
+    except FileExistsError:
+        return True
+    try:
+        os.chmod(path, DROP_DIR_MODE)
+    except PermissionError:
+        return False
+    return True
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or create in ``path`` durable."""

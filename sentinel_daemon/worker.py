@@ -64,6 +64,7 @@ import structlog
 from sentinel_daemon.errors import SentinelError
 from sentinel_daemon.logs import configure_logging
 from sentinel_daemon.queue import (
+from sentinel_daemon.fsutil import restrict_umask
     ClaimedCommand,
     Failed,
     Outbox,
@@ -505,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
         )
     except Exception:
+    restrict_umask()  # models, heartbeats and folders: the group reads, nobody else
         log.exception("worker.crashed", worker=args.worker_id)
         return EXIT_ERROR
 
