@@ -371,11 +371,50 @@ class Inbox:
         path = Path(path)
         if Path(os.path.abspath(path.parent)) != self.inbox_dir:
             raise ValueError(f"{path} is not in the inbox {self.inbox_dir}")
-        dest = self._move(path, self.claimed_dir)
+        # Link into claimed/, then unlink from the inbox, rather than rename: inotify reports
+        # a rename out of a watched folder as a lone IN_MOVED_FROM, which watchdog holds back
+        # (0.5 s) hoping to pair it, and every later inbox event waits behind it. A crash
+        # between the two steps leaves twin names of one inode; see drop_claimed_twins.
+        with self._move_lock:
+            stem, suffix = os.path.splitext(path.name)
+            n = 0
+            while True:
+                dest = self.claimed_dir / (path.name if n == 0 else f"{stem}.{n}{suffix}")
+                try:
+                    os.link(path, dest, follow_symlinks=False)
+                    break
+                except FileExistsError:
+                    n += 1
+                except FileNotFoundError:
+                    raise InboxFileGone(path) from None
+            fsync_dir(self.claimed_dir)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         with self._reported_lock:
             self._reported.pop(path.name, None)
         fsync_dir(self.inbox_dir)
         return dest
+
+    def drop_claimed_twins(self) -> list[Path]:
+        """Unlink inbox files that are the same inode as a claimed file (a crash mid-claim).
+
+        Call before the inbox starts, so a file claimed once is not claimed twice.
+        """
+        claimed = set()
+        for entry in os.scandir(self.claimed_dir):
+            with contextlib.suppress(OSError):
+                claimed.add((entry.stat(follow_symlinks=False).st_ino, entry.name))
+        inodes = {ino for ino, _ in claimed}
+        dropped = []
+        for entry in os.scandir(self.inbox_dir):
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_ino in inodes:
+                    os.unlink(entry.path)
+                    dropped.append(Path(entry.path))
+        if dropped:
+            fsync_dir(self.inbox_dir)
+            log.info("inbox.claimed_twins_dropped", files=[str(p) for p in dropped])
+        return dropped
 
     def reject(self, claimed_path: Path, reason: str) -> Path:
         """Move a claimed file to the rejected folder with ``<name>.reason`` beside it.

@@ -385,3 +385,32 @@ def test_inbox_settings_have_the_documented_defaults() -> None:
         65536,
         0.5,
     )
+
+
+def test_a_claim_does_not_hold_back_the_next_file_behind_a_lone_move_event(dirs: Dirs) -> None:
+    # A claim used to rename the file out of the watched inbox; watchdog holds such a lone
+    # IN_MOVED_FROM for 0.5 s, and every later event waited behind it.
+    recorder = Recorder()
+    with running(dirs, recorder) as inbox:
+        first = rename_in(dirs, "first.yaml")
+        wait_for(lambda: recorder.names() == ["first.yaml"], timeout=10, what="the first file")
+        inbox.claim(first)
+        sent = time.monotonic()
+        rename_in(dirs, "second.yaml")
+        wait_for(lambda: recorder.time_of("second.yaml"), timeout=10, what="the second file")
+        took = (recorder.time_of("second.yaml") or 0.0) - sent
+    assert took < 0.4, f"the second file was reported {took:.3f} s after its rename"
+    assert (dirs.claimed / "first.yaml").read_bytes() == b"name: job\n"
+    assert not first.exists()
+
+
+def test_twin_names_left_by_a_crash_mid_claim_are_dropped_from_the_inbox(dirs: Dirs) -> None:
+    inbox = Inbox(
+        dirs.inbox, dirs.claimed, dirs.rejected, rescan_interval=NEVER, on_file=Recorder()
+    )
+    twin = rename_in(dirs, "job.yaml")
+    os.link(twin, dirs.claimed / "job.yaml")  # the claim's link happened, its unlink did not
+    other = rename_in(dirs, "other.yaml")
+    assert inbox.drop_claimed_twins() == [twin]
+    assert not twin.exists() and other.exists()
+    assert (dirs.claimed / "job.yaml").exists()
