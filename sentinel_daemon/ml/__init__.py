@@ -8,18 +8,55 @@ finished trial, and :func:`evaluate` once on the test split for the promoted mod
 
 from __future__ import annotations
 
-from sentinel_daemon.ml.artifacts import LoadedModel, SavedModel, load_model, save_model
-from sentinel_daemon.ml.errors import (
-    ArtifactError,
-    DataError,
-    MetricsError,
-    MLError,
-    SpaceError,
-    SplitError,
-)
-from sentinel_daemon.ml.features import FEATURE_VERSION
-from sentinel_daemon.ml.prepare import Prepared, prepare
-from sentinel_daemon.ml.training import TrainResult, TrialPruned, evaluate, train_trial
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sentinel_daemon.ml.artifacts import LoadedModel, SavedModel, load_model, save_model
+    from sentinel_daemon.ml.errors import (
+        ArtifactError,
+        DataError,
+        MetricsError,
+        MLError,
+        SpaceError,
+        SplitError,
+    )
+    from sentinel_daemon.ml.features import FEATURE_VERSION
+    from sentinel_daemon.ml.prepare import Prepared, prepare
+    from sentinel_daemon.ml.training import TrainResult, TrialPruned, evaluate, train_trial
+
+# Importing XGBoost, LightGBM, scikit-learn and pyarrow takes over a second. The daemon
+# needs only the search space (``ml.space``, Optuna alone), so the package's names load
+# on first use: ``from sentinel_daemon.ml.space import suggest`` stays cheap.
+_WHERE = {
+    "LoadedModel": "artifacts",
+    "SavedModel": "artifacts",
+    "load_model": "artifacts",
+    "save_model": "artifacts",
+    "ArtifactError": "errors",
+    "DataError": "errors",
+    "MetricsError": "errors",
+    "MLError": "errors",
+    "SpaceError": "errors",
+    "SplitError": "errors",
+    "FEATURE_VERSION": "features",
+    "Prepared": "prepare",
+    "prepare": "prepare",
+    "TrainResult": "training",
+    "TrialPruned": "training",
+    "evaluate": "training",
+    "train_trial": "training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "FEATURE_VERSION",
