@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         SplitError,
     )
     from sentinel_daemon.ml.features import FEATURE_VERSION
-    from sentinel_daemon.ml.prepare import Prepared, prepare
+    from sentinel_daemon.ml.preparation import Prepared, prepare
     from sentinel_daemon.ml.training import TrainResult, TrialPruned, evaluate, train_trial
 
 # Importing XGBoost, LightGBM, scikit-learn and pyarrow takes over a second. The daemon
@@ -40,8 +40,8 @@ _WHERE = {
     "SpaceError": "errors",
     "SplitError": "errors",
     "FEATURE_VERSION": "features",
-    "Prepared": "prepare",
-    "prepare": "prepare",
+    "Prepared": "preparation",
+    "prepare": "preparation",
     "TrainResult": "training",
     "TrialPruned": "training",
     "evaluate": "training",

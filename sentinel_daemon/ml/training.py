@@ -22,7 +22,7 @@ import xgboost as xgb
 
 from sentinel_daemon.ml import metrics
 from sentinel_daemon.ml.errors import MLError, SpaceError
-from sentinel_daemon.ml.prepare import Prepared
+from sentinel_daemon.ml.preparation import Prepared
 from sentinel_daemon.ml.space import default_space
 
 Report = Callable[[int, float], bool]
