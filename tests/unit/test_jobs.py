@@ -76,7 +76,14 @@ class Harness:
             StageCompleted(job_id=JOB, stage=Stage.PREPARE, outputs={}),
             StageStarted(job_id=JOB, stage=Stage.SEARCH),
         )
-        return self.step()
+        return self.fill()
+
+    def fill(self) -> list[Event]:
+        """Step until the search has nothing more to start (one new trial a step)."""
+        started: list[Event] = []
+        while events := self.step():
+            started += events
+        return started
 
     def save(self, trial: int, value: float) -> TrialSaved:
         t = self.state.jobs[JOB].trials[trial]
@@ -345,3 +352,43 @@ def test_a_model_saved_but_never_reported_is_recorded_not_retrained(tmp_path: Pa
     assert (saved.value, saved.sha256) == (0.81, meta["sha256"])
     assert saved.artifact == f"jobs/{JOB}/trials/0/1-w0-1-1/model.ubj"
     assert h.actor.recover_saved(job) == [saved]
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+def test_a_rebuilt_study_holds_every_recorded_trial_and_samples_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk: bool
+) -> None:
+    from sentinel_daemon import jobs
+
+    if not bulk:  # the public path, taken when Optuna's internals look different
+        monkeypatch.setattr(jobs.RecordedTrialsStorage, "_INTERNALS", ("_no_such_internal",))
+    h = Harness(tmp_path, n_trials=200, parallelism=1, sampler="tpe")
+    h.searching()
+    values: dict[int, float] = {}
+    for number in range(120):
+        trial = h.state.jobs[JOB].trials.get(number)
+        if trial is None:
+            break
+        values[number] = 0.5 + (number * 37 % 100) / 1000
+        h.save(number, values[number])
+        h.step()
+    job = h.state.jobs[JOB]
+    actor = JobActor(job, h.ctx)
+    actor.rebuild(job)
+    for model, study in actor.studies.items():
+        trials = study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE]
+        recorded = {n: t for n, t in job.trials.items() if t.model == model and t.status.ended}
+        assert sorted(t.user_attrs["sentinel_trial"] for t in done) == sorted(recorded)
+        for t in done:
+            number = t.user_attrs["sentinel_trial"]
+            assert t.params == recorded[number].params and t.value == values[number]
+        assert study.best_value == max(values[n] for n in recorded)
+        asked = study.ask()  # TPE samples from the adopted history
+        assert set(suggest_params(asked, model, actor)) == set(recorded[min(recorded)].params)
+
+
+def suggest_params(trial: optuna.Trial, model: str, actor: JobActor) -> dict[str, Any]:
+    from sentinel_daemon.ml.space import suggest
+
+    return suggest(trial, model, actor.spaces[model])
