@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue as queue_mod
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,7 +237,7 @@ class Daemon:
             self.commit(self._actor(job.job_id).recover_saved(job))
         for job in store.state.jobs.values():
             report = self.state_dir / JOBS_DIR / job.job_id / "report" / "index.html"
-            if job.status is not JobStatus.RUNNING and not report.is_file():
+            if job.status is not JobStatus.RUNNING and job.trial_counts and not report.is_file():
                 self.reports.add(job.job_id)  # ended while no daemon could write its report
         # Commands held by the predecessor's workers (all dead now) go back to the queue
         # with the same attempt: the daemon stopped, the trial did not fail.
@@ -433,7 +434,8 @@ class Daemon:
                 self.actors[job_id].act(event)
             if isinstance(event, JobCancelled | JobFailed):
                 self._withdraw_job(event.job_id)
-            if isinstance(event, JobCompleted | JobCancelled | JobFailed):
+            ended = isinstance(event, JobCompleted | JobCancelled | JobFailed)
+            if ended and self._store.state.jobs[event.job_id].trial_counts:  # no trial: none
                 self.reports.add(event.job_id)
         return [r.seq for r in records]
 
@@ -791,7 +793,9 @@ class ReportRunner:
             self.proc = self.job = None
         if self.waiting:
             self.job = self.waiting.pop(0)
-            argv = [sys.executable, "-m", "sentinel_daemon.cli", "report", self.job]
+            # Nice: a report must never slow the trials down on a small host.
+            argv = ["nice", "-n", "10"] if shutil.which("nice") else []
+            argv += [sys.executable, "-m", "sentinel_daemon.cli", "report", self.job]
             argv += ["--state-dir", str(self.state_dir), "--force"]
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
