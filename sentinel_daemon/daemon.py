@@ -434,8 +434,10 @@ class Daemon:
                 self.actors[job_id].act(event)
             if isinstance(event, JobCancelled | JobFailed):
                 self._withdraw_job(event.job_id)
-            ended = isinstance(event, JobCompleted | JobCancelled | JobFailed)
-            if ended and self._store.state.jobs[event.job_id].trial_counts:  # no trial: none
+            if (
+                isinstance(event, JobCompleted | JobCancelled | JobFailed)
+                and self._store.state.jobs[event.job_id].trial_counts  # no trial, no report
+            ):
                 self.reports.add(event.job_id)
         return [r.seq for r in records]
 
