@@ -101,6 +101,7 @@ def save_model(
             "best_iteration": result.best_iteration,
             "rounds": result.rounds,
             "train_seconds": result.train_seconds,
+            "score_seconds": result.score_seconds,
             "device": result.device,
             "feature_names": list(result.feature_names),
             "data_hash": result.data_hash,

@@ -47,7 +47,8 @@ class TrainResult:
 
     ``best_iteration`` counts the boosting rounds the model keeps (1-based); ``rounds``
     how many were trained before early stopping. ``train_seconds`` is the libraries'
-    own work (building their data sets and boosting), not scoring or saving.
+    own work (building their data sets and boosting); ``score_seconds`` is scoring the
+    validation split and computing its metrics. Neither counts saving.
     """
 
     model_kind: str
@@ -64,6 +65,7 @@ class TrainResult:
     feature_version: str
     feature_set: str
     notes: tuple[str, ...] = field(default=())
+    score_seconds: float = 0.0
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Fraud probabilities for the rows of ``X``."""
@@ -121,13 +123,15 @@ def train_trial(
     booster, native, rounds, best, seconds, used, notes = trainer(
         dict(params), prepared, device, n_threads, report, report_every, early_stopping_rounds, seed
     )
+    scoring = time.perf_counter()
     valid_scores = predict(model, booster, prepared.X_valid)
+    valid_metrics = metrics.compute(prepared.y_valid, valid_scores)
     return TrainResult(
         model_kind=model,
         model=booster,
         params=dict(params),
         native_params=native,
-        metrics=metrics.compute(prepared.y_valid, valid_scores),
+        metrics=valid_metrics,
         best_iteration=best,
         rounds=rounds,
         train_seconds=seconds,
@@ -137,6 +141,7 @@ def train_trial(
         feature_version=prepared.feature_version,
         feature_set=prepared.feature_set,
         notes=tuple(notes),
+        score_seconds=time.perf_counter() - scoring,
     )
 
 
