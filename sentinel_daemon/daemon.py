@@ -82,7 +82,7 @@ CANCEL_PREFIX = "cancel."
 #: With SENTINEL_TEST_FAULTS=1, control/test-stall.<seconds> holds the loop still (tests).
 STALL_PREFIX = "test-stall."
 #: Loop period while trials are in flight, and while idle.
-BUSY_TICK_S = 0.005
+BUSY_TICK_S = 0.002
 IDLE_TICK_S = 0.05
 #: How often running attempts are checked for a command that is in no queue folder.
 ORPHAN_CHECK_S = 2.0

@@ -87,7 +87,7 @@ class QueueSettings(BaseModel):
     #: How often :meth:`Queue.claim_wait` looks at ``pending/`` again when it was empty.
     #: A listing of a near-empty folder costs microseconds, and this wait is part of every
     #: trial's hand-off, so it is short.
-    poll_interval_s: float = Field(default=0.01, gt=0)
+    poll_interval_s: float = Field(default=0.005, gt=0)
     #: :meth:`Queue.recover` removes ``tmp/`` files older than this. Workers may still be
     #: writing while a daemon restarts, and a write takes milliseconds, so a minute is safe.
     tmp_stale_s: float = Field(default=60.0, ge=0)
