@@ -49,7 +49,27 @@ _WHERE = {
 }
 
 
+_SUBMODULES = frozenset(
+    {
+        "artifacts",
+        "cache",
+        "errors",
+        "features",
+        "loading",
+        "metrics",
+        "preparation",
+        "schema",
+        "space",
+        "splits",
+        "synth",
+        "training",
+    }
+)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # ``ml.artifacts`` and the like, as an eager package allowed
+        return importlib.import_module(f"{__name__}.{name}")
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
