@@ -106,6 +106,10 @@ class LogScan:
     current: str | None = None
     #: The timestamp of the last intact record read ("" before any).
     last_ts: str = ""
+    #: The checksum (8 hex digits) of the record just before ``start``, when the snapshot
+    #: that gave ``start`` recorded it: :meth:`fits_start` then also checks the record's
+    #: bytes, not only its seq.
+    start_crc: str | None = None
 
     def __iter__(self) -> Iterator[Record]:
         self.segments = segs = list_segments(self.events_dir)
@@ -193,30 +197,25 @@ class LogScan:
         """Whether ``start`` is just past the record ``expect_seq - 1`` (checked cheaply).
 
         A snapshot restored from elsewhere, or a log restored from an older backup, points
-        at a place where that record is not: then the snapshot must not be used.
+        at a place where that record is not: then the snapshot must not be used. Another
+        state directory's log can have a record of the same seq ending at the same offset
+        (the same jobs run elsewhere); ``start_crc`` tells that record from ours.
         """
         if self.start is None:
             return True
-        path = self.events_dir / self.start.segment
+        if self.start.offset == 0:
+            return (self.events_dir / self.start.segment).exists() and int(
+                self.start.segment[:20]
+            ) == self.expect_seq
+        line = line_before(self.events_dir, self.start)
+        if line is None:
+            return False
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return False
-        offset = self.start.offset
-        if offset == 0:
-            return int(self.start.segment[:20]) == self.expect_seq
-        if offset > size:
-            return False
-        with open(path, "rb") as fh:
-            fh.seek(max(0, offset - (1 << 20)))
-            data = fh.read(min(offset, 1 << 20))
-        if not data.endswith(b"\n"):
-            return False
-        line = data[:-1].rsplit(b"\n", 1)[-1]
-        try:
-            return decode_line(line).seq == self.expect_seq - 1
+            seq = decode_line(line).seq
         except BadRecord:
             return False
+        crc = line[-10:-2].decode("ascii")
+        return seq == self.expect_seq - 1 and self.start_crc in (None, crc)
 
     def _bad_record(
         self, segs: list[str], i: int, data: bytes, pos: int, base: int, line: int, why: str
@@ -256,6 +255,24 @@ class LogScan:
         reason = why if not later_ts else f"{why} (inside the last batch, lines after it cut too)"
         self.torn = TornTail(seg, base + pos, line, cut, later, reason)
         self.end = Position(seg, base + pos)
+
+
+def line_before(events_dir: Path, position: Position) -> bytes | None:
+    """The whole line (without its newline) that ends at ``position``, or None if none does."""
+    path = events_dir / position.segment
+    offset = position.offset
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if offset <= 0 or offset > size:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(max(0, offset - (1 << 20)))
+        data = fh.read(min(offset, 1 << 20))
+    if not data.endswith(b"\n"):
+        return None
+    return data[:-1].rsplit(b"\n", 1)[-1]
 
 
 def _lines_before(path: Path, offset: int) -> int:
@@ -298,8 +315,11 @@ def check_chain(events_dir: Path, segs: Sequence[str]) -> None:
     """Check that each segment ends just before the next begins, reading only the ends.
 
     This is the cheap start-up check that catches a deleted or misplaced segment among
-    those a snapshot lets us skip; ``sentinel log verify`` reads every record.
+    those a snapshot lets us skip, the first one included (the log starts at seq 1);
+    ``sentinel log verify`` reads every record.
     """
+    if segs and int(segs[0][:20]) != 1:
+        raise LogGap(events_dir / segs[0], 1, 1, int(segs[0][:20]))
     for a, b in itertools.pairwise(segs):
         try:
             last = _last_seq_of(events_dir / a)

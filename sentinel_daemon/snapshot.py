@@ -1,14 +1,17 @@
 """Snapshots of the state, so that start-up replays only the log's tail.
 
 A snapshot is an optimisation only: one JSON file, replaced atomically, that records
-the seq it covers and the log position just past that record. It closes with a checksum
-of its own bytes, like a log record. If it is missing, damaged, of another state version,
-or ahead of the log ("from the future", e.g. the log was restored from an older backup),
-the caller warns and replays the whole log.
+the seq it covers, the log position just past that record and that record's checksum
+(``last_crc``: so that a snapshot copied from another state directory, whose log has a
+record of the same seq at the same place, is not taken for ours). It closes with a
+checksum of its own bytes, like a log record. If it is missing, damaged, of another
+state version, ahead of the log ("from the future", e.g. the log was restored from an
+older backup) or from another log, the caller warns and replays the whole log.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ from sentinel_daemon.records import Position
 from sentinel_daemon.state import STATE_VERSION, State, state_as_dict, state_from_data
 
 SNAPSHOT_FORMAT = 1
+_CRC_RE = re.compile(r"[0-9a-f]{8}")
 
 
 class SnapshotInvalid(Exception):
@@ -36,9 +40,13 @@ class Snapshot:
     seq: int
     position: Position
     state: State
+    #: The checksum of the record at ``seq`` (None: an empty log, or an older snapshot).
+    last_crc: str | None = None
 
 
-def write_snapshot(path: Path, state: State, position: Position) -> None:
+def write_snapshot(
+    path: Path, state: State, position: Position, last_crc: str | None = None
+) -> None:
     """Atomically replace the snapshot at ``path`` with ``state`` as of ``position``."""
     head = orjson.dumps(
         {
@@ -46,6 +54,7 @@ def write_snapshot(path: Path, state: State, position: Position) -> None:
             "seq": state.last_seq,
             "segment": position.segment,
             "offset": position.offset,
+            "last_crc": last_crc,
             "state": state_as_dict(state),
         }
     )[:-1]
@@ -83,4 +92,7 @@ def load_snapshot(path: Path) -> Snapshot | None:
         raise SnapshotInvalid(path, f"does not decode: {exc}") from None
     if state.last_seq != seq:
         raise SnapshotInvalid(path, f"covers seq {seq} but its state is at {state.last_seq}")
-    return Snapshot(seq, position, state)
+    last_crc = obj.get("last_crc")  # absent from snapshots written before it existed
+    if last_crc is not None and not (isinstance(last_crc, str) and _CRC_RE.fullmatch(last_crc)):
+        raise SnapshotInvalid(path, f"last_crc {last_crc!r} is not 8 hex digits")
+    return Snapshot(seq, position, state, last_crc)

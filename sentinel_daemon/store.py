@@ -19,7 +19,7 @@ from pathlib import Path
 import structlog
 
 from sentinel_daemon.errors import EventDecodeError, LogGap
-from sentinel_daemon.eventlog import FileLog, LogScan, TornTail
+from sentinel_daemon.eventlog import FileLog, LogScan, TornTail, line_before
 from sentinel_daemon.events import Event, LogRepaired, decode, encode
 from sentinel_daemon.lock import StateLock
 from sentinel_daemon.records import Record
@@ -170,7 +170,10 @@ class Store:
 
     def snapshot(self) -> None:
         """Write a snapshot of the state as of the last appended record."""
-        write_snapshot(self.state_dir / SNAPSHOT_NAME, self.state, self.log.position)
+        position = self.log.position
+        line = line_before(self.log.events_dir, position)
+        last_crc = None if line is None else line[-10:-2].decode("ascii")
+        write_snapshot(self.state_dir / SNAPSHOT_NAME, self.state, position, last_crc)
         self._snapshot_seq = self.state.last_seq
 
     def close(self, *, snapshot: bool = True) -> None:
@@ -198,12 +201,17 @@ def recover(
     which is what lets ``sentinel status`` call this while a daemon appends.
     """
     if snap is not None:
-        scan = LogScan(events_dir, start=snap.position, expect_seq=snap.seq + 1)
+        scan = LogScan(
+            events_dir, start=snap.position, expect_seq=snap.seq + 1, start_crc=snap.last_crc
+        )
         state = snap.state
         try:
             if scan.fits_start():
                 return state, scan, replay(scan, state), None
-            problem = "its position does not match the log (a snapshot from the future?)"
+            problem = (
+                "its position does not match the log (a snapshot from the future, or from "
+                "another state directory?)"
+            )
         except LogGap as exc:
             if scan.records_read:
                 raise  # the gap is in the log after the snapshot, not in the snapshot
