@@ -62,9 +62,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sentinel_daemon.errors import SentinelError
+from sentinel_daemon.fsutil import restrict_umask
 from sentinel_daemon.logs import configure_logging
 from sentinel_daemon.queue import (
-from sentinel_daemon.fsutil import restrict_umask
     ClaimedCommand,
     Failed,
     Outbox,
@@ -496,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m sentinel_daemon.worker --state-dir S --id W [--gpu N] ...``."""
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    restrict_umask()  # models, heartbeats and folders: the group reads, nobody else
     try:
         return run_worker(
             args.state_dir,
@@ -506,7 +507,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
         )
     except Exception:
-    restrict_umask()  # models, heartbeats and folders: the group reads, nobody else
         log.exception("worker.crashed", worker=args.worker_id)
         return EXIT_ERROR
 
