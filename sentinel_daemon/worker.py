@@ -40,6 +40,8 @@ training parameters and acted on at the trial's first report:
 - ``"slow"``: every report waits :data:`SLOW_REPORT_S`, so a test can act mid-trial;
 - ``"memory"``: allocates and touches :data:`FAULT_MEMORY_BYTES` and holds them, still
   heartbeating, until the worker is stopped or killed (the memory ceiling's test).
+- ``"gpu-lost"``: training raises what XGBoost raises when its CUDA device falls off the
+  bus (an ``xgboost.core.XGBoostError`` carrying ``cudaErrorUnknown``), posted as ``failed``.
 
 Without the variable a ``_fault`` parameter is an unknown parameter: the command is
 answered with ``failed`` and the worker carries on.
@@ -94,7 +96,7 @@ EXIT_INJECTED_CRASH = 86
 
 FAULTS_ENV = "SENTINEL_TEST_FAULTS"
 FAULT_PARAM = "_fault"
-FAULT_KINDS = ("crash", "hang", "raise", "slow", "memory")
+FAULT_KINDS = ("crash", "hang", "raise", "slow", "memory", "gpu-lost")
 SLOW_REPORT_S = 0.2
 #: What the ``memory`` test fault holds.
 FAULT_MEMORY_BYTES = 400 << 20
@@ -410,6 +412,14 @@ class Worker:
             os._exit(EXIT_INJECTED_CRASH)
         if fault == "raise":
             raise InjectedFault(command_id)
+        if fault == "gpu-lost":
+            # What a device lost mid-training (Xid 79) looks like from XGBoost's Python API.
+            from xgboost.core import XGBoostError
+
+            raise XGBoostError(
+                "[00:00:00] /workspace/src/common/device_helpers.cuh:431: cudaErrorUnknown: "
+                f"unknown error (injected: the GPU was lost during {command_id})"
+            )
         if fault == "memory":
             hog = bytearray(FAULT_MEMORY_BYTES)
             hog[::4096] = b"\x01" * (FAULT_MEMORY_BYTES // 4096)  # touch every page
