@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install demo test test-slow bench lint clean report-check
+.PHONY: install demo test test-slow test-faults bench lint clean report-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: lint
 
 test-slow: $(STAMP)
 	$(PYTEST) -m slow -q
+
+# The fault suite at full scale (kill -9 torture, worker faults, poisoned jobs...); prints the
+# fault table at the end. SENTINEL_FAULTS_SEED=N replays a seed. `make test` runs it short.
+test-faults: $(STAMP)
+	SENTINEL_FAULTS_SCALE=full $(PYTEST) tests/faults -m faults -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/eventlog.py
