@@ -126,8 +126,13 @@ def _has_parquet_magic(path: Path) -> bool:
 
 
 def _csv_header(path: Path) -> list[str]:
-    with pa.input_stream(str(path), compression="detect") as raw:
-        first = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="").readline()
+    try:
+        with pa.input_stream(str(path), compression="detect") as raw:
+            first = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="").readline()
+    except UnicodeDecodeError as exc:
+        # Without this the operator saw "'utf-8' codec can't decode byte..." and no file name.
+        raise DataError(path, None, f"not a UTF-8 text (CSV) file ({exc.reason} at byte "
+                                    f"{exc.start} of the first line)") from exc  # fmt: skip
     if not first.strip():
         raise DataError(path, None, "the file is empty (no header line)")
     return next(csv.reader([first]))
