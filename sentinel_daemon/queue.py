@@ -307,6 +307,11 @@ class Queue:
         self.bad = self.root / "bad"
         for folder in (self.tmp, self.pending, self.workers, self.results_dir, self.dead, self.bad):
             folder.mkdir(parents=True, exist_ok=True)
+        # put and post fsync the folder a file lands in; the folders' own entries (and the
+        # queue's in the state directory) must be durable too, or a power cut takes them
+        # with every command and result in them.
+        fsync_dir(self.root)
+        fsync_dir(self.root.parent)
         self._made_dirs: set[str] = set()
         self._last_put_ns = 0
 

@@ -21,6 +21,7 @@ import structlog
 from sentinel_daemon.errors import EventDecodeError, LogGap
 from sentinel_daemon.eventlog import FileLog, LogScan, TornTail, line_before
 from sentinel_daemon.events import Event, LogRepaired, decode, encode
+from sentinel_daemon.fsutil import fsync_dir
 from sentinel_daemon.lock import StateLock
 from sentinel_daemon.records import Record
 from sentinel_daemon.snapshot import Snapshot, SnapshotInvalid, load_snapshot, write_snapshot
@@ -112,6 +113,10 @@ class Store:
         try:
             events_dir = state_dir / EVENTS_DIR
             events_dir.mkdir(mode=0o750, exist_ok=True)
+            # The segments' entries are fsynced in events/, but events/ itself is an entry
+            # of the state directory: until that is fsynced a power cut can take the folder
+            # and every record in it (every start, in case the last one died right here).
+            fsync_dir(state_dir)
             snap, problem = trusted_snapshot(state_dir / SNAPSHOT_NAME)
             state, scan, replayed, problem = recover(events_dir, snap, problem)
             log_, torn, backup = FileLog.open(
