@@ -264,6 +264,19 @@ def _snapshot_status(state_dir: Path, last_seq: int) -> dict[str, Any]:
             "seq": snap.seq,
             "reason": "the daemon will ignore it and replay the whole log",
         }
+    scan = LogScan(
+        state_dir / EVENTS_DIR,
+        start=snap.position,
+        expect_seq=snap.seq + 1,
+        start_crc=snap.last_crc,
+    )
+    if not scan.fits_start():
+        return {
+            "status": "does not fit the log",
+            "seq": snap.seq,
+            "reason": "its record is not this log's (from another state directory, or the log "
+            "was restored from a backup); the daemon will ignore it and replay the whole log",
+        }
     return {"status": "ok", "seq": snap.seq}
 
 

@@ -538,8 +538,8 @@ def test_a_snapshot_from_the_future_means_a_warning_and_a_full_replay(
         pristine.restore(work, snapshot_seq=newest)
         _cut_to(work, pristine, keep)
         tally.cases += 1
-        found = reopen_problems(work, pristine, keep, repaired=False, snapshot_warned=True)
         report = verify(work)
+        found = reopen_problems(work, pristine, keep, repaired=False, snapshot_warned=True)
         if report.snapshot.get("status") != "ahead of the log":
             found.append(f"verify says the snapshot is {report.snapshot}")
         if found:
@@ -573,9 +573,12 @@ def test_a_snapshot_from_another_state_dir_is_not_used(
         pristine.restore(work)
         (work / SNAPSHOT_NAME).write_bytes(other.snapshots[seq])
         tally.cases += 1
+        status = verify(work).snapshot
         found = reopen_problems(
             work, pristine, len(pristine.records), repaired=False, snapshot_warned=True
         )
+        if status.get("status") != "does not fit the log":
+            found.append(f"verify says the snapshot is {status}")
         if found:
             tally.bad(f"another log's snapshot at seq {seq}: {'; '.join(found)}")
         else:
