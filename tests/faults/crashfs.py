@@ -362,8 +362,10 @@ class Recorder:
 
     def open_file(self, file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         """``builtins.open``: writing a binary file under the root goes through the recorder."""
-        if isinstance(file, int) or self._rel(file) is None or "b" not in mode or "r" in mode:
+        if isinstance(file, int) or self._rel(file) is None or mode in ("r", "rb", "rt"):
             return self._real["builtins.open"](file, mode, *args, **kwargs)
+        if "b" not in mode or "+" in mode or "r" in mode:
+            raise NotImplementedError(f"the crash recorder does not follow open(mode={mode!r})")
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
         flags |= os.O_APPEND if "a" in mode else os.O_TRUNC if "w" in mode else os.O_EXCL
         return _WriteFile(self.open(file, flags, 0o666), self)
@@ -383,7 +385,7 @@ class Recorder:
             stack.enter_context(mock.patch("builtins.open", self.open_file))
             stack.enter_context(mock.patch("io.open", self.open_file))
             for function, param in _bound_defaults():
-                if function.__kwdefaults__[param] in (self._real["write"],):
+                if function.__kwdefaults__[param] is self._real["write"]:
                     stack.enter_context(
                         mock.patch.dict(function.__kwdefaults__, {param: self.write})
                     )
@@ -419,13 +421,14 @@ class Crash:
     lost: frozenset[int] = frozenset()
     #: A write index -> the sectors of it that reached the disk (the rest did not).
     torn: tuple[tuple[int, frozenset[int]], ...] = ()
-    how: str = ""
+    #: process-kill, only-durable, some-lost or some-lost-torn.
+    style: str = "process-kill"
 
     def describe(self, ops: list[Op]) -> str:
         lost = ", ".join(f"#{i} {ops[i].kind} {ops[i].path}" for i in sorted(self.lost)[:6])
         more = f" (+{len(self.lost) - 6})" if len(self.lost) > 6 else ""
         torn = "; ".join(f"#{i} torn, sectors {sorted(s)}" for i, s in self.torn)
-        return f"cut after op {self.cut} ({self.how}); lost: {lost or '-'}{more}; {torn or ''}"
+        return f"cut after op {self.cut} ({self.style}); lost: {lost or '-'}{more}; {torn or ''}"
 
 
 def volatile(ops: list[Op], cut: int) -> list[int]:
@@ -458,7 +461,7 @@ def crash_state(base: Tree, ops: list[Op], crash: Crash) -> Tree:
 def every_cut(ops: list[Op]) -> list[Crash]:
     """The harshest state at every cut: every op not yet durable lost."""
     return [
-        Crash(cut, frozenset(volatile(ops, cut)), how="every op not yet fsynced lost")
+        Crash(cut, frozenset(volatile(ops, cut)), style="only-durable")
         for cut in range(len(ops) + 1)
     ]
 
@@ -472,14 +475,14 @@ def plan_crashes(ops: list[Op], r: random.Random, n: int) -> list[Crash]:
     crashes: list[Crash] = []
     interesting = [i + 1 for i, op in enumerate(ops) if op.kind in ("fsync", "rename", "write")]
     for k in range(n):
-        cut = r.choice(interesting) if k % 2 else r.randrange(len(ops) + 1)
+        cut = r.choice(interesting) if r.random() < 0.5 else r.randrange(len(ops) + 1)
         vol = volatile(ops, cut)
         style = ("process-kill", "only-durable", "some-lost", "some-lost-torn")[k % 4]
         if style == "process-kill" or not vol:
-            crashes.append(Crash(cut, how="everything written survives (a process kill)"))
+            crashes.append(Crash(cut))  # everything written survives
             continue
         if style == "only-durable":
-            crashes.append(Crash(cut, frozenset(vol), how="every op not yet fsynced lost"))
+            crashes.append(Crash(cut, frozenset(vol), style=style))
             continue
         lost: set[int] = set()
         by_ino: dict[int, list[int]] = {}
@@ -498,7 +501,7 @@ def plan_crashes(ops: list[Op], r: random.Random, n: int) -> list[Crash]:
                 part = frozenset(s for s in sectors if r.random() < 0.5)
                 if part != frozenset(sectors):
                     torn.append((last, part))
-        crashes.append(Crash(cut, frozenset(lost), tuple(torn), how=f"{style}: a random part lost"))
+        crashes.append(Crash(cut, frozenset(lost), tuple(torn), style=style))
     return crashes
 
 

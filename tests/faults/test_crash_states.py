@@ -379,8 +379,7 @@ def test_every_crash_state_recovers_with_the_invariants_or_refuses_clearly(
         shutil.rmtree(where, ignore_errors=True)
         crashfs.crash_state(run.recorder.base, run.ops, crash).materialize(where)
         outcome, found = check_state(run, crash, where)
-        style = crash.how.split(":")[0]
-        styles[style] = styles.get(style, 0) + 1
+        styles[crash.style] = styles.get(crash.style, 0) + 1
         if found:
             problems.append(f"{crash.describe(run.ops)}:\n    " + "\n    ".join(found))
         else:
@@ -426,7 +425,7 @@ def test_the_recorder_sees_every_durable_step_of_the_workload(
 
 def _durable_only_after(recorder: Recorder, at: int, where: Path) -> Path:
     """Materialise the harshest power cut right after op ``at`` into ``where``."""
-    crash = Crash(at, frozenset(crashfs.volatile(recorder.ops, at)))
+    crash = Crash(at, frozenset(crashfs.volatile(recorder.ops, at)), style="only-durable")
     shutil.rmtree(where, ignore_errors=True)
     crashfs.crash_state(recorder.base, recorder.ops, crash).materialize(where)
     return where
@@ -491,7 +490,7 @@ def test_a_real_daemon_reaches_ready_or_refuses_on_sampled_crash_states(
     run = recorded
     r = rng("crash-daemon")
     crashes = crashfs.plan_crashes(run.ops, r, 40)
-    picked = [c for c in crashes if c.how.startswith(("only-durable", "some-lost"))]
+    picked = [c for c in crashes if c.style != "process-kill" and c.lost]
     picked = picked[:DAEMON_SAMPLES]
     state = run.workspace / "state"
     outcomes = {"recovered": 0, "refused": 0}

@@ -41,6 +41,7 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 import yaml
 
 from sentinel_daemon import cli
@@ -49,6 +50,7 @@ from sentinel_daemon.store import Store
 from tests.daemonkit import DaemonProcess, copy_dataset, is_event, job_doc, of_type
 from tests.faults.faultkit import FAULT_SETTINGS, violations
 from tests.faults.record import full, record
+from tests.helpers import wait_for
 
 #: Folders operators leave files in (docs/install.md, step 3).
 DROP_DIRS = ("inbox", "control")
@@ -304,23 +306,33 @@ def _warm_imports(scratch: Path, job: Path) -> None:
     /root, so every module they use must already be loaded.
     """
     state = scratch / "warm-state"
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        cli.main(["submit", str(job), "--state-dir", str(state), "--json"])
-        cli.main(["status", "--state-dir", str(state), "--json"])
-        cli.main(["status", "--state-dir", str(state)])
+    saved = structlog.get_config()  # cli.main configures logging; the session keeps its own
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            cli.main(["submit", str(job), "--state-dir", str(state), "--json"])
+            cli.main(["status", "--state-dir", str(state), "--json"])
+            cli.main(["status", "--state-dir", str(state)])
+    finally:
+        structlog.reset_defaults()
+        structlog.configure(**saved)
+
+
+@pytest.fixture
+def shared_base() -> Iterator[Path]:
+    """A folder every throwaway user can traverse (pytest's own are private to root)."""
+    base = Path(tempfile.mkdtemp(prefix="sentinel-perm-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_inbox_the_daemon_creates_is_setgid_so_an_operators_file_is_readable_by_it(
-    bare_daemons: Callable[..., BareDaemon], accounts: Accounts, dataset: Path
+    shared_base: Path, bare_daemons: Callable[..., BareDaemon], accounts: Accounts, dataset: Path
 ) -> None:
     """The bug: the daemon made ``inbox/`` and ``control/`` like any folder (0750 under the
     unit's UMask=0027), so an operator could not submit at all; and 2770 without the setgid
     bit would let them drop a file the daemon could not read (it keeps their own group)."""
-    base = Path(tempfile.mkdtemp(prefix="sentinel-perm-", dir="/tmp"))
-    try:
-        _operators_and_outsiders(bare_daemons, accounts, dataset, base)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    _operators_and_outsiders(bare_daemons, accounts, dataset, shared_base)
 
 
 def _operators_and_outsiders(
@@ -330,7 +342,6 @@ def _operators_and_outsiders(
     svc_uid, _ = accounts.ids(accounts.service)
     op_uid, op_gid = accounts.ids(accounts.operator)
     out_uid, out_gid = accounts.ids(accounts.outsider)
-    os.chmod(base, 0o755)
     # What systemd's StateDirectory= makes: the service user's, the operators' group, 0750;
     # and data/ as docs/install.md's tmpfiles.d entry makes it (2770), holding a data set.
     state = base / "state"
@@ -375,6 +386,8 @@ def _operators_and_outsiders(
         )
         cases["the daemon accepts the operator's file"] = submitted["type"] == "job.submitted"
         kept = state / "jobs" / job_id / "job.yaml"
+        # job.submitted is durable first; the file moves in with its job just after.
+        wait_for(kept.exists, timeout=30, what="the job file moved in with its job")
         cases["the file keeps the operators' group (setgid)"] = kept.stat().st_gid == ops
 
         def service_reads() -> int:
