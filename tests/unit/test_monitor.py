@@ -143,7 +143,7 @@ def test_a_blocked_job_starts_no_trial_and_no_retry_but_still_moves_between_stag
         StageStarted(job_id=JOB, stage="search"),
     )
     assert h.actor.step(h.state, True, admit=False) == []  # no new trial
-    first = h.step()
+    first = h.fill()
     assert [type(e) for e in first] == [TrialStarted, TrialStarted]
     failed = TrialFailed(job_id=JOB, trial=0, model="xgboost", error="x", attempt=1, retry=True)
     h.append(failed)
