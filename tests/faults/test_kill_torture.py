@@ -18,7 +18,7 @@ loads and matches its sha256, and the daemon must stop cleanly.
 
 ``SENTINEL_FAULTS_SCALE=full``: four runs of 26 kills (104), 12 trials per model, varied
 workers, samplers, pruners and log segment sizes; ``short``: one run of 8 kills on a job of
-4 trials per model. ``SENTINEL_FAULTS_SEED`` replays a run's kill schedule (the moments
+3 trials per model. ``SENTINEL_FAULTS_SEED`` replays a run's kill schedule (the moments
 themselves depend on timing).
 """
 
@@ -87,7 +87,7 @@ FULL_RUNS = (
     Run("hyperband-three-workers", kills=26, n_trials=12, workers=3, parallelism=3,
         pruner="hyperband", settings={"SENTINEL_TRIALS__REPORT_EVERY": "2"}),
 )  # fmt: skip
-SHORT_RUNS = (Run("short", kills=8, n_trials=4),)
+SHORT_RUNS = (Run("short", kills=8, n_trials=3),)
 RUNS = FULL_RUNS if full() else SHORT_RUNS
 
 #: (weight, kind) of each kill; "keyed-*" wait for an event first.
@@ -125,6 +125,11 @@ class Tally:
     restarts: int = 0
     before_log: int = 0
     violations: list[str] = field(default_factory=list)
+    #: kind of kill ("daemon", "daemon and workers", "worker", or "end") -> violations found
+    blame: Counter[str] = field(default_factory=Counter)
+    #: kills that landed between a model.promoted and its export (best/ not yet written)
+    pending_exports: int = 0
+    aborted: bool = False
     jobs: list[str] = field(default_factory=list)
 
 
@@ -161,6 +166,7 @@ class Torture:
         if end is not None:
             if end["type"] != "job.completed":
                 self.tally.violations.append(f"{job_id} did not complete: {end}")
+                self.tally.blame["end"] += 1
             job_id = self.submit()
         return job_id
 
@@ -195,7 +201,8 @@ class Torture:
                 hit = self.wait_for_key(key_type, fields, job_id, wait)
                 if hit:
                     self.tally.keys[label] += 1
-                    time.sleep(self.rng.choice((0.0, 0.0, 0.002, 0.01, 0.03)))
+                    if key_type != "model.promoted":  # its window is a few ms: kill at once
+                        time.sleep(self.rng.choice((0.0, 0.0, 0.002, 0.01, 0.03)))
                 self.kill_daemon(everything=kind == "keyed-all", label=kind)
             else:
                 self.pause(self.rng.choice((0.05, 0.3, 1.0, 2.0, 3.0, 4.0)) * self.rng.random())
@@ -247,14 +254,20 @@ class Torture:
         else:
             assert self.daemon.kill() == -signal.SIGKILL
             self.tally.processes_killed += 1
-        self.tally.kills["daemon and workers" if everything else "daemon"] += 1
+        kind = "daemon and workers" if everything else "daemon"
+        self.tally.kills[kind] += 1
         self.tail.poll()
         if not of_type(self.tail.events, "daemon.started", pid=pid):
             self.tally.before_log += 1  # killed while starting, before its first record
         # What the dead daemon left must already satisfy every invariant.
-        found = faultkit.violations(self.daemon.state_dir)
+        found = faultkit.violations(self.daemon.state_dir, mid_crash=True)
         self.tally.violations += [f"after kill {sum(self.tally.kills.values())} ({label}): {v}"
                                   for v in found]  # fmt: skip
+        self.tally.blame[kind] += len(found)
+        events = self.tail.events
+        done = {e["job_id"] for e in of_type(events, "stage.completed", stage="export")}
+        if any(e["job_id"] not in done for e in of_type(events, "model.promoted")):
+            self.tally.pending_exports += 1
         if self.rng.random() < 0.2:
             time.sleep(self.rng.random() * 0.5)  # sometimes orphans are still winding down
         self.daemon.start()
@@ -294,7 +307,10 @@ class Torture:
             end = faultkit.job_end(events, job_id)
             if end is None or end["type"] != "job.completed":
                 self.tally.violations.append(f"{job_id} did not complete: {end}")
-        self.tally.violations += faultkit.violations(self.daemon.state_dir)
+                self.tally.blame["end"] += 1
+        found = faultkit.violations(self.daemon.state_dir)
+        self.tally.violations += found
+        self.tally.blame["end"] += len(found)
         return events
 
 
@@ -319,6 +335,8 @@ def test_jobs_complete_with_every_invariant_under_repeated_sigkill(
         events = torture.finish()
     except BaseException as exc:  # recorded as a violation, then reported by pytest
         tally.violations.append(f"the run stopped: {type(exc).__name__}: {exc}"[:500])
+        tally.blame["end"] += 1
+        tally.aborted = True
         raise
     finally:
         _record(run, tally, time.monotonic() - t0)
@@ -337,13 +355,13 @@ def test_jobs_complete_with_every_invariant_under_repeated_sigkill(
 
 
 def _record(run: Run, tally: Tally, seconds: float) -> None:
-    bad = len(tally.violations)
     keys = ", ".join(f"{k} x{n}" for k, n in sorted(tally.keys.items()))
     note = (
         f"run {run.name} (seed {faultkit.seed()}): {sum(tally.kills.values())} kills "
         f"({dict(tally.kills)}), {tally.processes_killed} processes, {len(tally.jobs)} jobs of "
         f"{run.n_trials} trials per model, {seconds:.0f} s; {tally.before_log} daemons killed "
-        f"while starting, before their first record; keyed on: {keys or 'none'}"
+        f"while starting, before their first record; {tally.pending_exports} between "
+        f"model.promoted and its export; keyed on: {keys or 'none'}"
     )
     rows = (
         ("daemon", "SIGKILL to the daemon alone, at a random moment or just after an event; "
@@ -354,11 +372,16 @@ def _record(run: Run, tally: Tally, seconds: float) -> None:
     )  # fmt: skip
     for i, (kind, injected) in enumerate(rows):
         n = tally.kills[kind]
+        # A violation found after a kill counts against that kill's kind; one found at the
+        # end of the run (or a run that stopped) against the first row, and then no kill of
+        # the run counts as recovered.
+        end = tally.blame["end"] if i == 0 else 0
+        failed_run = tally.aborted or tally.blame["end"] > 0
         record(
             f"kill -9: {kind}",
             injected,
             cases=n,
-            recovered=n if not bad else 0,
-            violations=bad if i == 0 else 0,  # the run's violations, counted once
+            recovered=0 if failed_run else max(0, n - tally.blame[kind]),
+            violations=tally.blame[kind] + end,
             note=note if i == 0 else "",
         )
