@@ -445,6 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SentinelError as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
+    except PermissionError as exc:
+        print(
+            f"sentinel: {exc.filename or 'a file'}: permission denied; the state directory is "
+            f"readable by the daemon's operators group only (see docs/install.md)",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEM
     except BrokenPipeError:
         # `sentinel tail | head` closes the pipe early; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

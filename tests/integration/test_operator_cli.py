@@ -313,3 +313,18 @@ def test_submit_rejects_a_bad_job_file_naming_the_field_and_writes_nothing(
     result = run("submit", "outside.yaml", state_dir=state_dir, cwd=workdir)
     assert result.returncode == 1 and "data.transactions" in result.stderr
     assert not state_dir.exists()
+
+
+
+def test_a_command_refused_by_permissions_says_so_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sentinel_daemon import cli
+
+    def refused(*_: object) -> int:  # what reading a 0750 state dir outside its group gives
+        raise PermissionError(13, "Permission denied", str(tmp_path / "events"))
+
+    monkeypatch.setitem(cli.COMMANDS, "status", refused)
+    assert cli.main(["status", "--state-dir", str(tmp_path)]) == cli.EXIT_PROBLEM
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'events'}: permission denied" in err and "operators group" in err
