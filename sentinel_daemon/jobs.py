@@ -80,6 +80,8 @@ FAULT_PLAN_ENV = "SENTINEL_TEST_FAULT_PLAN"
 #: Trial numbers are recorded in Optuna's user attributes under this key.
 TRIAL_ATTR = "sentinel_trial"
 CACHE_DIR = "cache"
+#: How a worker's Failed message starts when the trial's data could not be read.
+DATA_ERROR = "DataError"
 JOBS_DIR = "jobs"
 
 
@@ -552,7 +554,15 @@ class JobActor:
                     )
                 ]
             case Failed():
-                return [self._failed(trial, message.error)]
+                failed = self._failed(trial, message.error)
+                if message.error.startswith(DATA_ERROR):
+                    # The job's own data no longer reads (deleted, replaced by garbage):
+                    # every other attempt would fail the same way, so the job stops here.
+                    return [
+                        failed.model_copy(update={"retry": False}),
+                        JobFailed(job_id=self.job_id, reason=f"its data: {message.error}"),
+                    ]
+                return [failed]
         return []
 
     def lost(self, job: JobState, command: TrialCommand, reason: str) -> list[Event]:

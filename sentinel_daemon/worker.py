@@ -93,6 +93,8 @@ EXIT_USAGE = 2
 EXIT_ORPHANED = 3
 #: The ``crash`` test fault (see the module docstring).
 EXIT_INJECTED_CRASH = 86
+#: Training failed with a CUDA error: the process's GPU context is unusable.
+EXIT_DEVICE_LOST = 4
 
 FAULTS_ENV = "SENTINEL_TEST_FAULTS"
 FAULT_PARAM = "_fault"
@@ -160,6 +162,7 @@ class Worker:
         # handler can deadlock on the lock the interrupted main thread may hold.
         self.signalled: int | None = None
         self.orphaned = False
+        self.device_lost = False
         self.hung = False
         self.command_id: str | None = None
         self.trials_done = 0
@@ -181,6 +184,8 @@ class Worker:
         return self.parent_pid is not None and os.getppid() != self.parent_pid
 
     def exit_code(self) -> int:
+        if self.device_lost:
+            return EXIT_DEVICE_LOST
         return EXIT_ORPHANED if self.orphaned else EXIT_OK
 
     # -- heartbeat -------------------------------------------------------------------------
@@ -233,7 +238,7 @@ class Worker:
         self.log.info("worker.started", pid=os.getpid(), device=self.device)
         self.start_heartbeat()
         try:
-            while not self.stopping():
+            while not self.stopping() and not self.device_lost:
                 if self.parent_gone():
                     self.orphaned = True
                     break
@@ -288,6 +293,11 @@ class Worker:
                     traceback=traceback.format_exc(),
                 )
                 outcome = "failed"
+                if _device_lost(exc):
+                    # A CUDA context does not recover from this; every later trial would
+                    # fail too. Exit after answering, so the supervisor starts a fresh one.
+                    tlog.error("worker.device_lost", error=str(exc)[:500])
+                    self.device_lost = True
         finally:
             self.command_id = None
         self.queue.finish(self.worker_id, cid)
@@ -433,6 +443,12 @@ class Worker:
                 time.sleep(0.2)
             # Orphaned while hung: the test that made it is gone; leave no process behind.
             os._exit(EXIT_ORPHANED)
+
+
+def _device_lost(exc: BaseException) -> bool:
+    """Whether a training error says the GPU (its CUDA context) is gone."""
+    text = str(exc).lower()
+    return "cudaerror" in text or "cuda error" in text or "device-side" in text
 
 
 def _finite(value: float) -> float | None:

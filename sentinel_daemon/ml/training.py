@@ -47,7 +47,8 @@ class TrainResult:
 
     ``best_iteration`` counts the boosting rounds the model keeps (1-based); ``rounds``
     how many were trained before early stopping. ``train_seconds`` is the libraries'
-    own work (building their data sets and boosting); ``score_seconds`` is scoring the
+    own work (building their data sets, boosting, cutting the model back to its best round);
+    ``score_seconds`` is scoring the
     validation split and computing its metrics. Neither counts saving.
     """
 
@@ -236,16 +237,17 @@ def _train_xgboost(
         verbose_eval=False,
         callbacks=[hook] if hook is not None else None,
     )
-    seconds = time.perf_counter() - started
     if hook is not None and hook.pruned is not None:
         raise TrialPruned(*hook.pruned)
     trained = booster.num_boosted_rounds()
     best = int(booster.best_iteration) + 1
+    final = booster[:best]
+    seconds = time.perf_counter() - started  # the final model, cut to its best round, included
     used = json.loads(booster.save_config())["learner"]["generic_param"]["device"]
     notes = []
     if device != "cpu" and not used.startswith("cuda"):
         notes.append(f"XGBoost found no usable GPU for device={device!r}: trained on the CPU")
-    return booster[:best], native, trained, best, seconds, used, notes
+    return final, native, trained, best, seconds, used, notes
 
 
 class _Pruned(Exception):  # internal signal, never escapes train_trial
@@ -332,8 +334,8 @@ def _train_lightgbm(
         )
     except _Pruned as stop:
         raise TrialPruned(stop.step, stop.value) from None
-    seconds = time.perf_counter() - started
     trained = booster.current_iteration()
     best = booster.best_iteration or trained
     final = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    seconds = time.perf_counter() - started  # the final model, cut to its best round, included
     return final, native, trained, best, seconds, used, notes

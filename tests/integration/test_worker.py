@@ -25,7 +25,7 @@ from sentinel_daemon.queue import (
     TrialData,
     WorkerMessage,
 )
-from sentinel_daemon.worker import EXIT_OK, EXIT_ORPHANED, FAULTS_ENV
+from sentinel_daemon.worker import EXIT_DEVICE_LOST, EXIT_OK, EXIT_ORPHANED, FAULTS_ENV
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def _command(
             test_fraction=0.2,
             valid_fraction=0.2,
         ),
-        artifact_dir="models/wtest",
+        artifact_dir=f"models/wtest/{trial}",  # a folder per trial, as the daemon gives
         report_every=5,
     )
 
@@ -144,7 +144,7 @@ def test_worker_saves_verified_models_finishes_commands_and_reuses_prepared_data
         saved: Saved = inbox.wait(command.command_id, Saved)
         assert inbox.of(command.command_id, Progress), "progress was reported while training"
         artifact = state_dir / saved.artifact
-        assert artifact.parent == state_dir / "models/wtest" / "1-wa"
+        assert artifact.parent == state_dir / "models/wtest" / str(command.trial) / "1-wa"
         loaded = ml.load_model(artifact, saved.sha256)
         assert loaded.model_kind == command.model
         assert loaded.meta["command_id"] == command.command_id
@@ -248,3 +248,16 @@ def _ended(proc: psutil.Process) -> bool:
         return proc.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def test_a_worker_whose_gpu_is_lost_answers_the_trial_then_exits_for_a_fresh_process(
+    queue: Queue, data_files: tuple[Path, Path], start_worker: StartWorker
+) -> None:
+    lost = _command(data_files, 0, params={**XGB, "_fault": "gpu-lost"})
+    queue.put(lost)
+    proc = start_worker("wg", faults=True)
+    failed: Failed = Inbox(queue).wait(lost.command_id, Failed)
+    assert "cudaErrorUnknown" in failed.error
+    # A CUDA context does not recover: the worker leaves so that a new one is started.
+    assert proc.wait(timeout=30) == EXIT_DEVICE_LOST
+    assert queue.in_flight() == {}  # it answered and finished its command first

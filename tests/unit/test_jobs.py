@@ -392,3 +392,18 @@ def suggest_params(trial: optuna.Trial, model: str, actor: JobActor) -> dict[str
     from sentinel_daemon.ml.space import suggest
 
     return suggest(trial, model, actor.spaces[model])
+
+
+def test_a_trial_that_cannot_read_the_jobs_data_fails_the_job_at_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path, max_attempts=3, n_trials=2, parallelism=2)
+    h.searching()
+    job = h.state.jobs[JOB]
+    msg = Failed(
+        worker_id="w",
+        msg_seq=1,
+        command_id=f"{JOB}.0.1",
+        error="DataError: /data/t.csv: not a UTF-8 text (CSV) file",
+    )
+    failed, stopped = h.actor.ingest(job, msg)
+    assert isinstance(failed, TrialFailed) and failed.retry is False
+    assert isinstance(stopped, JobFailed) and "/data/t.csv" in stopped.reason
