@@ -325,6 +325,8 @@ def test_a_command_refused_by_permissions_says_so_without_a_traceback(
         raise PermissionError(13, "Permission denied", str(tmp_path / "events"))
 
     monkeypatch.setitem(cli.COMMANDS, "status", refused)
+    # cli.main configures structlog with this test's (soon closed) stderr: keep it as it is.
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
     assert cli.main(["status", "--state-dir", str(tmp_path)]) == cli.EXIT_PROBLEM
     err = capsys.readouterr().err
     assert f"{tmp_path / 'events'}: permission denied" in err and "operators group" in err
