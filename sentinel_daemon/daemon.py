@@ -268,9 +268,7 @@ class Daemon:
         )
         # Claimed before a crash but never recorded: look at them again.
         self.inbox.drop_claimed_twins()
-        for claimed in sorted((self.state_dir / CLAIMED_DIR).iterdir()):
-            if is_job_name(claimed.name):
-                self._consider(claimed)
+        self._reconsider_claimed()
         self.supervisor = Supervisor(
             self.state_dir,
             count=self.worker_count,
@@ -589,6 +587,12 @@ class Daemon:
         fsync_dir(claimed.parent)
         log.info("daemon.job_submitted", job=parsed.job_id, file=rel)
 
+    def _reconsider_claimed(self) -> None:
+        """Record every job file left in ``claimed/`` (claimed, then a crash or failed write)."""
+        for claimed in sorted((self.state_dir / CLAIMED_DIR).iterdir()):
+            if is_job_name(claimed.name):
+                self._consider(claimed)
+
     def _reject(self, claimed: Path, rel: str, reason: str, sha256: str | None = None) -> None:
         assert self.inbox is not None
         self.commit([JobRejected(file=rel, reason=reason, file_sha256=sha256)])
@@ -694,10 +698,7 @@ class Daemon:
         log.warning("daemon.resumed", after=self.degraded)
         self.degraded = None
         self._write_health(None)  # ok again
-        # A job file claimed during a failed turn was never recorded: look at it again.
-        for claimed in sorted((self.state_dir / CLAIMED_DIR).iterdir()):
-            if is_job_name(claimed.name):
-                self._consider(claimed)
+        self._reconsider_claimed()  # a file claimed during a failed turn was never recorded
 
     def _write_health(self, health: dict[str, Any] | None) -> None:
         """``STATE/health.json`` for ``sentinel status``: ok, or why the daemon is degraded.

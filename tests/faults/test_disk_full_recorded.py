@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sentinel_daemon.logtools import verify
 from tests.faults.record import full, record
 from tests.integration.test_disk_full import (
     TMPFS_SIZE,
@@ -39,6 +40,9 @@ def test_a_full_disk_degrades_the_daemon_loses_nothing_and_it_resumes(
     )
     try:
         case(tmp_path, small_disk)
+        # And once more from the outside: every record of the log checks after the episode.
+        report = verify(small_disk)
+        assert report.ok, report.problem
     except BaseException as exc:
         record("disk full", injected, cases=1, recovered=0, violations=1, note=str(exc)[:300])
         raise
