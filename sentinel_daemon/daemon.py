@@ -384,9 +384,6 @@ class Daemon:
             for event, commands in external.items():
                 lost.append(event)
                 taken_back += [(event.worker, c) for c in commands]
-        if now >= self._next_orphan_check and self.stop_state.signals == 0:
-            self._next_orphan_check = now + ORPHAN_CHECK_S
-            self._fail_unqueued_trials()
         self._ingest_results()  # before acting on take-backs: a result posted just before
         while taken_back:  # a death is real, and wins
             worker, command = taken_back[0]
@@ -400,6 +397,11 @@ class Daemon:
                     self._backlog.taken_back = taken_back + self._backlog.taken_back
                     raise
             taken_back.pop(0)
+        # Only after the take-backs are recorded: a command taken back this turn is in no
+        # queue folder either, and its trial must fail for the worker's loss, not as unqueued.
+        if now >= self._next_orphan_check and self.stop_state.signals == 0:
+            self._next_orphan_check = now + ORPHAN_CHECK_S
+            self._fail_unqueued_trials()
         self._control()
         if self.stop_state.signals == 0:
             self.reports.poll()
