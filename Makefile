@@ -11,7 +11,7 @@ PYTEST := $(BIN)/python -m pytest
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,dask]'
 	touch $(STAMP)
 
 install: $(STAMP)

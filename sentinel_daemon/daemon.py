@@ -40,6 +40,7 @@ import psutil
 import structlog
 
 from sentinel_daemon import __version__
+from sentinel_daemon.dask_dispatch import DaskDispatcher
 from sentinel_daemon.eventlog import LogWriteFailed
 from sentinel_daemon.events import (
     DaemonStarted,
@@ -145,7 +146,8 @@ class Daemon:
         self.files: queue_mod.SimpleQueue[Path] = queue_mod.SimpleQueue()
         self.stop_state = _Stop()
         self.store: Store | None = None
-        self.supervisor: Supervisor | None = None
+        self.supervisor: Supervisor | DaskDispatcher | None = None
+        self._dispatch_note: str | None = None
         self.inbox: Inbox | None = None
         self._next_external_check = 0.0
         self._next_status = 0.0
@@ -269,19 +271,7 @@ class Daemon:
         # Claimed before a crash but never recorded: look at them again.
         self.inbox.drop_claimed_twins()
         self._reconsider_claimed()
-        self.supervisor = Supervisor(
-            self.state_dir,
-            count=self.worker_count,
-            gpus=list(self.gpus),
-            heartbeat_timeout_s=self.settings.workers.heartbeat_timeout_s,
-            heartbeat_s=self.settings.workers.heartbeat_s,
-            restart_backoff_s=(
-                self.settings.workers.restart_backoff_min_s,
-                self.settings.workers.restart_backoff_max_s,
-            ),
-            generation=generation,
-            worker_env=self.worker_env,
-        )
+        self.supervisor = self._dispatcher(generation)
         self.supervisor.start()
         self.inbox.start()
         self.notifier.ready(self.status_line())
@@ -295,7 +285,34 @@ class Daemon:
             stale_tmp=len(stale),
             workers=self.worker_count,
             gpus=self.gpus,
+            dispatch=self.settings.dispatch.backend,
             seconds=round(time.monotonic() - t0 + store.report.seconds, 3),
+        )
+
+    def _dispatcher(self, generation: int) -> Supervisor | DaskDispatcher:
+        """Local workers (``dispatch.backend: local``), or the Dask cluster's."""
+        dispatch = self.settings.dispatch
+        if dispatch.backend == "dask":
+            if self.worker_count:
+                log.info(
+                    "daemon.local_workers_off",
+                    reason="dispatch.backend is dask: trials run on the Dask cluster",
+                    scheduler=dispatch.scheduler,
+                )
+            self.worker_count = 0
+            return DaskDispatcher(self.state_dir, dispatch)
+        return Supervisor(
+            self.state_dir,
+            count=self.worker_count,
+            gpus=list(self.gpus),
+            heartbeat_timeout_s=self.settings.workers.heartbeat_timeout_s,
+            heartbeat_s=self.settings.workers.heartbeat_s,
+            restart_backoff_s=(
+                self.settings.workers.restart_backoff_min_s,
+                self.settings.workers.restart_backoff_max_s,
+            ),
+            generation=generation,
+            worker_env=self.worker_env,
         )
 
     def _reap_orphans(self) -> list[Event]:
@@ -351,6 +368,8 @@ class Daemon:
             if now >= self._next_status:
                 self._next_status = now + STATUS_EVERY_S
                 self.notifier.status(self.status_line())
+                if self.degraded is None and isinstance(self.supervisor, DaskDispatcher):
+                    self._write_health(None)  # the cluster's counts, for `sentinel status`
             busy = any(j.trials for j in self._store.state.running_jobs())
             with contextlib.suppress(queue_mod.Empty):
                 path = self.files.get(timeout=BUSY_TICK_S if busy else IDLE_TICK_S)
@@ -405,7 +424,15 @@ class Daemon:
         self._control()
         if self.stop_state.signals == 0:
             self.reports.poll()
-        dispatching = self.stop_state.signals == 0 and self.degraded is None
+        note = self.supervisor.status_note()
+        if note != self._dispatch_note:  # the Dask scheduler went away, or came back
+            self._dispatch_note = note
+            if self.degraded is None:
+                self._write_health(None)
+            self.notifier.status(self.status_line())
+        dispatching = (
+            self.stop_state.signals == 0 and self.degraded is None and self.supervisor.available
+        )
         for job_id in list(self.actors):
             actor = self.actors[job_id]
             for _ in range(8):  # a few transitions per turn (stage ends, next one starts)
@@ -450,7 +477,7 @@ class Daemon:
         self._next_sample = now + resources.sample_every_s
         pids = self.supervisor.worker_pids()
         readings = self.monitor.sample(pids)
-        gpus = {s.gpu for s in self.supervisor.slots if s.gpu is not None}
+        gpus = self.supervisor.gpus_in_use()
         self.admission.update(readings, gpus)
         ceiling = resources.worker_memory_max_bytes
         for worker, rss in over_ceiling(readings, ceiling).items():
@@ -670,6 +697,8 @@ class Daemon:
         text = f"{len(running)} jobs running, {flight} trials in flight"
         if best:
             text += f", best {max(best):.4f}"
+        if self.supervisor is not None and (note := self.supervisor.status_note()):
+            text += f"; {note}"
         if self.stop_state.signals:
             text = "stopping: " + text
         return text
@@ -710,7 +739,10 @@ class Daemon:
         atomic replace would write, needs space). A reader may see a torn write; it then
         reads nothing, and the next rewrite fixes it. Best effort: errors are ignored.
         """
-        data = orjson.dumps(health or {"status": "ok", "pid": os.getpid()})[: HEALTH_BYTES - 1]
+        health = dict(health or {"status": "ok", "pid": os.getpid()})
+        if self.supervisor is not None:
+            health["dispatch"] = self.supervisor.describe()
+        data = orjson.dumps(health)[: HEALTH_BYTES - 1]
         with contextlib.suppress(OSError):
             fd = os.open(
                 self.state_dir / HEALTH_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640

@@ -175,7 +175,14 @@ class LogScan:
         self.last_seq = expect - 1
 
     def _line_error(
-        self, segs: list[str], i: int, data: bytes, pos: int, base: int, k: int, line: bytes,
+        self,
+        segs: list[str],
+        i: int,
+        data: bytes,
+        pos: int,
+        base: int,
+        k: int,
+        line: bytes,
         expect: int,
     ) -> None:
         """Classify line ``k`` (from ``base``) of segment ``i``: bad record, or out of order."""

@@ -71,7 +71,7 @@ from sentinel_daemon.stages import (
     quality_gate,
 )
 from sentinel_daemon.state import JobState, JobStatus, StageStatus, State, TrialState, TrialStatus
-from sentinel_daemon.worker import FAULT_PARAM, FAULTS_ENV
+from sentinel_daemon.worker import FAULT_PARAM, FAULTS_ENV, find_saved
 
 log = structlog.get_logger(__name__)
 
@@ -595,36 +595,26 @@ class JobActor:
         its result; a crash after the second write leaves a complete, checkable model that
         no result announces. It is recorded from its metadata instead of trained again.
         """
-        folder = self.job_dir / "trials" / str(trial.number)
-        for meta_path in sorted(folder.glob(f"{trial.attempt}-*/meta.json")):
-            try:
-                meta = json.loads(meta_path.read_bytes())
-                model = meta_path.with_name(str(meta["model_file"]))
-                digest = hashlib.sha256(model.read_bytes()).hexdigest()
-                fits = (meta.get("job_id"), meta.get("trial"), meta.get("attempt")) == (
-                    self.job_id,
-                    trial.number,
-                    trial.attempt,
-                )
-                metrics = {str(k): float(v) for k, v in meta["metrics"]["valid"].items()}
-                if not fits or digest != meta["sha256"] or "roc_auc" not in metrics:
-                    continue
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                continue  # not a complete model: the attempt runs again
-            log.info(
-                "job.model_found_on_disk", job=self.job_id, trial=trial.number, artifact=str(model)
-            )
-            return TrialSaved(
-                job_id=self.job_id,
-                trial=TrialNumber(trial.number),
-                model=trial.model,
-                value=metrics["roc_auc"],
-                metrics=metrics,
-                artifact=model.relative_to(self.ctx.state_dir).as_posix(),
-                sha256=digest,
-                duration_s=round(float(meta.get("train_seconds", 0.0)), 6),
-            )
-        return None
+        command = self.command(trial.number, trial.model, trial.params, trial.attempt)
+        found = find_saved(self.ctx.state_dir, command)
+        if found is None:
+            return None  # not a complete model: the attempt runs again
+        log.info(
+            "job.model_found_on_disk",
+            job=self.job_id,
+            trial=trial.number,
+            artifact=found["artifact"],
+        )
+        return TrialSaved(
+            job_id=self.job_id,
+            trial=TrialNumber(trial.number),
+            model=trial.model,
+            value=found["value"],
+            metrics=found["metrics"],
+            artifact=found["artifact"],
+            sha256=found["sha256"],
+            duration_s=found["duration_s"],
+        )
 
     def _failed(self, trial: TrialState, error: str) -> TrialFailed:
         return TrialFailed(

@@ -287,6 +287,19 @@ def render_status(report: dict[str, Any]) -> str:
     health = daemon.get("health") or {}
     if health.get("status") == "degraded":
         lines.append(f"DEGRADED: {health.get('reason', '?')} (not dispatching new trials)")
+    dispatch = health.get("dispatch") or {}
+    if dispatch.get("backend") == "dask":
+        if dispatch.get("connected"):
+            lines.append(
+                f"dispatch: dask scheduler {dispatch.get('scheduler')}, "
+                f"{dispatch.get('workers', 0)} workers, {dispatch.get('slots', 0)} slots, "
+                f"{dispatch.get('running', 0)} trials running there"
+            )
+        else:
+            lines.append(
+                f"DISPATCH PAUSED: dask scheduler {dispatch.get('scheduler')}: "
+                f"{dispatch.get('reason', '?')} (trials wait in the queue)"
+            )
     if report["jobs"]:
         rows = [["JOB", "NAME", "STATUS", "STAGE", "TRIALS", "RUN", "BEST", "PROMOTED"]]
         for job in report["jobs"]:

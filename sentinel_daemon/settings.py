@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sentinel_daemon.errors import ConfigError
@@ -82,6 +82,35 @@ class ResourceSettings(_Section):
     sample_every_s: float = Field(default=1.0, gt=0.0, le=60.0)
 
 
+class DispatchSettings(_Section):
+    """Where trials run: local worker processes, or a Dask cluster (docs/dask.md)."""
+
+    #: ``local``: the queue directory and workers the daemon starts (or systemd's
+    #: sentinel-worker@ units). ``dask``: tasks on the Dask scheduler at ``scheduler``.
+    backend: Literal["local", "dask"] = "local"
+    #: The Dask scheduler's address, e.g. ``tcp://10.0.0.5:8786`` (backend ``dask`` only).
+    scheduler: str | None = None
+    #: The worker resource a trial asks one unit of (``dask worker --resources GPU=1``).
+    resource: str = Field(default="GPU", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+    #: Trials in flight on the cluster at most; null: the cluster's units of ``resource``.
+    slots: int | None = Field(default=None, ge=1, le=4096)
+    #: The state directory as Dask workers mount it (shared storage); null: the same path.
+    worker_state_dir: Path | None = None
+    #: How long one attempt to reach the scheduler may take.
+    connect_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
+    #: While the scheduler is unreachable, try again this often.
+    retry_s: float = Field(default=5.0, gt=0.0, le=600.0)
+
+    @model_validator(mode="after")
+    def _dask_needs_a_scheduler(self) -> DispatchSettings:
+        if self.backend == "dask" and not self.scheduler:
+            raise ValueError(
+                "dispatch.scheduler is required when dispatch.backend is dask "
+                "(e.g. tcp://scheduler-host:8786)"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """Every setting of Sentinel, with its default."""
 
@@ -103,6 +132,7 @@ class Settings(BaseSettings):
     shutdown: ShutdownSettings = ShutdownSettings()
     metrics: MetricsSettings = MetricsSettings()
     resources: ResourceSettings = ResourceSettings()
+    dispatch: DispatchSettings = DispatchSettings()
 
     def resolved_data_roots(self, cwd: Path | None = None) -> list[Path]:
         """``data_roots``, or the defaults (STATE/data and the working folder) when empty."""

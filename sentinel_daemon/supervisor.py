@@ -189,6 +189,21 @@ class Supervisor:
             slot.restart_at = None
         return events
 
+    #: Whether trials can be dispatched (the Dask backend's may pause; local ones never do).
+    available = True
+
+    def status_note(self) -> str | None:
+        """Why dispatching is paused, for the status line; never, for local workers."""
+        return None
+
+    def describe(self) -> dict[str, object]:
+        """The backend, for ``health.json`` and ``sentinel status``."""
+        return {"backend": "local", "workers": len(self.worker_ids())}
+
+    def gpus_in_use(self) -> set[int]:
+        """The GPUs the slots were given (for admission control)."""
+        return {s.gpu for s in self.slots if s.gpu is not None}
+
     def worker_ids(self) -> list[WorkerId]:
         """Ids of the worker processes currently started (for status and metrics)."""
         return [s.worker_id for s in self.slots if s.proc is not None and s.worker_id]

@@ -43,10 +43,7 @@ class MemoryLog:
             raise self._failed
         ts = format_ts(self._clock())
         start = self.last_seq
-        batch = [
-            Record(start + i + 1, ts, copy.deepcopy(dict(p)))
-            for i, p in enumerate(payloads)
-        ]
+        batch = [Record(start + i + 1, ts, copy.deepcopy(dict(p))) for i, p in enumerate(payloads)]
         self._records.extend(batch)
         return batch
 

@@ -50,6 +50,7 @@ answered with ``failed`` and the worker carries on.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import signal
 import sys
@@ -59,8 +60,9 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import orjson
 import structlog
 
 from sentinel_daemon.errors import SentinelError
@@ -77,6 +79,8 @@ from sentinel_daemon.queue import (
     TrialCommand,
     TrialData,
 )
+
+_M = TypeVar("_M", Progress, Saved, Pruned, Failed)
 
 if TYPE_CHECKING:
     from sentinel_daemon import ml
@@ -123,44 +127,56 @@ class CommandRejected(SentinelError):
         super().__init__(f"command {command_id}: {reason}")
 
 
-class _Abandoned(Exception):  # a control-flow signal; never escapes the worker
-    """Raised from the report hook to leave a trial that must not be reported."""
+class TrialAbandoned(Exception):  # a control-flow signal; never escapes the runner
+    """Raised from the report hook (or a channel) to leave a trial that must not be
+    answered: the runner is stopping, or its channel to the daemon is gone."""
 
 
 def _faults_enabled() -> bool:
     return os.environ.get(FAULTS_ENV) == "1"
 
 
-class Worker:
-    """The state of one worker process; :func:`run_worker` is the way to run it."""
+class Channel(Protocol):
+    """Where a trial's messages go: :class:`Outbox` for a local worker, Dask for a remote one."""
+
+    def send(self, kind: type[_M], command_id: str, **fields: Any) -> _M: ...
+
+    def should_prune(self, command_id: str) -> bool: ...
+
+
+class QueueChannel:
+    """A local worker's channel: ``results/`` through its :class:`Outbox`, prune files."""
+
+    def __init__(self, queue: Queue, worker_id: str) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+        self.outbox = Outbox(queue, worker_id)
+
+    def send(self, kind: type[_M], command_id: str, **fields: Any) -> _M:
+        return self.outbox.send(kind, command_id, **fields)
+
+    def should_prune(self, command_id: str) -> bool:
+        return self.queue.should_prune(self.worker_id, command_id)
+
+
+class TrialRunner:
+    """Trains one command at a time and answers it through a :class:`Channel`.
+
+    The part of a worker that the local queue worker (:class:`Worker`) and a Dask task
+    (:mod:`sentinel_daemon.dask_dispatch`) share: the prepared data kept across trials,
+    training with progress reports and pruning, saving, the answer, and the test faults.
+    """
 
     def __init__(
-        self,
-        state_dir: Path,
-        worker_id: str,
-        *,
-        gpu: int | None,
-        heartbeat_s: float,
-        parent_pid: int | None,
-        stop: threading.Event | None,
-        threads: int | None = None,
+        self, state_dir: Path, worker_id: str, *, gpu: int | None, threads: int | None = None
     ) -> None:
-        if heartbeat_s <= 0:
-            raise ValueError(f"heartbeat_s must be positive, not {heartbeat_s}")
         self.state_dir = Path(state_dir)
         self.worker_id = worker_id
         self.gpu = gpu
         self.device = "cpu" if gpu is None else "cuda"
-        self.heartbeat_s = heartbeat_s
-        self.parent_pid = parent_pid
         self.threads = threads
-        self.stop = stop if stop is not None else threading.Event()
-        self.queue = Queue(self.state_dir / "queue")
-        self.outbox = Outbox(self.queue, worker_id)
         self.log = log.bind(worker=worker_id, gpu=gpu)
-        # Set by signal handlers: a plain attribute, since setting a threading.Event from a
-        # handler can deadlock on the lock the interrupted main thread may hold.
-        self.signalled: int | None = None
+        self.stop = threading.Event()
         self.orphaned = False
         self.device_lost = False
         self.hung = False
@@ -172,92 +188,16 @@ class Worker:
         # IEEE-CIS sets could exhaust memory; interleaved jobs just prepare again (cached).
         self._data_key: TrialData | None = None
         self._prepared: ml.Prepared | None = None
-        self._beats_done = threading.Event()
-        self._heart: threading.Thread | None = None
-
-    # -- flags -----------------------------------------------------------------------------
 
     def stopping(self) -> bool:
-        return self.signalled is not None or self.orphaned or self.stop.is_set()
+        return self.orphaned or self.stop.is_set()
 
-    def parent_gone(self) -> bool:
-        return self.parent_pid is not None and os.getppid() != self.parent_pid
+    def answer(self, command: TrialCommand, channel: Channel) -> str | None:
+        """Train ``command`` and send its answer; the outcome, or None if abandoned.
 
-    def exit_code(self) -> int:
-        if self.device_lost:
-            return EXIT_DEVICE_LOST
-        return EXIT_ORPHANED if self.orphaned else EXIT_OK
-
-    # -- heartbeat -------------------------------------------------------------------------
-
-    def beat(self) -> None:
-        self.queue.beat(
-            self.worker_id,
-            {
-                "command_id": self.command_id,
-                "trials_done": self.trials_done,
-                "data_loads": self.data_loads,
-                "data_reuses": self.data_reuses,
-                "gpu": self.gpu,
-            },
-        )
-
-    def _heartbeat_loop(self) -> None:
-        while not self._beats_done.wait(self.heartbeat_s):
-            if self.parent_gone():
-                self.orphaned = True
-                self.stop.set()
-                return
-            if self.hung:
-                continue
-            try:
-                self.beat()
-            except OSError as exc:
-                # A missed beat is the supervisor's to judge; the thread must not die of it.
-                self.log.warning("worker.heartbeat_failed", error=str(exc))
-
-    def start_heartbeat(self) -> None:
-        self.beat()
-        self._heart = threading.Thread(
-            target=self._heartbeat_loop, name=f"heartbeat-{self.worker_id}", daemon=True
-        )
-        self._heart.start()
-
-    def stop_heartbeat(self) -> None:
-        self._beats_done.set()
-        if self._heart is not None:
-            self._heart.join()
-
-    # -- the loop --------------------------------------------------------------------------
-
-    def run(self) -> int:
-        if self.parent_gone():
-            self.orphaned = True
-            self.log.warning("worker.orphaned", parent_pid=self.parent_pid, ppid=os.getppid())
-            return EXIT_ORPHANED
-        self.log.info("worker.started", pid=os.getpid(), device=self.device)
-        self.start_heartbeat()
-        try:
-            while not self.stopping() and not self.device_lost:
-                if self.parent_gone():
-                    self.orphaned = True
-                    break
-                claimed = self.queue.claim_wait(self.worker_id, CLAIM_WAIT_S, self.stopping)
-                if claimed is not None:
-                    self.run_trial(claimed)
-        finally:
-            self.stop_heartbeat()
-        self.log.info(
-            "worker.stopped",
-            reason="orphaned" if self.orphaned else "stop requested",
-            signal=self.signalled,
-            trials_done=self.trials_done,
-        )
-        return self.exit_code()
-
-    def run_trial(self, claimed: ClaimedCommand) -> None:
-        """Train one claimed command and answer it; abandon it silently when stopping."""
-        command = claimed.command
+        Every failure of the trial is answered (``failed``); the caller decides what to do
+        with the command. None means the runner is stopping and sent nothing.
+        """
         cid = command.command_id
         started = time.monotonic()
         self.command_id = cid
@@ -265,18 +205,26 @@ class Worker:
         tlog.info("worker.trial_started")
         # (step, value) of every progress report, for the result (and so the event log).
         intermediate: list[tuple[int, float]] = []
+        saved = find_saved(self.state_dir, command)
+        if saved is not None:
+            # Given again after its answer was lost (a daemon restart, a scheduler that went
+            # away): the model of this very attempt is complete on disk. Never train it twice.
+            tlog.info("worker.trial_found_saved", artifact=saved["artifact"])
+            channel.send(Saved, cid, **saved)
+            self.command_id = None
+            return "saved"
         try:
-            outcome = self._train_and_save(command, started, intermediate)
-        except _Abandoned:
+            outcome = self._train_and_save(command, channel, started, intermediate)
+        except TrialAbandoned:
             tlog.info("worker.trial_abandoned", reason="stopping")
-            return
+            return None
         except Exception as exc:  # any failure of the trial is the daemon's to judge
             # Imported here (like everything from ml) so that heartbeats start before the
             # seconds that importing XGBoost and LightGBM take.
             from sentinel_daemon import ml
 
             if isinstance(exc, ml.TrialPruned):
-                self.outbox.send(
+                channel.send(
                     Pruned,
                     cid,
                     step=exc.step,
@@ -286,7 +234,7 @@ class Worker:
                 outcome = "pruned"
             else:
                 tlog.warning("worker.trial_failed", error=f"{type(exc).__name__}: {exc}")
-                self.outbox.send(
+                channel.send(
                     Failed,
                     cid,
                     error=f"{type(exc).__name__}: {exc}",
@@ -295,17 +243,21 @@ class Worker:
                 outcome = "failed"
                 if _device_lost(exc):
                     # A CUDA context does not recover from this; every later trial would
-                    # fail too. Exit after answering, so the supervisor starts a fresh one.
+                    # fail too. The process should end after answering (a fresh one starts).
                     tlog.error("worker.device_lost", error=str(exc)[:500])
                     self.device_lost = True
         finally:
             self.command_id = None
-        self.queue.finish(self.worker_id, cid)
         self.trials_done += 1
         tlog.info("worker.trial_ended", outcome=outcome, duration_s=time.monotonic() - started)
+        return outcome
 
     def _train_and_save(
-        self, command: TrialCommand, started: float, intermediate: list[tuple[int, float]]
+        self,
+        command: TrialCommand,
+        channel: Channel,
+        started: float,
+        intermediate: list[tuple[int, float]],
     ) -> str:
         """Train and save ``command``'s model; ``intermediate`` collects its reports."""
         from sentinel_daemon import ml
@@ -314,23 +266,23 @@ class Worker:
         fault = self._take_fault(command, params)
         prepared = self._prepared_for(command.data)
         if self.stopping():
-            raise _Abandoned
+            raise TrialAbandoned
         cid = command.command_id
         first_report = True
 
         def report(step: int, value: float) -> bool:
             nonlocal first_report
             if self.stopping():
-                raise _Abandoned
+                raise TrialAbandoned
             if fault is not None:
                 self._act_on_fault(fault, cid, first_report)
                 if self.stopping():
-                    raise _Abandoned
+                    raise TrialAbandoned
             first_report = False
             if _finite(value) is not None:  # a NaN score has no JSON form: nothing to report
-                self.outbox.send(Progress, cid, step=step, value=value)
+                channel.send(Progress, cid, step=step, value=value)
                 intermediate.append((step, value))
-            return self.queue.should_prune(self.worker_id, cid)
+            return channel.should_prune(cid)
 
         result = ml.train_trial(
             command.model,
@@ -354,7 +306,7 @@ class Worker:
                 "worker_id": self.worker_id,
             },
         )
-        self.outbox.send(
+        channel.send(
             Saved,
             cid,
             artifact=saved.path.relative_to(self.state_dir).as_posix(),
@@ -443,6 +395,157 @@ class Worker:
                 time.sleep(0.2)
             # Orphaned while hung: the test that made it is gone; leave no process behind.
             os._exit(EXIT_ORPHANED)
+
+
+class Worker(TrialRunner):
+    """The state of one worker process; :func:`run_worker` is the way to run it."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        worker_id: str,
+        *,
+        gpu: int | None,
+        heartbeat_s: float,
+        parent_pid: int | None,
+        stop: threading.Event | None,
+        threads: int | None = None,
+    ) -> None:
+        if heartbeat_s <= 0:
+            raise ValueError(f"heartbeat_s must be positive, not {heartbeat_s}")
+        super().__init__(state_dir, worker_id, gpu=gpu, threads=threads)
+        self.heartbeat_s = heartbeat_s
+        self.parent_pid = parent_pid
+        if stop is not None:
+            self.stop = stop
+        self.queue = Queue(self.state_dir / "queue")
+        self.channel = QueueChannel(self.queue, worker_id)
+        # Set by signal handlers: a plain attribute, since setting a threading.Event from a
+        # handler can deadlock on the lock the interrupted main thread may hold.
+        self.signalled: int | None = None
+        self._beats_done = threading.Event()
+        self._heart: threading.Thread | None = None
+
+    # -- flags -----------------------------------------------------------------------------
+
+    def stopping(self) -> bool:
+        return self.signalled is not None or self.orphaned or self.stop.is_set()
+
+    def parent_gone(self) -> bool:
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
+
+    def exit_code(self) -> int:
+        if self.device_lost:
+            return EXIT_DEVICE_LOST
+        return EXIT_ORPHANED if self.orphaned else EXIT_OK
+
+    # -- heartbeat -------------------------------------------------------------------------
+
+    def beat(self) -> None:
+        self.queue.beat(
+            self.worker_id,
+            {
+                "command_id": self.command_id,
+                "trials_done": self.trials_done,
+                "data_loads": self.data_loads,
+                "data_reuses": self.data_reuses,
+                "gpu": self.gpu,
+            },
+        )
+
+    def _heartbeat_loop(self) -> None:
+        while not self._beats_done.wait(self.heartbeat_s):
+            if self.parent_gone():
+                self.orphaned = True
+                self.stop.set()
+                return
+            if self.hung:
+                continue
+            try:
+                self.beat()
+            except OSError as exc:
+                # A missed beat is the supervisor's to judge; the thread must not die of it.
+                self.log.warning("worker.heartbeat_failed", error=str(exc))
+
+    def start_heartbeat(self) -> None:
+        self.beat()
+        self._heart = threading.Thread(
+            target=self._heartbeat_loop, name=f"heartbeat-{self.worker_id}", daemon=True
+        )
+        self._heart.start()
+
+    def stop_heartbeat(self) -> None:
+        self._beats_done.set()
+        if self._heart is not None:
+            self._heart.join()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if self.parent_gone():
+            self.orphaned = True
+            self.log.warning("worker.orphaned", parent_pid=self.parent_pid, ppid=os.getppid())
+            return EXIT_ORPHANED
+        self.log.info("worker.started", pid=os.getpid(), device=self.device)
+        self.start_heartbeat()
+        try:
+            while not self.stopping() and not self.device_lost:
+                if self.parent_gone():
+                    self.orphaned = True
+                    break
+                claimed = self.queue.claim_wait(self.worker_id, CLAIM_WAIT_S, self.stopping)
+                if claimed is not None:
+                    self.run_trial(claimed)
+        finally:
+            self.stop_heartbeat()
+        self.log.info(
+            "worker.stopped",
+            reason="orphaned" if self.orphaned else "stop requested",
+            signal=self.signalled,
+            trials_done=self.trials_done,
+        )
+        return self.exit_code()
+
+    def run_trial(self, claimed: ClaimedCommand) -> None:
+        """Train one claimed command and answer it; abandon it silently when stopping."""
+        if self.answer(claimed.command, self.channel) is not None:
+            self.queue.finish(self.worker_id, claimed.command.command_id)
+
+
+def find_saved(state_dir: Path, command: TrialCommand) -> dict[str, Any] | None:
+    """The ``saved`` answer for ``command`` from a complete model of its attempt on disk.
+
+    A model folder of the attempt (``<artifact_dir>/<attempt>-*/``) whose ``meta.json``
+    names this job, trial and attempt and whose model file matches its sha256; None when
+    there is none (the usual case: one glob).
+    """
+    folder = Path(state_dir) / command.artifact_dir
+    for meta_path in sorted(folder.glob(f"{command.attempt}-*/meta.json")):
+        try:
+            meta = orjson.loads(meta_path.read_bytes())
+            model = meta_path.with_name(str(meta["model_file"]))
+            digest = hashlib.sha256(model.read_bytes()).hexdigest()
+            fits = (meta.get("job_id"), meta.get("trial"), meta.get("attempt")) == (
+                command.job_id,
+                command.trial,
+                command.attempt,
+            )
+            metrics = {str(k): float(v) for k, v in meta["metrics"]["valid"].items()}
+            if not fits or digest != meta["sha256"] or "roc_auc" not in metrics:
+                continue
+            artifact = model.relative_to(state_dir).as_posix()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a complete model of this attempt
+        seconds = round(float(meta.get("train_seconds", 0.0)), 6)
+        return {
+            "artifact": artifact,
+            "sha256": digest,
+            "metrics": metrics,
+            "value": metrics["roc_auc"],
+            "train_seconds": seconds,
+            "duration_s": seconds,
+        }
+    return None
 
 
 def _device_lost(exc: BaseException) -> bool:

@@ -1,0 +1,341 @@
+"""The ``dask`` dispatch backend against a real ``LocalCluster`` of worker processes.
+
+The cluster (scheduler in this test process, each worker a separate process with
+``resources={"GPU": 1}``) stands for GPU hosts running ``dask worker --resources GPU=1``;
+the daemon is a real ``sentinel run`` process with ``dispatch.backend: dask``. The state
+directory is the "shared storage": the workers see it at the same path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemonkit import (
+    DATASET_ROWS,
+    SLOW_SPACE,
+    DaemonProcess,
+    check_invariants,
+    copy_dataset,
+    make_dataset,
+    of_type,
+    write_job,
+)
+from tests.helpers import wait_for
+
+distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("dask-data"), rows=DATASET_ROWS)
+
+
+def local_cluster(**kwargs: Any) -> distributed.LocalCluster:
+    """Worker processes with one "GPU" each, as `dask worker --resources GPU=1` would be.
+
+    The scheduler runs with ``allowed-failures: 0``, as docs/dask.md asks: a worker death
+    fails its task at once (KilledWorker), so that Sentinel, not Dask, decides the retry.
+    """
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        return distributed.LocalCluster(
+            **{
+                "n_workers": 2,
+                "threads_per_worker": 1,
+                "processes": True,
+                "resources": {"GPU": 1},
+                "dashboard_address": None,
+                "silence_logs": 40,
+                **kwargs,
+            }
+        )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> Iterator[distributed.LocalCluster]:
+    """One cluster for the module (Dask keeps process-wide threads and helpers that a
+    per-test cluster would leave behind; the leak guard sees them once, before it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        # Worker processes inherit this environment: the fault plan's "slow" trials, one
+        # training thread each (two workers share this machine's cores).
+        patch.setenv("SENTINEL_TEST_FAULTS", "1")
+        patch.setenv("SENTINEL_DASK_THREADS", "1")
+        cluster = local_cluster()
+        # The process-wide offload thread (started lazily, kept for good): start it now.
+        distributed.utils._offload_executor.submit(int).result()
+        try:
+            yield cluster
+        finally:
+            cluster.close(timeout=30)
+
+
+def dask_daemon(root: Path, dataset: Path, scheduler: str, **settings: object) -> DaemonProcess:
+    copy_dataset(dataset, root / "data")
+    return DaemonProcess(
+        root,
+        workers=0,
+        settings={
+            "SENTINEL_DISPATCH__BACKEND": "dask",
+            "SENTINEL_DISPATCH__SCHEDULER": scheduler,
+            "SENTINEL_DISPATCH__RETRY_S": "0.5",
+            "SENTINEL_TRIALS__REPORT_EVERY": "1",
+            **settings,
+        },
+        faults={"0@1": "slow"},
+    )
+
+
+@pytest.fixture
+def daemon(
+    tmp_path: Path, dataset: Path, cluster: distributed.LocalCluster
+) -> Iterator[DaemonProcess]:
+    made = dask_daemon(tmp_path, dataset, cluster.scheduler_address)
+    yield made
+    made.cleanup()
+
+
+def worker_pid(cluster: distributed.LocalCluster, command_id: str) -> int:
+    """The pid of the Dask worker process running ``command_id``'s task."""
+    with distributed.Client(cluster, set_as_default=False) as client:
+        key = f"sentinel-{command_id}"
+
+        def running() -> str | None:
+            processing = client.processing()
+            return next((w for w, keys in processing.items() if key in keys), None)
+
+        address = wait_for(running, 60, f"{key} to be processing")
+        pids: dict[str, int] = client.run(os.getpid, workers=[address])
+        return pids[address]
+
+
+def test_a_job_completes_on_a_dask_cluster_with_every_invariant(
+    daemon: DaemonProcess, cluster: distributed.LocalCluster
+) -> None:
+    daemon.start()
+    job_id = daemon.submit(
+        write_job(daemon.root / "jobs", "dask", models=("xgboost", "lightgbm"), parallelism=2)
+    )
+    daemon.wait_for_job(job_id, timeout=180)
+    events = check_invariants(daemon.state_dir)
+    saved = of_type(events, "trial.saved", job_id=job_id)
+    assert len(saved) == 4  # two trials of each model, all on the cluster
+    # Every answer came through a Dask slot; no local worker was started.
+    assert {e["worker"] for e in of_type(events, "worker.started")} <= {"dask-0", "dask-1"}
+    assert all("/1-" in e["artifact"] for e in saved)
+    assert of_type(events, "model.promoted", job_id=job_id)
+    # The slow trial reported progress from the Dask worker (intermediate values).
+    (first,) = of_type(events, "trial.saved", job_id=job_id, trial=0)
+    assert len(first["intermediate"]) >= 10
+    assert daemon.stop() == 0
+
+
+def test_a_prune_request_reaches_the_trial_on_the_cluster(daemon: DaemonProcess) -> None:
+    # Cancelling a job asks its running trials to stop, through the same prune request the
+    # pruner uses; on Dask it travels as a distributed.Event that the task polls.
+    daemon.start()
+    job_id = daemon.submit(write_job(daemon.root / "jobs", "dprune", space=SLOW_SPACE))
+    wait_for(lambda: _status_mentions(daemon, "1 trials running"), 60, "trial 0 running")
+    assert _cli(daemon, "cancel", job_id).returncode == 0
+    answered = wait_for(
+        lambda: [
+            r
+            for r in daemon.log_records()
+            if r.get("event") == "dispatch.trial_answered"
+            and r.get("command_id") == f"{job_id}.0.1"
+        ],
+        60,
+        "trial 0's answer",
+    )
+    assert answered[0]["kind"] == "pruned"  # stopped at a report, not trained to the end
+    assert of_type(daemon.events(), "job.cancelled", job_id=job_id)
+    assert daemon.stop() == 0
+
+
+def test_a_dask_worker_killed_mid_trial_leads_to_a_retry(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cluster of its own: the killed worker's nanny starts a new process, which must
+    # not outlive this test.
+    monkeypatch.setenv("SENTINEL_TEST_FAULTS", "1")
+    monkeypatch.setenv("SENTINEL_DASK_THREADS", "1")
+    with local_cluster() as cluster:
+        daemon = dask_daemon(tmp_path, dataset, cluster.scheduler_address)
+        try:
+            daemon.start()
+            job_id = daemon.submit(write_job(daemon.root / "jobs", "dkill", space=SLOW_SPACE))
+            os.kill(worker_pid(cluster, f"{job_id}.0.1"), signal.SIGKILL)  # dies mid-trial
+            daemon.wait_for_job(job_id, timeout=180)
+            assert daemon.stop() == 0
+        finally:
+            daemon.cleanup()
+    events = check_invariants(daemon.state_dir)
+    (failed,) = of_type(events, "trial.failed", job_id=job_id, trial=0)
+    assert failed["attempt"] == 1 and failed["retry"] is True
+    assert "Dask worker" in failed["error"], failed["error"]
+    lost = of_type(events, "worker.lost")
+    assert lost and lost[0]["worker"].startswith("dask-") and lost[0]["seq"] < failed["seq"]
+    assert started_trials(events, job_id, 0) == [1, 2]
+    (saved,) = of_type(events, "trial.saved", job_id=job_id, trial=0)
+    assert "/2-" in saved["artifact"]
+
+
+def test_the_daemon_killed_and_restarted_completes_the_job_training_nothing_twice(
+    daemon: DaemonProcess, cluster: distributed.LocalCluster
+) -> None:
+    daemon.start()
+    job_id = daemon.submit(
+        write_job(daemon.root / "jobs", "drestart", space=SLOW_SPACE, n_trials=3, parallelism=2)
+    )
+    # SIGKILL while trial 0 (slow) runs on the cluster, after another trial was saved.
+    wait_for(
+        lambda: (
+            daemon.holder_of(f"{job_id}.0.1")
+            and of_type(daemon.events(), "trial.saved", job_id=job_id)
+        ),
+        90,
+        "a trial saved while trial 0 runs on the cluster",
+    )
+    daemon.kill()
+    daemon.start()
+    daemon.wait_for_job(job_id, timeout=180)
+    events = check_invariants(daemon.state_dir)  # no trial saved twice, every artifact whole
+    assert len(of_type(events, "daemon.started")) == 2
+    # Nothing finished was trained again: each trial has one model folder per attempt
+    # that was recorded, and no attempt beyond what a lost worker would explain.
+    for trial in range(3):
+        (saved,) = of_type(events, "trial.saved", job_id=job_id, trial=trial)
+        folders = list((daemon.state_dir / "jobs" / job_id / "trials" / str(trial)).iterdir())
+        attempt = saved["artifact"].split("/")[4].split("-")[0]
+        assert [f.name.split("-")[0] for f in folders].count(attempt) >= 1
+    assert not of_type(events, "trial.failed", job_id=job_id)  # a restart costs no attempt
+    assert daemon.stop() == 0
+
+
+def test_a_job_whose_data_a_dask_worker_cannot_read_fails_naming_the_worker_and_path(
+    tmp_path: Path, dataset: Path, cluster: distributed.LocalCluster
+) -> None:
+    daemon = dask_daemon(
+        tmp_path,
+        dataset,
+        cluster.scheduler_address,
+        # The workers "mount" the state directory somewhere it is not.
+        SENTINEL_DISPATCH__WORKER_STATE_DIR=str(tmp_path / "not-mounted"),
+    )
+    try:
+        daemon.start()
+        job_id = daemon.submit(write_job(daemon.root / "jobs", "unshared"))
+        end = daemon.wait_for_event(
+            lambda e: e["type"] in ("job.failed", "job.completed") and e["job_id"] == job_id,
+            timeout=120,
+            what="the job to end",
+        )
+        assert end["type"] == "job.failed"
+        assert "does not see the daemon's state directory" in end["reason"]
+        assert "not-mounted" in end["reason"]
+        assert "tcp://" in end["reason"]  # names the worker
+        assert daemon.stop() == 0
+    finally:
+        daemon.cleanup()
+
+
+def test_the_scheduler_going_away_pauses_dispatching_and_its_return_resumes_it(
+    tmp_path: Path, dataset: Path
+) -> None:
+    # The real command-line processes, as on a host: a scheduler that crashes (SIGKILL)
+    # while its worker runs trial 0, and comes back on the same port.
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "SENTINEL_TEST_FAULTS": "1", "SENTINEL_DASK_THREADS": "1"}
+    daemon = dask_daemon(tmp_path, dataset, address, SENTINEL_DISPATCH__CONNECT_TIMEOUT_S="2")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(*argv: str) -> subprocess.Popen[bytes]:
+        log = (tmp_path / "dask.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *argv],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        procs.append(proc)
+        return proc
+
+    scheduler_argv = ("distributed.cli.dask_scheduler", "--port", str(port), "--no-dashboard")
+    worker_argv = (
+        "distributed.cli.dask_worker", address, "--nthreads", "1",
+        "--resources", "GPU=1", "--no-dashboard",
+    )  # fmt: skip
+    try:
+        scheduler = spawn(*scheduler_argv)
+        worker = spawn(*worker_argv)
+        daemon.start()
+        job_id = daemon.submit(write_job(daemon.root / "jobs", "paused", space=SLOW_SPACE))
+        wait_for(lambda: daemon.holder_of(f"{job_id}.0.1"), 90, "trial 0 held by a slot")
+        wait_for(lambda: _status_mentions(daemon, "1 trials running"), 60, "trial 0 running")
+        scheduler.kill()
+        scheduler.wait(timeout=30)
+        wait_for(lambda: _status_mentions(daemon, "DISPATCH PAUSED"), 60, "status: paused")
+        assert daemon.running()
+        # A worker whose scheduler went away closes; systemd (Restart=always) starts both
+        # units again, and the scheduler comes back on the same address.
+        worker.wait(timeout=60)
+        spawn(*scheduler_argv)
+        spawn(*worker_argv)
+        daemon.wait_for_job(job_id, timeout=240)
+        wait_for(lambda: _status_mentions(daemon, "dispatch: dask"), 30, "status: connected")
+        events = check_invariants(daemon.state_dir)
+        # The trial did not fail: it went back to the queue and ran again, same attempt.
+        assert not of_type(events, "trial.failed", job_id=job_id)
+        assert started_trials(events, job_id, 0) == [1]
+        assert daemon.stop() == 0
+        records = [r.get("event") for r in daemon.log_records()]
+        assert "dispatch.scheduler_unavailable" in records
+        assert records.count("dispatch.scheduler_connected") == 2
+        assert "dispatch.requeued" in records
+    finally:
+        daemon.cleanup()
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cli(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``sentinel <args> --state-dir STATE`` (the real command) and return it."""
+    argv = [
+        sys.executable,
+        "-m",
+        "sentinel_daemon.cli",
+        *args,
+        "--state-dir",
+        str(daemon.state_dir),
+    ]
+    return subprocess.run(argv, env=daemon.env, capture_output=True, text=True, timeout=60)
+
+
+def _status_mentions(daemon: DaemonProcess, text: str) -> bool:
+    """Whether ``sentinel status`` prints ``text``."""
+    return text in _cli(daemon, "status").stdout
+
+
+def started_trials(events: list[dict[str, Any]], job_id: str, trial: int) -> list[int]:
+    """The attempts of ``trial`` that were started, in order."""
+    return [e["attempt"] for e in of_type(events, "trial.started", job_id=job_id, trial=trial)]
