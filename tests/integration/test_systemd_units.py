@@ -217,3 +217,58 @@ def test_the_worker_unit_runs_one_worker_on_its_gpu() -> None:
     assert (args.state_dir, args.worker_id, args.gpu) == (Path("/var/lib/sentinel"), "gpu3", 3)
     # The daemon counts a worker lost after heartbeat_timeout_s without a heartbeat.
     assert args.heartbeat_s * 5 <= Settings().workers.heartbeat_timeout_s
+
+
+# ---- the Dask units (docs/dask.md) -------------------------------------------------------------
+
+DASK_SCHEDULER_UNIT = SYSTEMD / "sentinel-dask-scheduler.service"
+DASK_WORKER_UNIT = SYSTEMD / "sentinel-dask-worker@.service"
+DASK_UNITS = [DASK_SCHEDULER_UNIT, DASK_WORKER_UNIT]
+DASK = "/opt/sentinel/venv/bin/dask"
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", DASK_UNITS, ids=lambda u: u.name)
+def test_the_dask_units_verify_silently_and_are_hardened(tmp_path: Path, unit: Path) -> None:
+    stub = tmp_path / "bin" / "dask"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    assert [s.split()[0] for s in parse_unit(unit)["Service"]["ExecStart"]] == [DASK]
+    copy = tmp_path / unit.name.replace("@.", "@0.")
+    copy.write_text(unit.read_text().replace(DASK, str(stub)))
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert exposure(unit) <= MAX_EXPOSURE
+
+
+def test_the_dask_scheduler_leaves_retries_to_sentinel() -> None:
+    unit = parse_unit(DASK_SCHEDULER_UNIT)
+    # A worker's death fails its task at once; trials.max_attempts decides about retries.
+    assert environment(unit)["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] == "0"
+    argv = one(unit, "ExecStart").split()
+    assert argv[1:4] == ["scheduler", "--port", "8786"]
+    assert one(unit, "User") == "sentinel" and one(unit, "Restart") == "always"
+
+
+def test_the_dask_worker_unit_takes_one_trial_at_a_time_on_its_gpu() -> None:
+    unit = parse_unit(DASK_WORKER_UNIT)
+    env = environment(unit)
+    assert env["CUDA_VISIBLE_DEVICES"] == "%i"
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    argv = one(unit, "ExecStart").split()
+    assert argv[1:3] == ["worker", "${DASK_SCHEDULER}"]
+
+    def flag(name: str) -> str:
+        return argv[argv.index(name) + 1]
+
+    assert flag("--nthreads") == "1" and flag("--nworkers") == "1"
+    # What every trial asks for (dispatch.resource, one unit).
+    assert flag("--resources") == f"{Settings().dispatch.resource}=1"
+    assert one(unit, "User") == "sentinel" and one(unit, "Group") == "sentinel-ops"
+    assert one(unit, "Restart") == "always"  # it exits when its scheduler goes away
+    service = unit["Service"]
+    assert service["DeviceAllow"] == ["char-nvidia* rw"]
+    assert "/var/lib/sentinel" in service["ReadWritePaths"]  # the shared state directory
