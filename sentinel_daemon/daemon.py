@@ -492,7 +492,7 @@ class Daemon:
         self.metrics.sampled(
             readings,
             pending=pending,
-            workers_alive=len(pids),
+            workers_alive=self.supervisor.workers_alive(),
             blocked=not self.admission.admitting,
         )
 

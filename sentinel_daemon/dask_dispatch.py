@@ -215,7 +215,7 @@ def check_paths(marker: str, expected: str, reads: list[str], writes: list[str])
         while not os.path.exists(existing) and os.path.dirname(existing) != existing:
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-            problems.append(f"cannot write into {folder} ({existing} is not writable)")
+            problems.append(f"cannot write into {folder} ({existing} is not a writable folder)")
     return problems
 
 
@@ -279,6 +279,7 @@ class DaskDispatcher:
         self._slot_count = 0
         self._checked: set[str] = set()  # job ids whose paths every worker can reach
         self._checks: dict[str, _Check] = {}
+        self._check_after: dict[str, float] = {}  # job id -> when to ask again
         self._inbound: deque[dict[str, Any]] = deque()  # filled by the client's thread
         self._stopping = False
 
@@ -290,6 +291,9 @@ class DaskDispatcher:
     def worker_ids(self) -> list[WorkerId]:
         """Every slot id: they hold commands but are no processes with heartbeats."""
         return [self._slot_id(i) for i in range(self._slot_count)]
+
+    def workers_alive(self) -> int:
+        return self.cluster_workers
 
     def worker_pids(self) -> dict[WorkerId, int]:
         return {}  # nothing runs on this host: resources are the Dask workers' hosts'
@@ -325,8 +329,8 @@ class DaskDispatcher:
         self._drain_inbound(result)
         for task in list(self._tasks.values()):
             self._follow(task, result)
-        self._finish_checks(client, result)
-        self._dispatch(client, result)
+        self._finish_checks(result, now)
+        self._dispatch(client, result, now)
         return result
 
     def stop(self, grace_s: float) -> list[Event]:
@@ -562,26 +566,25 @@ class DaskDispatcher:
 
     # -- dispatching -------------------------------------------------------------------------
 
-    def _dispatch(self, client: distributed.Client, result: PollResult) -> None:
-        for task in self._tasks.values():  # commands whose job's check has now passed
-            if task.future is None and task.command.job_id in self._checked:
-                self._submit(client, task)
+    def _dispatch(self, client: distributed.Client, result: PollResult, now: float) -> None:
         while len(self._tasks) < self.capacity:
             slot = self._free_slot()
             claimed = self.queue.claim(slot)
             if claimed is None:
-                return
+                break
             if slot not in self._announced:
                 result.events.append(WorkerStarted(worker=slot, pid=0, gpu=None))
                 self._announced.add(slot)
-            task = _Task(slot, claimed.command)
-            self._tasks[claimed.command.command_id] = task
-            job_id = claimed.command.job_id
+            self._tasks[claimed.command.command_id] = _Task(slot, claimed.command)
+        for task in list(self._tasks.values()):
+            if task.future is not None:
+                continue
+            job_id = task.command.job_id
             if job_id in self._checked:
                 self._submit(client, task)
-            elif job_id not in self._checks:
+            elif job_id not in self._checks and now >= self._check_after.get(job_id, 0.0):
                 self._checks[job_id] = _Check(
-                    job_id, self._ops.submit(self._check_job, client, claimed.command)
+                    job_id, self._ops.submit(self._check_job, client, task.command)
                 )
 
     def _submit(self, client: distributed.Client, task: _Task) -> None:
@@ -620,19 +623,20 @@ class DaskDispatcher:
             atomic_write_bytes(path, text.encode())
             return text
 
-    def _finish_checks(self, client: distributed.Client, result: PollResult) -> None:
+    def _finish_checks(self, result: PollResult, now: float) -> None:
         for job_id, check in list(self._checks.items()):
             if not check.future.done():
                 continue
             del self._checks[job_id]
             try:
                 answers = check.future.result()
-            except Exception as exc:
-                log.warning("dispatch.check_failed", job=job_id, error=str(exc))
-                continue  # asked again with the job's next claimed command
+            except Exception as exc:  # the connection went, a worker left meanwhile...
+                log.warning("dispatch.check_failed", job=job_id, error=str(exc)[:500])
+                answers = {}
+            if not answers:  # no worker to ask (yet): ask again a little later
+                self._check_after[job_id] = now + self.settings.retry_s
+                continue
             problems = [f"{w}: {p}" for w, ps in sorted(answers.items()) for p in ps]
-            if not answers:
-                continue  # no worker to ask yet
             if not problems:
                 self._checked.add(job_id)
                 log.info("dispatch.paths_checked", job=job_id, workers=len(answers))

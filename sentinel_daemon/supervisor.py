@@ -200,6 +200,10 @@ class Supervisor:
         """The backend, for ``health.json`` and ``sentinel status``."""
         return {"backend": "local", "workers": len(self.worker_ids())}
 
+    def workers_alive(self) -> int:
+        """Worker processes running now (for the metrics)."""
+        return len(self.worker_pids())
+
     def gpus_in_use(self) -> set[int]:
         """The GPUs the slots were given (for admission control)."""
         return {s.gpu for s in self.slots if s.gpu is not None}

@@ -53,7 +53,7 @@ def local_cluster(**kwargs: Any) -> distributed.LocalCluster:
                 "threads_per_worker": 1,
                 "processes": True,
                 "resources": {"GPU": 1},
-                "dashboard_address": None,
+                "dashboard_address": ":0",
                 "silence_logs": 40,
                 **kwargs,
             }
@@ -138,12 +138,16 @@ def test_a_job_completes_on_a_dask_cluster_with_every_invariant(
     assert daemon.stop() == 0
 
 
-def test_a_prune_request_reaches_the_trial_on_the_cluster(daemon: DaemonProcess) -> None:
+def test_a_prune_request_reaches_the_trial_on_the_cluster(
+    daemon: DaemonProcess, cluster: distributed.LocalCluster
+) -> None:
     # Cancelling a job asks its running trials to stop, through the same prune request the
-    # pruner uses; on Dask it travels as a distributed.Event that the task polls.
+    # pruner uses; on Dask it travels as a distributed.Event that the task polls. Trial 0
+    # would take 40 s (200 slow rounds); stopped at a report, it ends in well under that.
+    long = {"xgboost": {**SLOW_SPACE["xgboost"], "n_estimators": [200, 201]}}
     daemon.start()
-    job_id = daemon.submit(write_job(daemon.root / "jobs", "dprune", space=SLOW_SPACE))
-    wait_for(lambda: _status_mentions(daemon, "1 trials running"), 60, "trial 0 running")
+    job_id = daemon.submit(write_job(daemon.root / "jobs", "dprune", space=long))
+    worker_pid(cluster, f"{job_id}.0.1")  # running on a Dask worker
     assert _cli(daemon, "cancel", job_id).returncode == 0
     answered = wait_for(
         lambda: [
@@ -152,7 +156,7 @@ def test_a_prune_request_reaches_the_trial_on_the_cluster(daemon: DaemonProcess)
             if r.get("event") == "dispatch.trial_answered"
             and r.get("command_id") == f"{job_id}.0.1"
         ],
-        60,
+        30,
         "trial 0's answer",
     )
     assert answered[0]["kind"] == "pruned"  # stopped at a report, not trained to the end

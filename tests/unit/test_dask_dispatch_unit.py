@@ -1,0 +1,65 @@
+"""The Dask backend's pure parts: the shared-storage check a worker runs, and its settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sentinel_daemon.dask_dispatch import check_paths
+from sentinel_daemon.errors import ConfigError
+from sentinel_daemon.settings import load_settings
+
+
+def test_a_worker_that_sees_the_daemons_state_directory_and_files_has_no_problem(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "dispatch-id").write_text("abc\n")
+    data = tmp_path / "t.csv"
+    data.write_text("x")
+    marker = str(tmp_path / "dispatch-id")
+    assert check_paths(marker, "abc", [str(data)], [str(tmp_path / "a/b")]) == []
+    assert not (tmp_path / "a").exists()  # checked, not created
+
+
+def test_an_empty_folder_at_the_state_path_is_not_the_daemons_state_directory(
+    tmp_path: Path,
+) -> None:
+    (problem,) = check_paths(str(tmp_path / "dispatch-id"), "abc", [], [])
+    assert "does not see the daemon's state directory" in problem and str(tmp_path) in problem
+    (tmp_path / "dispatch-id").write_text("another daemon's")
+    (problem,) = check_paths(str(tmp_path / "dispatch-id"), "abc", [], [])
+    assert "another daemon" in problem
+
+
+def test_data_that_is_no_file_and_folders_that_cannot_be_made_are_named(tmp_path: Path) -> None:
+    # (Root reads and writes everything: a folder given as data, and a folder to be made
+    # below a plain file, fail for any user.)
+    (tmp_path / "dispatch-id").write_text("abc")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    problems = check_paths(
+        str(tmp_path / "dispatch-id"), "abc", [str(tmp_path)], [str(blocker / "trials")]
+    )
+    assert problems == [
+        f"cannot read {tmp_path}",
+        f"cannot write into {blocker / 'trials'} ({blocker} is not a writable folder)",
+    ]
+
+
+def test_missing_data_is_named(tmp_path: Path) -> None:
+    (tmp_path / "dispatch-id").write_text("abc")
+    missing = tmp_path / "nope.csv"
+    assert check_paths(str(tmp_path / "dispatch-id"), "abc", [str(missing)], []) == [
+        f"cannot read {missing}"
+    ]
+
+
+def test_the_dask_backend_without_a_scheduler_is_refused_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SENTINEL_DISPATCH__BACKEND", "dask")
+    with pytest.raises(ConfigError, match=r"dispatch\.scheduler is required"):
+        load_settings()
+    monkeypatch.setenv("SENTINEL_DISPATCH__SCHEDULER", "tcp://10.0.0.5:8786")
+    assert load_settings().dispatch.scheduler == "tcp://10.0.0.5:8786"
