@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/queuedir.py
 	$(BIN)/python bench/daemon.py
+	$(BIN)/python bench/dask.py
 
 # The demo job's report in headless Chromium: every image must render (apt-get install chromium).
 report-check: $(STAMP)

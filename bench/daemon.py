@@ -299,11 +299,13 @@ def event_follower(state: Path) -> Follower:
 # ---- processes -----------------------------------------------------------------------
 
 
-def daemon_env() -> dict[str, str]:
-    """The environment without any operator's SENTINEL_* settings, plus the bench's own."""
+def daemon_env(settings: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment without any operator's SENTINEL_* settings, plus the bench's own
+    (and ``settings``, SENTINEL_* variables of the caller's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
     env["SENTINEL_LOGGING__FORMAT"] = "json"
     env["SENTINEL_SHUTDOWN__GRACE_S"] = GRACE_S
+    env.update(settings or {})
     return env
 
 
@@ -322,11 +324,19 @@ def kill_group(proc: psutil.Process) -> None:
 class DaemonProcess:
     """One ``sentinel run`` over ``state``; :meth:`stop` leaves nothing of it running."""
 
-    def __init__(self, state: Path, workers: int, cwd: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        state: Path,
+        workers: int,
+        cwd: Path,
+        log_path: Path,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.state = state
         self.workers = workers
         self.cwd = cwd
         self.log_path = log_path
+        self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
@@ -339,7 +349,7 @@ class DaemonProcess:
             self.proc = subprocess.Popen(
                 argv,
                 cwd=self.cwd,
-                env=daemon_env(),
+                env=daemon_env(self.settings),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -415,8 +425,15 @@ class Processes:
         self.daemons: list[DaemonProcess] = []
         self.others: list[subprocess.Popen[bytes]] = []
 
-    def daemon(self, state: Path, workers: int, cwd: Path, log_path: Path) -> DaemonProcess:
-        d = DaemonProcess(state, workers, cwd, log_path)
+    def daemon(
+        self,
+        state: Path,
+        workers: int,
+        cwd: Path,
+        log_path: Path,
+        settings: dict[str, str] | None = None,
+    ) -> DaemonProcess:
+        d = DaemonProcess(state, workers, cwd, log_path, settings)
         self.daemons.append(d)
         return d
 
@@ -534,10 +551,12 @@ class Session:
         self.quiesced_s = 0.0
 
     def wait(self, match: Callable[[dict[str, Any]], bool], what: str, start: int = 0,
-             timeout: float | None = None) -> tuple[float, dict[str, Any], int]:  # fmt: skip
+             timeout: float | None = None,
+             pause: float = 0.0005) -> tuple[float, dict[str, Any], int]:  # fmt: skip
         return self.log.wait_for(
-            match, timeout or self.sizes.timeout_s, what, start, alive=self.daemon.check_alive
-        )
+            match, timeout or self.sizes.timeout_s, what, start, alive=self.daemon.check_alive,
+            pause=pause,
+        )  # fmt: skip
 
     def quiesce(self) -> None:
         """Wait until the daemon's job-report child (one per ended job) has finished.
@@ -580,14 +599,20 @@ class Session:
         os.rename(tmp, final)
         return job_id_of(doc["name"], body), t0, wall
 
-    def run_job(self, doc: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-        """Submit, wait for the job to end; its records (the job must complete)."""
+    def run_job(
+        self, doc: dict[str, Any], pause: float = 0.0005
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Submit, wait for the job to end; its records (the job must complete).
+
+        ``pause``: how long to sleep between looks at the log (figures from the records'
+        own ``ts`` need no quick look, and a slower one takes less CPU from the trials).
+        """
         start = len(self.log.items)
         job_id, _, _ = self.submit(doc)
         self.wait(lambda r: r.get("job_id") == job_id and r["type"] == "job.submitted",
-                  f"job.submitted of {job_id}", start)  # fmt: skip
+                  f"job.submitted of {job_id}", start, pause=pause)  # fmt: skip
         _, end, _ = self.wait(lambda r: r.get("job_id") == job_id and r["type"] in JOB_END,
-                              f"the end of job {job_id}", start)  # fmt: skip
+                              f"the end of job {job_id}", start, pause=pause)  # fmt: skip
         records = [r for _, r in self.log.items[start:] if r.get("job_id") == job_id]
         if end["type"] != "job.completed":
             raise BenchError(f"job {job_id} ended {end['type']}: {end.get('reason')}")
@@ -780,20 +805,69 @@ def calibrate(
     return data, rows
 
 
+@dataclass(frozen=True)
+class TrialTime:
+    """One saved trial of a job, timed from the log and from its model's ``meta.json``."""
+
+    trial: int
+    worker: str  # the worker id in the model's folder name (``<attempt>-<worker_id>``)
+    started: float  # epoch of trial.started (the last attempt's), the record's ts
+    wall: float  # trial.started -> trial.saved, the records' ts
+    train_s: float  # train_seconds: fitting
+    score_s: float  # score_seconds: scoring the validation split
+    duration_s: float  # the worker's own measure of the trial (trial.saved's duration_s)
+
+    @property
+    def ml_s(self) -> float:
+        return self.train_s + self.score_s
+
+    @property
+    def overhead(self) -> float:
+        """Everything but the ML work: queue hand-offs, saving, posting, the daemon's side."""
+        return self.wall - self.ml_s
+
+
+def trial_times(state: Path, records: list[dict[str, Any]]) -> list[TrialTime]:
+    """Every ``trial.saved`` of ``records`` (one job's), in log order."""
+    started = {r["trial"]: ts_epoch(r["ts"]) for r in records if r["type"] == "trial.started"}
+    times = []
+    for r in records:
+        if r["type"] != "trial.saved":
+            continue
+        meta = orjson.loads(meta_of(state, r["artifact"]).read_bytes())
+        times.append(
+            TrialTime(
+                trial=r["trial"],
+                worker=Path(r["artifact"]).parent.name.partition("-")[2],
+                started=started[r["trial"]],
+                wall=ts_epoch(r["ts"]) - started[r["trial"]],
+                train_s=float(meta["train_seconds"]),
+                score_s=float(meta.get("score_seconds", 0.0)),
+                duration_s=float(r["duration_s"]),
+            )
+        )
+    return times
+
+
+def search_seconds(records: list[dict[str, Any]]) -> float:
+    """One job's first ``trial.started`` to its search stage's ``stage.completed`` (ts)."""
+    first = min(ts_epoch(r["ts"]) for r in records if r["type"] == "trial.started")
+    done = next(
+        ts_epoch(r["ts"])
+        for r in records
+        if r["type"] == "stage.completed" and r["stage"] == "search"
+    )
+    return done - first
+
+
 def bench_overhead(
     session: Session, mid: Data, data_rows: int, sizes: Sizes, report: Report
 ) -> None:
     doc = job_doc("bench-overhead", mid, n_trials=sizes.overhead_trials + 1, space=overhead_space())
     _, records = session.run_job(doc)
-    started = {r["trial"]: ts_epoch(r["ts"]) for r in records if r["type"] == "trial.started"}
-    rows = []
-    for r in records:
-        if r["type"] != "trial.saved" or r["trial"] == 0:
-            continue
-        meta = orjson.loads(meta_of(session.state, r["artifact"]).read_bytes())
-        train_s = float(meta["train_seconds"]) + float(meta.get("score_seconds", 0.0))
-        wall = ts_epoch(r["ts"]) - started[r["trial"]]
-        rows.append((wall, train_s, float(r["duration_s"])))
+    rows = [
+        (t.wall, t.ml_s, t.duration_s) for t in trial_times(session.state, records) if t.trial != 0
+    ]
     if not rows:
         raise BenchError("the overhead job saved no trial after its first")
     overhead = [w - t for w, t, _ in rows]
@@ -868,20 +942,11 @@ def sentinel_rate(session: Session, tiny: Data, sampler: str, n: int, tag: str) 
     job_id, records = session.run_job(doc)
     elapsed = time.perf_counter() - t0
     cpu, wcpu = cpu_seconds([main]) - cpu0, cpu_seconds(workers) - wcpu0
-    first = min(ts_epoch(r["ts"]) for r in records if r["type"] == "trial.started")
-    done = next(
-        ts_epoch(r["ts"])
-        for r in records
-        if r["type"] == "stage.completed" and r["stage"] == "search"
-    )
-    saved = [r for r in records if r["type"] == "trial.saved"]
+    saved = trial_times(session.state, records)
     if len(saved) != n:
         raise BenchError(f"job {job_id}: {len(saved)} of {n} trials saved")
-    train_s = [
-        float(orjson.loads(meta_of(session.state, r["artifact"]).read_bytes())["train_seconds"])
-        for r in saved
-    ]
-    return SentinelRun(n / (done - first), cpu / n, cpu / elapsed, wcpu / n, train_s)
+    train_s = [t.train_s for t in saved]
+    return SentinelRun(n / search_seconds(records), cpu / n, cpu / elapsed, wcpu / n, train_s)
 
 
 def meta_of(state: Path, artifact: str) -> Path:
