@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +28,22 @@ def work_parent(requested: Path | None) -> tuple[Path, bool]:
     created = not parent.exists()
     parent.mkdir(exist_ok=True)
     return parent, created
+
+
+@contextlib.contextmanager
+def work_root(prefix: str, requested: Path | None, keep: bool = False) -> Iterator[Path]:
+    """A fresh work folder under :func:`work_parent`, removed afterwards unless ``keep``."""
+    parent, created_parent = work_parent(requested)
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield root
+    finally:
+        if keep:
+            progress(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            if created_parent:
+                shutil.rmtree(parent, ignore_errors=True)
 
 
 def progress(message: str) -> None:

@@ -71,7 +71,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -86,7 +85,7 @@ import optuna
 import orjson
 import psutil
 import xgboost
-from benchkit import filesystem_of, progress, rate, work_parent
+from benchkit import filesystem_of, progress, rate, work_root
 from benchkit import print_table as print_rows
 
 from sentinel_daemon import __version__, ml
@@ -1400,24 +1399,17 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     t_start = time.perf_counter()
-    parent, created_parent = work_parent(args.dir)
-    root = Path(tempfile.mkdtemp(prefix="sentinel-bench-daemon-", dir=parent))
     report = Report()
     procs = Processes()
-    try:
-        for line in header(args, root):
-            print(line)
-        print(flush=True)
-        bench(root, sizes, procs, report)
-    finally:
-        procs.stop_all()
-        signal.signal(signal.SIGTERM, previous)
-        if args.keep:
-            progress(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-            if created_parent:
-                shutil.rmtree(parent, ignore_errors=True)
+    with work_root("sentinel-bench-daemon-", args.dir, args.keep) as root:
+        try:
+            for line in header(args, root):
+                print(line)
+            print(flush=True)
+            bench(root, sizes, procs, report)
+        finally:
+            procs.stop_all()
+            signal.signal(signal.SIGTERM, previous)
 
     print_table(report.rows)
     print()

@@ -55,10 +55,8 @@ import logging
 import os
 import platform
 import shlex
-import shutil
 import signal
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -69,7 +67,7 @@ import dask
 import distributed
 import psutil
 import xgboost
-from benchkit import filesystem_of, print_table, progress, work_parent
+from benchkit import filesystem_of, print_table, progress, work_root
 from daemon import (
     QUICK,
     BenchError,
@@ -415,24 +413,17 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     t_start = time.perf_counter()
-    parent, created_parent = work_parent(args.dir)
-    root = Path(tempfile.mkdtemp(prefix="sentinel-bench-dask-", dir=parent))
     procs = Processes()
     results = Results()
-    try:
-        for line in header(args, root, threads):
-            print(line)
-        print(flush=True)
-        bench(root, sizes, procs, results)
-    finally:
-        procs.stop_all()
-        signal.signal(signal.SIGTERM, previous)
-        if args.keep:
-            progress(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-            if created_parent:
-                shutil.rmtree(parent, ignore_errors=True)
+    with work_root("sentinel-bench-dask-", args.dir, args.keep) as root:
+        try:
+            for line in header(args, root, threads):
+                print(line)
+            print(flush=True)
+            bench(root, sizes, procs, results)
+        finally:
+            procs.stop_all()
+            signal.signal(signal.SIGTERM, previous)
 
     print_table(
         ("what", "local", "dask", "dask/local", "better"),

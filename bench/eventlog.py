@@ -39,11 +39,9 @@ import os
 import platform
 import random
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,7 +52,7 @@ from typing import Any
 
 import orjson
 import pydantic
-from benchkit import filesystem_of, progress, rate, work_parent
+from benchkit import filesystem_of, progress, rate, work_root
 from benchkit import print_table as print_rows
 
 from sentinel_daemon.eventlog import FileLog, LogScan, segment_name
@@ -731,10 +729,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
 
     t_start = time.perf_counter()
-    parent, created_parent = work_parent(args.dir)
-    root = Path(tempfile.mkdtemp(prefix="sentinel-bench-", dir=parent))
     report = Report()
-    try:
+    with work_root("sentinel-bench-", args.dir) as root:
         for line in header(args, root):
             print(line)
         print(flush=True)
@@ -749,10 +745,6 @@ def main(argv: list[str] | None = None) -> int:
         replay_dir = root / "replay"
         bench_replay(replay_dir, sizes, Workload(seed=11), report)
         bench_startup(root, replay_dir, sizes, Workload(seed=11), report)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-        if created_parent:
-            shutil.rmtree(parent, ignore_errors=True)
 
     print_table(report.rows)
     print()

@@ -31,10 +31,8 @@ import argparse
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +40,7 @@ from pathlib import Path
 
 import orjson
 import pydantic
-from benchkit import filesystem_of, progress, rate, work_parent
+from benchkit import filesystem_of, progress, rate, work_root
 from benchkit import print_table as print_rows
 
 from sentinel_daemon.fsutil import fsync_dir
@@ -338,18 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
 
     t_start = time.perf_counter()
-    parent, created_parent = work_parent(args.dir)
-    root = Path(tempfile.mkdtemp(prefix="sentinel-bench-queue-", dir=parent))
     report = Report()
-    try:
+    with work_root("sentinel-bench-queue-", args.dir) as root:
         for line in header(args, root):
             print(line)
         print(flush=True)
         bench(root, sizes, report)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-        if created_parent:
-            shutil.rmtree(parent, ignore_errors=True)
 
     print_table(report.rows)
     print()
