@@ -243,10 +243,10 @@ class DaskDispatcher:
     """Dispatches ``state_dir``'s queued commands to a Dask scheduler (see the module doc).
 
     The daemon drives it as it drives the local supervisor: :meth:`start`, :meth:`poll`
-    each turn (never blocking: connecting and path checks run on a helper thread),
-    :meth:`stop`. ``client_factory`` builds the ``distributed.Client`` (tests may pass
-    one that connects to a ``LocalCluster``); the default connects to
-    ``settings.scheduler``.
+    each turn, :meth:`stop`. What may wait on the scheduler (connecting, counting workers,
+    path checks, prune events) runs on a helper thread; the core loop only submits (which
+    does not wait) and fetches a finished task's answer (one round trip to the worker,
+    bounded by 5 s). ``worker_state_dir`` overrides ``settings.worker_state_dir``.
     """
 
     def __init__(
