@@ -120,14 +120,11 @@ class DaskChannel:
     """
 
     def __init__(self, worker: distributed.Worker, slot: str, execution: str) -> None:
-        import distributed
-
         self.worker = worker
         self.slot = slot
         self.execution = execution
         self.final: dict[str, Any] | None = None
         self._prune: distributed.Event | None = None
-        self._prune_event = distributed.Event
 
     def send(self, kind: Any, command_id: str, **fields: Any) -> Any:
         message = kind.model_validate(
@@ -144,9 +141,11 @@ class DaskChannel:
         return message
 
     def should_prune(self, command_id: str) -> bool:
+        import distributed
+
         try:
             if self._prune is None:
-                self._prune = self._prune_event(PRUNE_PREFIX + command_id)
+                self._prune = distributed.Event(PRUNE_PREFIX + command_id)
             return bool(self._prune.is_set())
         except Exception as exc:
             raise self._gone(exc) from exc
