@@ -6,8 +6,11 @@ import contextlib
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,3 +89,33 @@ def print_table(
     print("  ".join("-" * w for w in widths))
     for c in cells[1:]:
         print(fmt(c))
+
+
+def verdict(passed: bool | None) -> str:
+    """A row's result column: PASS, FAIL, or info for a figure that counts towards nothing."""
+    if passed is None:
+        return "info"
+    return "PASS" if passed else "FAIL"
+
+
+@dataclass
+class Report:
+    """What a benchmark found: its table's rows (each with ``what`` and ``passed``), notes."""
+
+    rows: list[Any] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def print_notes_and_summary(report: Report, t_start: float) -> None:
+    """After the table: the notes, then the targets passed and the wall time."""
+    print()
+    for note in report.notes:
+        print(f"note: {note}")
+    counted = [r for r in report.rows if r.passed is not None]
+    passed = sum(1 for r in counted if r.passed)
+    failed = "; ".join(r.what for r in counted if not r.passed) or "none"
+    print()
+    print(
+        f"summary: {passed}/{len(counted)} targets passed; failed: {failed}; "
+        f"wall time {time.perf_counter() - t_start:.1f} s"
+    )

@@ -74,7 +74,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -85,7 +85,15 @@ import optuna
 import orjson
 import psutil
 import xgboost
-from benchkit import filesystem_of, progress, rate, work_root
+from benchkit import (
+    Report,
+    filesystem_of,
+    print_notes_and_summary,
+    progress,
+    rate,
+    verdict,
+    work_root,
+)
 from benchkit import print_table as print_rows
 
 from sentinel_daemon import __version__, ml
@@ -190,15 +198,7 @@ class Row:
 
     @property
     def result(self) -> str:
-        if self.passed is None:
-            return "info"
-        return "PASS" if self.passed else "FAIL"
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+        return verdict(self.passed)
 
 
 class BenchError(RuntimeError):
@@ -1412,17 +1412,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
     print_table(report.rows)
-    print()
-    for note in report.notes:
-        print(f"note: {note}")
-    counted = [r for r in report.rows if r.passed is not None]
-    passed = sum(1 for r in counted if r.passed)
-    failed = "; ".join(r.what for r in counted if not r.passed) or "none"
-    print()
-    print(
-        f"summary: {passed}/{len(counted)} targets passed; failed: {failed}; "
-        f"wall time {time.perf_counter() - t_start:.1f} s"
-    )
+    print_notes_and_summary(report, t_start)
     return 0
 
 

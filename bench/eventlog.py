@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -52,7 +52,15 @@ from typing import Any
 
 import orjson
 import pydantic
-from benchkit import filesystem_of, progress, rate, work_root
+from benchkit import (
+    Report,
+    filesystem_of,
+    print_notes_and_summary,
+    progress,
+    rate,
+    verdict,
+    work_root,
+)
 from benchkit import print_table as print_rows
 
 from sentinel_daemon.eventlog import FileLog, LogScan, segment_name
@@ -138,15 +146,7 @@ class Row:
 
     @property
     def result(self) -> str:
-        if self.passed is None:
-            return "info"
-        return "PASS" if self.passed else "FAIL"
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+        return verdict(self.passed)
 
 
 # ---- workload ---------------------------------------------------------------------------
@@ -747,17 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_startup(root, replay_dir, sizes, Workload(seed=11), report)
 
     print_table(report.rows)
-    print()
-    for note in report.notes:
-        print(f"note: {note}")
-    counted = [r for r in report.rows if r.passed is not None]
-    passed = sum(1 for r in counted if r.passed)
-    print()
-    failed = "; ".join(r.what for r in counted if not r.passed) or "none"
-    print(
-        f"summary: {passed}/{len(counted)} targets passed; failed: {failed}; "
-        f"wall time {time.perf_counter() - t_start:.1f} s"
-    )
+    print_notes_and_summary(report, t_start)
     return 0
 
 

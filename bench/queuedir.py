@@ -35,12 +35,20 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pydantic
-from benchkit import filesystem_of, progress, rate, work_root
+from benchkit import (
+    Report,
+    filesystem_of,
+    print_notes_and_summary,
+    progress,
+    rate,
+    verdict,
+    work_root,
+)
 from benchkit import print_table as print_rows
 
 from sentinel_daemon.fsutil import fsync_dir
@@ -75,15 +83,7 @@ class Row:
 
     @property
     def result(self) -> str:
-        if self.passed is None:
-            return "info"
-        return "PASS" if self.passed else "FAIL"
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+        return verdict(self.passed)
 
 
 def commands(count: int, job: str) -> list[TrialCommand]:
@@ -344,17 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         bench(root, sizes, report)
 
     print_table(report.rows)
-    print()
-    for note in report.notes:
-        print(f"note: {note}")
-    counted = [r for r in report.rows if r.passed is not None]
-    passed = sum(1 for r in counted if r.passed)
-    failed = "; ".join(r.what for r in counted if not r.passed) or "none"
-    print()
-    print(
-        f"summary: {passed}/{len(counted)} targets passed; failed: {failed}; "
-        f"wall time {time.perf_counter() - t_start:.1f} s"
-    )
+    print_notes_and_summary(report, t_start)
     return 0
 
 
