@@ -1384,6 +1384,25 @@ def print_table(rows: list[Row]) -> None:
     )
 
 
+@contextlib.contextmanager
+def bench_session(prefix: str, args: argparse.Namespace, procs: Processes) -> Iterator[Path]:
+    """The run's work folder (``args.dir``, ``args.keep``); every process in ``procs`` is
+    stopped at the end, and SIGTERM ends the run the way Ctrl-C does."""
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt  # so that the finally below stops every process
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with work_root(prefix, args.dir, args.keep) as root:
+            try:
+                yield root
+            finally:
+                procs.stop_all()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
@@ -1394,22 +1413,14 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt  # so that the finally below stops every daemon
-
-    previous = signal.signal(signal.SIGTERM, on_term)
     t_start = time.perf_counter()
     report = Report()
     procs = Processes()
-    with work_root("sentinel-bench-daemon-", args.dir, args.keep) as root:
-        try:
-            for line in header(args, root):
-                print(line)
-            print(flush=True)
-            bench(root, sizes, procs, report)
-        finally:
-            procs.stop_all()
-            signal.signal(signal.SIGTERM, previous)
+    with bench_session("sentinel-bench-daemon-", args, procs) as root:
+        for line in header(args, root):
+            print(line)
+        print(flush=True)
+        bench(root, sizes, procs, report)
 
     print_table(report.rows)
     print_notes_and_summary(report, t_start)

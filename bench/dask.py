@@ -55,19 +55,17 @@ import logging
 import os
 import platform
 import shlex
-import signal
 import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from types import FrameType
 
 import dask
 import distributed
 import psutil
 import xgboost
-from benchkit import filesystem_of, print_table, progress, work_root
+from benchkit import filesystem_of, print_table, progress
 from daemon import (
     QUICK,
     BenchError,
@@ -76,6 +74,7 @@ from daemon import (
     Processes,
     Session,
     TrialTime,
+    bench_session,
     job_doc,
     make_data,
     ms,
@@ -408,22 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     # 8787 or, when that is taken (another cluster on the host), on a random port.
     warnings.filterwarnings("ignore", r"Port \d+ is already in use", UserWarning)
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt  # so that the finally blocks stop every process
-
-    previous = signal.signal(signal.SIGTERM, on_term)
     t_start = time.perf_counter()
     procs = Processes()
     results = Results()
-    with work_root("sentinel-bench-dask-", args.dir, args.keep) as root:
-        try:
-            for line in header(args, root, threads):
-                print(line)
-            print(flush=True)
-            bench(root, sizes, procs, results)
-        finally:
-            procs.stop_all()
-            signal.signal(signal.SIGTERM, previous)
+    with bench_session("sentinel-bench-dask-", args, procs) as root:
+        for line in header(args, root, threads):
+            print(line)
+        print(flush=True)
+        bench(root, sizes, procs, results)
 
     print_table(
         ("what", "local", "dask", "dask/local", "better"),
