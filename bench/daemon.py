@@ -920,7 +920,13 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
 def daemon_and_workers(daemon: DaemonProcess) -> tuple[psutil.Process, list[psutil.Process]]:
     assert daemon.proc is not None
     main = psutil.Process(daemon.proc.pid)
-    workers = [c for c in main.children() if "sentinel_daemon.worker" in " ".join(c.cmdline())]
+    workers = []
+    for child in main.children():
+        # A stage process that has just exited is a zombie until the daemon reaps it, and
+        # psutil refuses its command line: skip any child that is gone or going.
+        with contextlib.suppress(psutil.Error):
+            if "sentinel_daemon.worker" in " ".join(child.cmdline()):
+                workers.append(child)
     return main, workers
 
 
