@@ -59,23 +59,23 @@ def encode_line(seq: int, ts: str, payload: dict[str, Any]) -> bytes:
 def encode_batch(first_seq: int, ts: str, payloads: list[dict[str, Any]]) -> bytes:
     """Serialise consecutive records (seq ``first_seq``, ...) exactly as :func:`encode_line`.
 
-    The hot path of group commit: one ``join`` for the batch, and each checksum computed
-    over the prefix and the event's JSON in place instead of over a concatenated copy.
+    The hot path of group commit: each line is built by one ``%`` format and checksummed
+    whole, and the batch joined once. (Building lines from ``memoryview`` slices instead, to
+    skip copying the event's JSON, measured three times slower: ``join`` of views is slow.)
     """
     if len(ts) != TS_LEN:
         raise ValueError(f"timestamp {ts!r} is not in the log's fixed-width form")
     tsb = ts.encode()
-    parts: list[bytes | memoryview] = []
+    lines: list[bytes] = []
     crc32 = zlib.crc32
     dumps = orjson.dumps
     for i, payload in enumerate(payloads):
         if not ENVELOPE_KEYS.isdisjoint(payload):
             clash = sorted(ENVELOPE_KEYS.intersection(payload))
             raise ValueError(f"event field {clash[0]!r} clashes with the record envelope")
-        prefix = b'{"seq":%d,"ts":"%s",' % (first_seq + i, tsb)
-        inner = memoryview(dumps(payload))[1:-1]
-        parts += (prefix, inner, b',"crc":"%08x"}\n' % crc32(inner, crc32(prefix)))
-    return b"".join(parts)
+        head = b'{"seq":%d,"ts":"%s",%s' % (first_seq + i, tsb, dumps(payload)[1:-1])
+        lines.append(b'%s,"crc":"%08x"}\n' % (head, crc32(head)))
+    return b"".join(lines)
 
 
 def decode_line(line: bytes) -> Record:
