@@ -4,10 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from sentinel_daemon import ml
-from sentinel_daemon.ml import features
+from sentinel_daemon.ml import cache, features
 from sentinel_daemon.ml.loading import load
 
 from .helpers import Synthetic, minimal_transactions
@@ -56,6 +57,27 @@ def test_a_damaged_cache_file_is_rebuilt(synthetic: Synthetic, tmp_path: Path) -
         synthetic.transactions, synthetic.identity, tmp_path, test_fraction=0.2, valid_fraction=0.2
     )
     assert third.from_cache
+
+
+def test_a_cache_of_many_row_groups_and_column_blocks_reads_back_exactly(
+    synthetic: Synthetic, prepared: ml.Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row groups and column blocks that do not line up with the splits or each other.
+
+    The reader decodes one block ahead in a thread and copies each block into the split
+    arrays at the rows it covers; every feature must land where a direct build puts it.
+    """
+    monkeypatch.setattr(cache, "_ROW_GROUP", 317)  # split boundaries fall inside groups
+    monkeypatch.setattr(cache, "_COLUMN_BLOCK", 29)  # the last block of a group is short
+    first = ml.prepare(
+        synthetic.transactions, synthetic.identity, tmp_path, test_fraction=0.2, valid_fraction=0.2
+    )
+    groups = pq.ParquetFile(first.cache_path).num_row_groups
+    assert groups == -(-len(first.y) // 317) and len(first.feature_names) % 29 != 0
+    again = ml.prepare(
+        synthetic.transactions, synthetic.identity, tmp_path, test_fraction=0.2, valid_fraction=0.2
+    )
+    assert again.from_cache and parts_equal(prepared, again) and parts_equal(first, again)
 
 
 def test_changed_input_bytes_change_the_cache_key(tmp_path: Path) -> None:
