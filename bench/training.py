@@ -141,7 +141,7 @@ def memory_probe(tx: Path, ident: Path, cache_dir: Path) -> None:
                 return int(line.split()[1]) * 1024
         raise KeyError(name)
 
-    # Warm up on a tiny data set first, so that the code pages of the Parquet and zstd
+    # Warm up on a tiny data set first, so that the code pages of the Parquet and LZ4
     # readers (tens of MiB of shared libraries) are not counted as matrix memory.
     with tempfile.TemporaryDirectory() as tiny:
         small = synth.generate(2000, Path(tiny), seed=1)
