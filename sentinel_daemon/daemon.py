@@ -740,6 +740,8 @@ class Daemon:
         reads nothing, and the next rewrite fixes it. Best effort: errors are ignored.
         """
         health = dict(health or {"status": "ok", "pid": os.getpid()})
+        # Relative data paths in job files resolve against it: `sentinel submit` checks.
+        health["cwd"] = str(self.cwd)
         if self.supervisor is not None:
             health["dispatch"] = self.supervisor.describe()
         data = orjson.dumps(health)[: HEALTH_BYTES - 1]

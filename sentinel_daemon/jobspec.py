@@ -24,6 +24,7 @@ import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias, get_args
 
@@ -249,6 +250,8 @@ class ParsedJob:
     spec: JobSpec
     sha256: str
     raw: dict[str, Any]
+    #: The data paths as the file writes them ("data.transactions" -> "data/tx.csv").
+    data_as_written: dict[str, str] = dataclass_field(default_factory=dict)
 
     @property
     def job_id(self) -> JobId:
@@ -306,8 +309,12 @@ def parse_job_file(
             f"the top level must be a mapping (name: ..., data: ...), not {_kind(doc)}",
         )
     spec = _validate(path, doc)
+    written = {"data.transactions": spec.data.transactions}
+    if spec.data.identity is not None:
+        written["data.identity"] = spec.data.identity
     spec = _resolve_data(path, spec, data_roots=data_roots, base_dir=base_dir)
-    return ParsedJob(spec=spec, sha256=sha256, raw=spec.model_dump(mode="json", exclude_none=True))
+    raw = spec.model_dump(mode="json", exclude_none=True)
+    return ParsedJob(spec=spec, sha256=sha256, raw=raw, data_as_written=written)
 
 
 def _sha256(data: bytes) -> str:

@@ -31,7 +31,7 @@ from sentinel_daemon.errors import SentinelError
 from sentinel_daemon.events import ModelKind, Stage
 from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
 from sentinel_daemon.inbox import is_job_name, submit_file
-from sentinel_daemon.jobspec import JobSpecError, parse_job_file
+from sentinel_daemon.jobspec import JobSpecError, ParsedJob, parse_job_file
 from sentinel_daemon.queue import JOB_ID_PATTERN
 from sentinel_daemon.readstate import read_state
 from sentinel_daemon.records import format_ts
@@ -125,12 +125,34 @@ def submit(path: Path, settings: Settings, *, cwd: Path | None = None) -> Submit
     parsed = parse_job_file(
         path, data_roots=settings.resolved_data_roots(cwd), base_dir=cwd, max_bytes=max_bytes
     )
+    _check_relative_data(path, parsed, cwd, settings.state_dir)
     if not is_job_name(Path(path).name):
         raise JobSpecError(path, "-", "the inbox ignores names beginning with '.'; rename it")
     inbox_dir = settings.state_dir / INBOX_DIR
     _ensure_dir(inbox_dir)
     dest = submit_file(path, inbox_dir, expected_sha256=parsed.sha256, max_bytes=max_bytes)
     return Submitted(parsed.job_id, Path(path), dest)
+
+
+def _check_relative_data(path: Path, parsed: ParsedJob, cwd: Path, state_dir: Path) -> None:
+    """Refuse a relative data path that the daemon would resolve to another file.
+
+    The daemon resolves relative paths against its own working folder (``health.json``
+    says which, even after it stopped), not the submitter's: validating them here against
+    ``cwd`` would accept a job that then fails, or reads another file of the same name.
+    """
+    health = _health(state_dir) or {}
+    daemon_cwd = health.get("cwd")
+    if not isinstance(daemon_cwd, str) or os.path.realpath(daemon_cwd) == os.path.realpath(cwd):
+        return
+    for name, value in parsed.data_as_written.items():
+        if not os.path.isabs(value):
+            raise JobSpecError(
+                path,
+                name,
+                f"{value!r} is relative, and the daemon resolves it against its working folder "
+                f"{daemon_cwd}, not {cwd}; write the absolute path",
+            )
 
 
 # ---- status ---------------------------------------------------------------------------

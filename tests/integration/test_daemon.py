@@ -177,6 +177,7 @@ def test_a_dropped_job_file_runs_to_completion_and_promotes_a_verified_model(
     report = json.loads(status.stdout)
     assert report["daemon"]["pid"] == daemon.pid and report["daemon"]["alive"] is True
     assert report["daemon"]["health"]["status"] == "ok"
+    assert report["daemon"]["health"]["cwd"] == str(daemon.root)  # what submit checks against
     (job,) = report["jobs"]
     assert job["job_id"] == job_id and job["status"] == "completed"
     assert job["trials_ended"] == job["trials_total"] == 4 and job["trials_running"] == 0

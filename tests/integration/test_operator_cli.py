@@ -316,6 +316,37 @@ def test_submit_rejects_a_bad_job_file_naming_the_field_and_writes_nothing(
 
 
 
+def _daemon_health(state_dir: Path, cwd: Path) -> None:
+    """The health.json a daemon running (or last run) in ``cwd`` leaves."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    health = {"status": "ok", "pid": os.getpid(), "cwd": str(cwd)}
+    (state_dir / "health.json").write_text(json.dumps(health))
+
+
+def test_submit_refuses_relative_data_paths_the_daemon_would_resolve_elsewhere(
+    workdir: Path, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    elsewhere = tmp_path / "srv"
+    elsewhere.mkdir()
+    _daemon_health(state_dir, elsewhere)
+    result = run("submit", "job.yaml", state_dir=state_dir, cwd=workdir)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "'data.transactions'" in result.stderr and str(elsewhere) in result.stderr
+    assert "write the absolute path" in result.stderr
+    assert not (state_dir / "inbox").exists()
+    # The same file with an absolute path goes in, and so does the relative one from the
+    # daemon's own working folder.
+    absolute = JOB_FILE.replace("data/", f"{workdir}/data/")
+    (workdir / "abs.yaml").write_text(absolute)
+    result = run("submit", "abs.yaml", state_dir=state_dir, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    _daemon_health(state_dir, workdir)
+    result = run("submit", "job.yaml", state_dir=state_dir, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (state_dir / "inbox").iterdir()) == ["abs.yaml", "job.yaml"]
+
+
 def test_a_command_refused_by_permissions_says_so_without_a_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
