@@ -81,7 +81,10 @@ def _populated(rows: int, columns: int) -> np.ndarray:
     populate = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
     if size == 0 or not populate:
         return np.empty((rows, columns), np.float32, order="F")
-    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    try:
+        buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    except OSError as exc:  # not a damaged cache (which read() would rebuild): out of memory
+        raise MemoryError(f"cannot map {size:,} bytes for a feature matrix: {exc}") from exc
     return np.frombuffer(buffer, dtype=np.float32).reshape((rows, columns), order="F")
 
 

@@ -10,6 +10,7 @@ import pytest
 from sentinel_daemon import ml
 from sentinel_daemon.ml import cache, features
 from sentinel_daemon.ml.loading import load
+from sentinel_daemon.ml.splits import Split
 
 from .helpers import Synthetic, minimal_transactions
 
@@ -174,3 +175,15 @@ def test_raw_set_is_the_raw_columns_only() -> None:
     assert raw - {"TransactionDT"} < full and "TransactionDT" not in full
     with pytest.raises(ValueError):
         features.feature_names("fancy")  # type: ignore[arg-type]
+
+
+def test_a_matrix_that_cannot_be_mapped_is_out_of_memory_not_a_cache_miss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*_: object, **__: object) -> None:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(cache.mmap, "mmap", refuse)
+    split = Split(train=slice(0, 6), valid=slice(6, 8), test=slice(8, 10))
+    with pytest.raises(MemoryError, match="cannot map 48 bytes"):
+        cache.allocate(split, 2)
