@@ -213,7 +213,13 @@ class StageProcess:
         if isinstance(result, dict) and result.get("error"):
             return StageOutcome(False, {}, str(result["error"]))
         how = f"exit code {code}" if code >= 0 else f"signal {-code} ({_signal_name(-code)})"
-        return StageOutcome(False, {}, f"the {self.stage} process ended with {how}")
+        error = f"the {self.stage} process ended with {how}"
+        if code == -signal.SIGKILL:
+            error += (
+                "; unless an operator sent it, that is the kernel's out-of-memory killer "
+                "(see `journalctl -k`): free memory on the host, or submit less data"
+            )
+        return StageOutcome(False, {}, error)
 
     def kill(self) -> None:
         """Kill the child's process group and reap it."""
