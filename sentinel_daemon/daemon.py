@@ -143,7 +143,10 @@ class Daemon:
             report_every=settings.trials.report_every,
         )
         self.actors: dict[str, JobActor] = {}
-        self.files: queue_mod.SimpleQueue[Path] = queue_mod.SimpleQueue()
+        # Not a SimpleQueue: on Python 3.11 its get(timeout=...) blocks forever when a signal
+        # (SIGTERM) interrupts the wait and the deadline passes before it resumes (CI saw the
+        # daemon ignore SIGTERM so). Queue waits on threading locks, which check for that.
+        self.files: queue_mod.Queue[Path] = queue_mod.Queue()
         self.stop_state = _Stop()
         self.store: Store | None = None
         self.supervisor: Supervisor | DaskDispatcher | None = None

@@ -180,7 +180,9 @@ class Inbox:
         self._settle = settle
         self._watch = watch
         self._on_file = on_file
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        # Not a SimpleQueue: on Python 3.11 its get(timeout=...) can block forever when a
+        # signal lands on this thread near the deadline (see Daemon.files).
+        self._queue: queue.Queue[_Item] = queue.Queue()
         # name -> identity when reported; shared with claim(), hence the lock.
         self._reported: dict[str, Identity] = {}
         self._reported_lock = threading.Lock()
