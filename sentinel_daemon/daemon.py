@@ -22,6 +22,7 @@ finish for ``shutdown.grace_s``, stops the workers, records ``daemon.stopped`` a
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import queue as queue_mod
 import shutil
@@ -202,12 +203,16 @@ class Daemon:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            faulthandler.unregister(signal.SIGUSR1)
             self._release()
 
     def _install_signals(self) -> dict[int, Any]:
         def on_signal(signum: int, frame: FrameType | None) -> None:
             self.stop_state.signals += 1  # only a flag: the loop does the work
 
+        # `kill -USR1 PID` writes every thread's stack to stderr (the journal): what an
+        # operator needs from a daemon that stopped answering. Written by C code, in any state.
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
         return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _release(self) -> None:

@@ -548,6 +548,22 @@ def test_a_second_sigterm_during_the_grace_period_kills_the_workers_and_exits_fo
     check_invariants(daemon.state_dir)
 
 
+def test_sigusr1_writes_every_threads_stack_to_stderr_and_the_daemon_carries_on(
+    daemons: MakeDaemon,
+) -> None:
+    daemon = daemons(workers=0).start()
+    daemon.wait_for_event(is_event("daemon.started"), what="daemon.started")
+    daemon.send_signal(signal.SIGUSR1)
+
+    def dumped() -> str | None:
+        text = daemon.log_text()
+        return text if "Current thread" in text else None
+
+    text = wait_for(dumped, timeout=30, what="the stack dump in the daemon's output")
+    assert "sentinel_daemon/daemon.py" in text and "in run_daemon" in text
+    assert daemon.stop() == EXIT_OK  # the dump did not stop it
+
+
 def test_a_second_daemon_on_the_same_state_dir_exits_at_once_naming_the_holder(
     daemons: MakeDaemon, workspace: Path
 ) -> None:
