@@ -212,7 +212,8 @@ class Daemon:
 
         # `kill -USR1 PID` writes every thread's stack to stderr (the journal): what an
         # operator needs from a daemon that stopped answering. Written by C code, in any state.
-        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        with contextlib.suppress(RuntimeError, ValueError, OSError):  # no usable stderr
+            faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
         return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _release(self) -> None:
