@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import shutil
 import sys
@@ -13,6 +14,18 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def bench_arguments(
+    doc: str | None, argv: list[str] | None, *, keep: bool = False
+) -> argparse.Namespace:
+    """The options every benchmark script takes: --quick, --dir, and (``keep``) --keep."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--dir", type=Path, help="make the work folder under DIR")
+    if keep:
+        parser.add_argument("--keep", action="store_true", help="keep the work folder (debugging)")
+    return parser.parse_args(argv)
 
 
 def work_parent(requested: Path | None) -> tuple[Path, bool]:

@@ -87,6 +87,7 @@ import psutil
 import xgboost
 from benchkit import (
     Report,
+    bench_arguments,
     filesystem_of,
     print_notes_and_summary,
     progress,
@@ -1410,11 +1411,7 @@ def bench_session(prefix: str, args: argparse.Namespace, procs: Processes) -> It
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--dir", type=Path, help="make the work folder under DIR")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (debugging)")
-    args = parser.parse_args(argv)
+    args = bench_arguments(__doc__, argv, keep=True)
     sizes = QUICK if args.quick else FULL
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

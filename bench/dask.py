@@ -65,7 +65,7 @@ import dask
 import distributed
 import psutil
 import xgboost
-from benchkit import filesystem_of, print_table, progress
+from benchkit import bench_arguments, filesystem_of, print_table, progress
 from daemon import (
     QUICK,
     BenchError,
@@ -394,11 +394,7 @@ def bench(root: Path, sizes: Sizes, procs: Processes, results: Results) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--dir", type=Path, help="make the work folder under DIR")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (debugging)")
-    args = parser.parse_args(argv)
+    args = bench_arguments(__doc__, argv, keep=True)
     sizes = QUICK_SIZES if args.quick else FULL
     # What the supervisor gives each of `--workers 2`; the Dask worker processes read it.
     threads = max(1, (os.cpu_count() or 1) // WORKERS)

@@ -42,6 +42,7 @@ import orjson
 import pydantic
 from benchkit import (
     Report,
+    bench_arguments,
     filesystem_of,
     print_notes_and_summary,
     progress,
@@ -329,10 +330,7 @@ def print_table(rows: list[Row]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--dir", type=Path, help="make the work folder under DIR")
-    args = parser.parse_args(argv)
+    args = bench_arguments(__doc__, argv)
     sizes = QUICK if args.quick else FULL
 
     t_start = time.perf_counter()
