@@ -1,6 +1,7 @@
 """Sentinel's ML path against the bare libraries, measured side by side in one run.
 
     python bench/training.py [--rows 100000] [--seed 0] [--repeats 3] [--workdir DIR]
+                             [--no-trials]
 
 1. One trial through ``ml.train_trial`` (reporting hook every 10 rounds, scoring the
    validation set) against a bare ``xgboost.train`` / ``lightgbm.train`` on the same
@@ -13,7 +14,8 @@
    cache, against the float32 size of those matrices (after a warm-up on a tiny data set,
    so that library code paged in on first use is not counted). Target <= 1.5x.
 
-Runs alternate between the two sides and the medians are compared, since the machine is
+``--no-trials`` measures only 2 and 3 (seconds instead of minutes). Runs alternate
+between the two sides and the medians are compared, since the machine is
 shared and noisy.
 """
 
@@ -164,6 +166,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--no-trials", action="store_true", help="only the cache and memory rows")
     parser.add_argument("--memory-probe", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -193,7 +196,8 @@ def main() -> None:
     )
 
     rows = []
-    for model, bare in (("xgboost", bare_xgboost), ("lightgbm", bare_lightgbm)):
+    models = () if args.no_trials else (("xgboost", bare_xgboost), ("lightgbm", bare_lightgbm))
+    for model, bare in models:
         ours, theirs = alternate(
             lambda m=model: sentinel_trial(prepared, m, PARAMS[m]),
             lambda b=bare, m=model: b(prepared, PARAMS[m]),

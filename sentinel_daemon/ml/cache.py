@@ -9,9 +9,13 @@ key is treated as absent and rebuilt.
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import hashlib
 import mmap
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -63,29 +67,115 @@ SplitRows = Callable[[np.ndarray, np.ndarray], Split]
 
 
 def allocate(split: Split, n_features: int) -> dict[str, np.ndarray]:
-    """Column-major float32 arrays, one per split, their memory mapped in up front."""
-    return {name: _populated(split[name].stop - split[name].start, n_features) for name in SPLITS}
+    """Column-major float32 arrays, one per split, in anonymous mappings.
 
-
-def _populated(rows: int, columns: int) -> np.ndarray:
-    """A column-major float32 array whose pages the kernel maps in one call (MAP_POPULATE).
-
-    Left to ``np.empty``, the pages are faulted in one by one as they are first written,
-    as transparent huge pages that can stall on compaction when memory is fragmented:
-    copying 180 MiB of features into fresh arrays took 0.04 to 0.45 s from run to run on
-    the benchmark machine. Populated up front (4 KiB pages), the mapping takes a steady
-    0.07 s, during which :func:`read` is already decoding. The array keeps the mapping
-    alive; it is unmapped when the last view of it goes.
+    Their pages are mapped in as they are first written, unless :class:`_Populator` maps
+    them in first.
     """
+    return {name: _mapped(split[name].stop - split[name].start, n_features) for name in SPLITS}
+
+
+def _mapped(rows: int, columns: int) -> np.ndarray:
+    """A column-major float32 array of its own anonymous mapping, unmapped with its last view."""
     size = rows * columns * 4
-    populate = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
-    if size == 0 or not populate:
+    if size == 0:
         return np.empty((rows, columns), np.float32, order="F")
     try:
-        buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+        buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except OSError as exc:  # not a damaged cache (which read() would rebuild): out of memory
         raise MemoryError(f"cannot map {size:,} bytes for a feature matrix: {exc}") from exc
     return np.frombuffer(buffer, dtype=np.float32).reshape((rows, columns), order="F")
+
+
+#: madvise(2) advice that maps a range's pages in, writable (Linux 5.14+); Python 3.11's
+#: mmap module does not name it.
+_MADV_POPULATE_WRITE: Final = 23
+
+
+@functools.cache
+def _libc_madvise() -> Callable[[int, int, int], int] | None:
+    """libc's ``madvise``, called through ctypes, which releases the GIL during the call.
+
+    ``mmap.madvise`` and ``mmap.mmap(..., MAP_POPULATE)`` hold the GIL while the kernel
+    maps pages in (0.057 s for 180 MiB on the benchmark machine), which stalls the decode
+    thread of :func:`read` for as long.
+    """
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):  # not a libc platform
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+class _Populator:
+    """Maps in the split arrays' pages on its own thread, one column block at a time.
+
+    The copy of a block waits only until that block's columns are mapped in, so mapping,
+    decoding and copying overlap instead of mapping everything first. Where the kernel
+    cannot populate a range (before Linux 5.14), the copy maps pages in by writing them,
+    as it would without this class. A populate that fails for lack of memory is raised as
+    :class:`MemoryError` from :meth:`wait`, in the copying thread.
+    """
+
+    def __init__(self, parts: dict[str, np.ndarray], n_features: int) -> None:
+        self._parts = [part for part in parts.values() if part.size]
+        self._n = n_features
+        self._ready = 0  # column blocks mapped in
+        self._error: Exception | None = None
+        self._finished = False
+        self._stopped = False
+        self._changed = threading.Condition()
+
+    def run(self) -> None:
+        madvise = _libc_madvise()
+        try:
+            for block, first in enumerate(range(0, self._n, _COLUMN_BLOCK)):
+                if self._stopped:
+                    return
+                last = min(first + _COLUMN_BLOCK, self._n)
+                for part in self._parts:
+                    if madvise is not None and not self._populate(madvise, part, first, last):
+                        madvise = None  # unsupported: the copy faults the pages in itself
+                with self._changed:
+                    self._ready = block + 1
+                    self._changed.notify_all()
+        except Exception as exc:  # MemoryError, or a bug: either is raised in the copy
+            with self._changed:
+                self._error = exc
+                self._changed.notify_all()
+        finally:
+            with self._changed:  # whatever happened, never leave wait() hanging
+                self._finished = True
+                self._changed.notify_all()
+
+    @staticmethod
+    def _populate(
+        madvise: Callable[[int, int, int], int], part: np.ndarray, first: int, last: int
+    ) -> bool:
+        """Map in the pages of columns ``first..last`` of ``part``; False if unsupported."""
+        rows = part.shape[0]
+        start, stop = first * rows * 4, last * rows * 4
+        start -= start % mmap.PAGESIZE  # populating a page twice is harmless
+        if madvise(part.ctypes.data + start, stop - start, _MADV_POPULATE_WRITE) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code in (errno.EINVAL, errno.ENOSYS):
+            return False
+        message = f"cannot map in {stop - start:,} bytes of a feature matrix: {os.strerror(code)}"
+        raise MemoryError(message)
+
+    def wait(self, first: int) -> None:
+        """Until the block of columns starting at ``first`` is mapped in."""
+        block = first // _COLUMN_BLOCK
+        with self._changed:
+            self._changed.wait_for(lambda: self._ready > block or self._finished)
+            if self._error is not None:
+                raise self._error
+
+    def stop(self) -> None:
+        self._stopped = True
 
 
 Piece = tuple[np.ndarray, slice, slice]  # split array, its rows, the source column's rows
@@ -206,8 +296,8 @@ def write(
 class _BlockReader:
     """Blocks of a few dozen columns of one row group, decoded up to :data:`_AHEAD` ahead.
 
-    Decoding (pyarrow, without the GIL) overlaps the caller's copying, and the first
-    blocks decode while the caller maps in the split arrays. Up to 8 MiB per block.
+    Decoding (pyarrow, without the GIL) overlaps the caller's copying. Up to 8 MiB per
+    block.
     """
 
     def __init__(self, pf: pq.ParquetFile, names: tuple[str, ...], pool: Executor) -> None:
@@ -264,15 +354,19 @@ def read(path: Path, expected: dict[str, Any], split_rows: SplitRows) -> Matrix 
     except (pa.ArrowException, OSError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
         return None  # a damaged or foreign file is only a cache miss: rebuild it
     split = split_rows(times, y)
-    # One thread decodes (a ParquetFile is not safe to read from two threads at once),
-    # another maps in the split arrays meanwhile.
+    # One thread decodes ahead (a ParquetFile is not safe to read from two threads at once),
+    # another maps in the split arrays' pages, while this one copies.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-decode")
-    mapper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-allocate")
+    mapper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-map")
+    populator = None
     try:
         blocks = _BlockReader(pf, names, pool)
-        parts = mapper.submit(allocate, split, len(names)).result()
+        parts = allocate(split, len(names))
+        populator = _Populator(parts, len(names))
+        mapper.submit(populator.run)
         start = 0
         for rows, first, table in blocks:
+            populator.wait(first)
             where = pieces(parts, split, start, start + rows)  # once per block, not column
             for j, chunked in enumerate(table.columns, start=first):
                 column = chunked.to_numpy(zero_copy_only=False)
@@ -287,6 +381,8 @@ def read(path: Path, expected: dict[str, Any], split_rows: SplitRows) -> Matrix 
     except (pa.ArrowException, OSError, ValueError):
         return None
     finally:
+        if populator is not None:
+            populator.stop()
         mapper.shutdown()
         pool.shutdown(cancel_futures=True)
     return Matrix(

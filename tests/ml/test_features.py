@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import ctypes
+import errno
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +178,81 @@ def test_raw_set_is_the_raw_columns_only() -> None:
     assert raw - {"TransactionDT"} < full and "TransactionDT" not in full
     with pytest.raises(ValueError):
         features.feature_names("fancy")  # type: ignore[arg-type]
+
+
+def _fake_madvise(result: int, code: int, calls: list[tuple[int, int, int]]) -> object:
+    def madvise(address: int, length: int, advice: int) -> int:
+        calls.append((address, length, advice))
+        ctypes.set_errno(code)
+        return result
+
+    return madvise
+
+
+def test_the_reader_maps_in_every_column_of_every_split_before_copying_it(
+    synthetic: Synthetic, prepared: ml.Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mapping thread populates each block's columns, in every split, in column order."""
+    real = cache._libc_madvise()
+    if real is None:
+        pytest.skip("no libc madvise on this platform")
+    calls: list[tuple[int, int, int]] = []
+
+    def recording(address: int, length: int, advice: int) -> int:
+        calls.append((address, length, advice))
+        return real(address, length, advice)
+
+    monkeypatch.setattr(cache, "_libc_madvise", lambda: recording)
+    monkeypatch.setattr(cache, "_COLUMN_BLOCK", 29)
+    again = ml.prepare(
+        synthetic.transactions, synthetic.identity, tmp_path, test_fraction=0.2, valid_fraction=0.2
+    )
+    assert not again.from_cache
+    again = ml.prepare(
+        synthetic.transactions, synthetic.identity, tmp_path, test_fraction=0.2, valid_fraction=0.2
+    )
+    assert again.from_cache and parts_equal(prepared, again)
+    assert {advice for _, _, advice in calls} == {cache._MADV_POPULATE_WRITE}
+    for part in again.parts.values():
+        begin, end = part.ctypes.data, part.ctypes.data + part.nbytes
+        ranges = sorted((a, a + n) for a, n, _ in calls if begin <= a < end)
+        assert ranges[0][0] <= begin and ranges[-1][1] == end
+        assert all(lo <= prev_hi for (_, prev_hi), (lo, _) in itertools.pairwise(ranges))
+        assert len(ranges) == -(-len(again.feature_names) // 29)
+
+
+def test_a_kernel_that_cannot_populate_still_reads_the_cache_exactly(
+    synthetic: Synthetic, prepared: ml.Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before Linux 5.14 populating answers EINVAL: tried once, then the copy faults pages in."""
+    ml.prepare(
+        synthetic.transactions, synthetic.identity, tmp_path, test_fraction=0.2, valid_fraction=0.2
+    )
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(cache, "_libc_madvise", lambda: _fake_madvise(-1, errno.EINVAL, calls))
+    again = ml.prepare(
+        synthetic.transactions, synthetic.identity, tmp_path, test_fraction=0.2, valid_fraction=0.2
+    )
+    assert again.from_cache and parts_equal(prepared, again) and len(calls) == 1
+
+
+def test_a_matrix_that_cannot_be_populated_is_out_of_memory_not_a_cache_miss(
+    synthetic: Synthetic, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ml.prepare(
+        synthetic.transactions, synthetic.identity, tmp_path, test_fraction=0.2, valid_fraction=0.2
+    )
+    cached = list(tmp_path.glob("*.parquet"))
+    monkeypatch.setattr(cache, "_libc_madvise", lambda: _fake_madvise(-1, errno.ENOMEM, []))
+    with pytest.raises(MemoryError, match=r"cannot map in [\d,]+ bytes of a feature matrix"):
+        ml.prepare(
+            synthetic.transactions,
+            synthetic.identity,
+            tmp_path,
+            test_fraction=0.2,
+            valid_fraction=0.2,
+        )
+    assert list(tmp_path.glob("*.parquet")) == cached  # not taken for damage and rebuilt
 
 
 def test_a_matrix_that_cannot_be_mapped_is_out_of_memory_not_a_cache_miss(
