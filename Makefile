@@ -44,6 +44,7 @@ report-check: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sentinel_daemon tests bench scripts events/golden
+	$(BIN)/ruff format --check sentinel_daemon tests bench scripts events/golden
 	$(BIN)/mypy sentinel_daemon
 
 clean:

@@ -16,9 +16,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_demo_runs_a_job_end_to_end_and_promotes_a_verified_model(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "demo.py"), "--dir", str(tmp_path), "--rows",
-         "4000"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "demo.py"),
+            "--dir",
+            str(tmp_path),
+            "--rows",
+            "4000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     log = (tmp_path / "daemon.log").read_text() if (tmp_path / "daemon.log").exists() else ""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + log[-3000:]

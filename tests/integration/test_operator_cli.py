@@ -315,7 +315,6 @@ def test_submit_rejects_a_bad_job_file_naming_the_field_and_writes_nothing(
     assert not state_dir.exists()
 
 
-
 def _daemon_health(state_dir: Path, cwd: Path) -> None:
     """The health.json a daemon running (or last run) in ``cwd`` leaves."""
     state_dir.mkdir(parents=True, exist_ok=True)
