@@ -200,8 +200,7 @@ class DaemonMetrics:
             for trial in job.trials.values():  # a running job's
                 if trial.status.ended:
                     self.trials_ended.labels(str(trial.model), str(trial.status)).inc()
-        lost = sum(1 for w in state.workers.values() if w.status is WorkerStatus.LOST)
-        self.workers_lost.inc(lost)
+        self.workers_lost.inc(state.workers_ended.get(WorkerStatus.LOST, 0))
         self._count_jobs(state)
         self._best(state, [j.job_id for j in state.running_jobs()])
 

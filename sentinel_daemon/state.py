@@ -48,7 +48,12 @@ from sentinel_daemon.events import (
 
 #: Bump when the shape of State changes; a snapshot of another version is ignored
 #: (with a warning) and the log is replayed from the start.
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: only the latest ended workers stay in ``workers``; ``workers_ended``
+
+#: Ended workers kept in ``State.workers`` besides the live ones. The daemon asks whether a
+#: worker holding commands is one of its own (a predecessor's, whose commands go back to
+#: the queue at start-up) by looking it up there; those are always among the latest to end.
+KEPT_ENDED_WORKERS = 256
 
 
 class JobStatus(StrEnum):
@@ -177,7 +182,12 @@ class State:
     version: int = STATE_VERSION
     last_seq: int = 0
     jobs: dict[str, JobState] = field(default_factory=dict)
+    #: Every live worker and the :data:`KEPT_ENDED_WORKERS` that ended last (those in the
+    #: order they ended): the state does not grow with every worker a long-running daemon
+    #: ever started.
     workers: dict[str, WorkerState] = field(default_factory=dict)
+    #: Workers that ever ended, by how (``exited`` / ``lost``): counts survive the pruning.
+    workers_ended: dict[str, int] = field(default_factory=dict)
     rejected: int = 0
     daemon_pid: int | None = None
     daemon_starts: int = 0
@@ -303,14 +313,32 @@ def apply(state: State, event: Event) -> State:
             if (worker := state.workers.get(event.worker)) is None:
                 state.orphans += 1
             else:
+                was_alive = worker.status is WorkerStatus.ALIVE
                 lost = isinstance(event, WorkerLost)
                 worker.status = WorkerStatus.LOST if lost else WorkerStatus.EXITED
                 worker.exit_code = event.exit_code
                 worker.signal = event.signal
                 worker.reason = event.reason if isinstance(event, WorkerLost) else ""
+                if was_alive:
+                    state.workers_ended[worker.status] = (
+                        state.workers_ended.get(worker.status, 0) + 1
+                    )
+                    state.workers[event.worker] = state.workers.pop(event.worker)  # to the end
+                    _prune_ended_workers(state)
         case _:
             assert_never(event)
     return state
+
+
+def _prune_ended_workers(state: State) -> None:
+    """Forget the workers that ended earliest, beyond :data:`KEPT_ENDED_WORKERS`.
+
+    A worker that ends moves to the end of ``state.workers``, so the ended ones are in the
+    order they ended: a worker that ran for months and ended last is kept.
+    """
+    ended = [w for w, s in state.workers.items() if s.status is not WorkerStatus.ALIVE]
+    for worker in ended[: max(0, len(ended) - KEPT_ENDED_WORKERS)]:
+        del state.workers[worker]
 
 
 def fold(events: list[Event] | tuple[Event, ...], state: State | None = None) -> State:

@@ -223,6 +223,7 @@ def test_v1_workers_end_lost_or_exited(v1: State) -> None:
     }
     assert v1.workers["w1"].signal == 9
     assert (v1.workers["w3"].exit_code, v1.workers["w4"].signal) == (0, 15)
+    assert v1.workers_ended == {WorkerStatus.LOST: 3, WorkerStatus.EXITED: 2}
 
 
 def test_v1_daemon_started_twice_repaired_the_log_once_and_stopped(v1: State) -> None:

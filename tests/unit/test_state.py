@@ -14,10 +14,12 @@ from sentinel_daemon.events import (
     TrialPruned,
     TrialSaved,
     TrialStarted,
+    WorkerExited,
     WorkerLost,
     WorkerStarted,
 )
 from sentinel_daemon.state import (
+    KEPT_ENDED_WORKERS,
     JobStatus,
     ModelKind,
     StageStatus,
@@ -133,11 +135,40 @@ def test_workers_are_tracked_until_lost() -> None:
             DaemonStarted(pid=10, version="0.1"),
             WorkerStarted(worker="w0", pid=11, gpu=None),
             WorkerLost(worker="w0", pid=11, gpu=None, reason="no heartbeat", signal=9),
+            WorkerExited(worker="w1", pid=12, gpu=None, exit_code=0),  # never started
         ]
     )
     assert state.daemon_pid == 10
     assert state.workers["w0"].status is WorkerStatus.LOST
     assert state.workers["w0"].signal == 9
+    assert state.workers_ended == {WorkerStatus.LOST: 1} and state.orphans == 1
+
+
+def test_only_the_latest_ended_workers_are_kept_and_all_are_counted() -> None:
+    """A crash-looping worker must not grow the state (and its snapshots) without bound.
+
+    The worker that ran longest and ended last is kept: the daemon looks up a predecessor's
+    workers by id at start-up to hand their commands back.
+    """
+    events: list[Event] = [
+        DaemonStarted(pid=10, version="0.1"),
+        WorkerStarted(worker="old", pid=11, gpu=0),
+    ]
+    for n in range(KEPT_ENDED_WORKERS + 100):
+        events.append(WorkerStarted(worker=f"w1-1-{n}", pid=100 + n, gpu=1))
+        events.append(WorkerLost(worker=f"w1-1-{n}", pid=100 + n, gpu=1, reason="crashed"))
+    events.append(WorkerStarted(worker="new", pid=12, gpu=1))
+    events.append(WorkerExited(worker="old", pid=11, gpu=0, signal=15))
+    state = fold(events)
+    assert len(state.workers) == KEPT_ENDED_WORKERS + 1  # "new" is alive
+    assert state.workers["new"].status is WorkerStatus.ALIVE
+    assert state.workers["old"].status is WorkerStatus.EXITED
+    assert list(state.workers)[-1] == "old"  # ended last
+    assert "w1-1-100" not in state.workers and "w1-1-101" in state.workers
+    assert state.workers_ended == {
+        WorkerStatus.LOST: KEPT_ENDED_WORKERS + 100,
+        WorkerStatus.EXITED: 1,
+    }
 
 
 def test_events_about_unknown_jobs_are_counted_not_fatal() -> None:
