@@ -20,6 +20,10 @@ reported as medians; ``vs bare`` is each rate over row 1's:
    are durable; claim, ack and finish are plain renames and unlinks, yet each dirties
    metadata the next fsync must commit), so well under half the bare hand-off rate is
    what the disk allows. Target: >= 0.80x the bare round trip (row 3).
+5. ``progress post``: an :class:`Outbox` ``progress`` post, as a worker sends every few
+   boosting rounds (and the daemon's core loop for each Dask task). Written and renamed
+   without fsyncs, since progress only feeds the pruner in memory; before, it was a durable
+   post like any other, i.e. row 1's two fsyncs. For information.
 
 Figures are reported, never asserted: the exit code is 0
 unless the benchmark crashes.
@@ -53,7 +57,7 @@ from benchkit import (
 from benchkit import print_table as print_rows
 
 from sentinel_daemon.fsutil import fsync_dir
-from sentinel_daemon.queue import Outbox, Queue, Saved, TrialCommand, TrialData
+from sentinel_daemon.queue import Outbox, Progress, Queue, Saved, TrialCommand, TrialData
 
 REPO = Path(__file__).resolve().parent.parent
 ANCHOR = "1,100-1,300/s"  # MEASURED.md: queue hand-off, create in tmp/ .. fsync new/
@@ -177,6 +181,14 @@ def put_alone(folder: Path, batch: list[TrialCommand]) -> int:
     return len(batch)
 
 
+def progress_posts(folder: Path, count: int) -> int:
+    outbox = Outbox(Queue(folder), "w1")
+    outbox.next_seq()  # the block of numbers is reserved (one durable write) before timing
+    for step in range(count):
+        outbox.send(Progress, "bench-1.0.1", step=step, value=0.9)
+    return count
+
+
 def round_trip(folder: Path, batch: list[TrialCommand], stage_s: dict[str, float]) -> int:
     """One command at a time through the whole protocol; adds each stage's time."""
     queue = Queue(folder)
@@ -229,6 +241,7 @@ def bench(root: Path, sizes: Sizes, report: Report) -> None:
         ("put", lambda d, r: put_alone(d, pools["put"][r])),
         ("bare-trip", lambda d, r: bare_round_trip(d, blobs[r], result_blob)),
         ("trip", lambda d, r: round_trip(d, pools["trip"][r], stage_s if r else warm_stages)),
+        ("progress", lambda d, r: progress_posts(d, per)),
     ]
     rates: dict[str, list[float]] = {name: [] for name, _ in loops}
     for name, action in loops:  # warm-up with round 0's commands: code paths are hot
@@ -278,6 +291,13 @@ def bench(root: Path, sizes: Sizes, report: Report) -> None:
             f"{trip_ratio:.2f}x the bare round trip; need >= {MIN_ROUND_TRIP_RATIO:.2f}x",
             trip_ratio >= MIN_ROUND_TRIP_RATIO,
         ),
+        Row(
+            "progress post (Outbox.send Progress, no fsync)",
+            rate(med["progress"]),
+            vs_bare("progress"),
+            "for information: was a durable post (row 1)",
+            None,
+        ),
     ]
     spreads = ", ".join(f"{n} {rate(min(v))}..{rate(max(v))}" for n, v in rates.items())
     report.notes.append(
@@ -285,7 +305,7 @@ def bench(root: Path, sizes: Sizes, report: Report) -> None:
     )
     paired = {
         n: statistics.median(x / b for x, b in zip(rates[n], rates["bare"], strict=True))
-        for n in ("put", "bare-trip", "trip")
+        for n in ("put", "bare-trip", "trip", "progress")
     }
     report.notes.append(
         "paired ratios (median of per-round ratios): "

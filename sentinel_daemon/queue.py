@@ -388,13 +388,21 @@ class Queue:
     # -- worker -> daemon ------------------------------------------------------------------
 
     def post(self, worker_id: str, message: WorkerMessage) -> Path:
-        """Deliver ``message`` durably into ``results/``; workers normally use :class:`Outbox`."""
+        """Deliver ``message`` into ``results/``; workers normally use :class:`Outbox`.
+
+        Durably (fsync the file, rename, fsync the folder), except a :class:`Progress`: it
+        only feeds the pruner in memory and is never recorded, so one lost to a crash only
+        delays a pruning decision. Skipping its two fsyncs spares the worker's training
+        loop every few rounds (and, with Dask, the daemon's core loop, which posts for its
+        tasks). After a power cut such a file may be empty: :meth:`results` drops it.
+        """
         wid = self._worker(worker_id)
         if message.worker_id != wid:
             raise ValueError(f"message of worker {message.worker_id!r} posted as {wid!r}")
         name = f"{wid}.{message.msg_seq:012d}.{message.kind}.json"
         path = self.results_dir / name
-        self._publish(name, path, message.model_dump_json().encode())
+        data = message.model_dump_json().encode()
+        self._publish(name, path, data, durable=not isinstance(message, Progress))
         return path
 
     def beat(self, worker_id: str, info: dict[str, Any]) -> None:
@@ -525,9 +533,19 @@ class Queue:
         return WorkerId(worker_id)
 
     def _publish(
-        self, tmp_name: str, final: Path, data: bytes, mtime_ns: int | None = None
+        self,
+        tmp_name: str,
+        final: Path,
+        data: bytes,
+        mtime_ns: int | None = None,
+        *,
+        durable: bool = True,
     ) -> None:
-        """Write in tmp/, fsync, rename to ``final``, fsync its folder."""
+        """Write in tmp/, fsync, rename to ``final``, fsync its folder (no fsyncs if not durable).
+
+        Renamed into place whole either way: a reader never sees a partly written file
+        unless a power cut lost what was not fsynced.
+        """
         tmp = self.tmp / tmp_name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
@@ -536,14 +554,16 @@ class Queue:
                 view = view[os.write(fd, view) :]
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             _unlink(tmp)
             raise
         os.close(fd)
         os.rename(tmp, final)
-        fsync_dir(final.parent)
+        if durable:
+            fsync_dir(final.parent)
 
     def _holder(self, name: str) -> WorkerId | None:
         for entry in os.scandir(self.workers):
@@ -596,6 +616,12 @@ class Queue:
         except FileNotFoundError:
             return None
         except ValidationError as exc:
+            if match[3] == Progress.model_fields["kind"].default:
+                # Posted without fsync (see post()): a power cut can leave it empty. It
+                # was only advice for the pruner; nothing is lost by dropping it.
+                log.info("queue.progress_dropped", file=path.name, error=_first_error(exc))
+                _unlink(path)
+                return None
             self._move_aside(path, "results", _first_error(exc))
             return None
         if (message.worker_id, message.msg_seq, message.kind) != (

@@ -14,6 +14,7 @@ ROWS = (
     "put alone",
     "bare round trip",
     "round trip put+claim+post+results+ack+finish",
+    "progress post (Outbox.send Progress, no fsync)",
 )
 
 

@@ -210,6 +210,42 @@ def test_malformed_results_are_moved_aside_and_good_ones_still_returned(
     assert sorted(p.name for p in queue.results_dir.iterdir()) == ["w1.000000000001.saved.json"]
 
 
+def test_progress_is_posted_without_fsync_and_every_other_message_with_it(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progress only feeds the pruner in memory: its two fsyncs were pure cost."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    outbox = Outbox(queue, "w1")
+    outbox.next_seq()  # reserve the block of numbers first (a durable write of its own)
+    synced.clear()
+    outbox.send(Progress, "fraud-1.0.1", step=10, value=0.8)
+    assert synced == []
+    saved(outbox, "fraud-1.0.1")
+    assert len(synced) == 2  # the file, then the results folder
+    assert [m.kind for _, m in queue.results()] == ["progress", "saved"]
+
+
+def test_an_empty_progress_file_is_dropped_quietly_but_an_empty_result_is_kept_aside(
+    queue: Queue, bad: list[BadFile]
+) -> None:
+    """What a power cut can leave of a progress file posted without fsync: not an incident."""
+    outbox = Outbox(queue, "w1")
+    outbox.send(Progress, "fraud-1.0.1", step=10, value=0.8)
+    good = saved(outbox, "fraud-1.0.1")
+    (queue.results_dir / "w1.000000000001.progress.json").write_bytes(b"")
+    (queue.results_dir / "w1.000000000007.saved.json").write_bytes(b"")
+    assert [m for _, m in queue.results()] == [good]
+    assert [b.original.name for b in bad] == ["w1.000000000007.saved.json"]
+    assert sorted(p.name for p in queue.results_dir.iterdir()) == ["w1.000000000002.saved.json"]
+
+
 def test_results_come_back_by_worker_then_seq_and_ack_is_idempotent(queue: Queue) -> None:
     a, b = Outbox(queue, "a"), Outbox(queue, "b")
     for step in range(3):
