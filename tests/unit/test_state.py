@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sentinel_daemon.events import (
     DaemonStarted,
@@ -18,6 +19,8 @@ from sentinel_daemon.events import (
     WorkerLost,
     WorkerStarted,
 )
+from sentinel_daemon.records import Position
+from sentinel_daemon.snapshot import load_snapshot, write_snapshot
 from sentinel_daemon.state import (
     KEPT_ENDED_WORKERS,
     JobStatus,
@@ -27,6 +30,7 @@ from sentinel_daemon.state import (
     WorkerStatus,
     apply,
     fold,
+    state_as_dict,
     state_from_data,
     state_to_json,
 )
@@ -169,6 +173,27 @@ def test_only_the_latest_ended_workers_are_kept_and_all_are_counted() -> None:
         WorkerStatus.LOST: KEPT_ENDED_WORKERS + 100,
         WorkerStatus.EXITED: 1,
     }
+
+
+def test_pruning_after_a_snapshot_round_trip_matches_a_full_replay(tmp_path: Path) -> None:
+    """The ended workers' order (which decides what is pruned) survives a snapshot."""
+    first: list[Event] = [DaemonStarted(pid=10, version="0.1")]
+    for n in range(KEPT_ENDED_WORKERS + 20):
+        first.append(WorkerStarted(worker=f"a{n}", pid=n + 100, gpu=None))
+    for n in reversed(range(KEPT_ENDED_WORKERS + 10)):  # end in the reverse of start order
+        first.append(WorkerExited(worker=f"a{n}", pid=n + 100, gpu=None, exit_code=0))
+    rest: list[Event] = [
+        WorkerLost(worker=f"a{n}", pid=n + 100, gpu=None, reason="gone")
+        for n in range(KEPT_ENDED_WORKERS + 10, KEPT_ENDED_WORKERS + 20)
+    ]
+    whole = fold(first + rest)
+    write_snapshot(tmp_path / "snapshot.json", fold(first), Position("s", 0))
+    snapshot = load_snapshot(tmp_path / "snapshot.json")
+    assert snapshot is not None
+    resumed = fold(rest, snapshot.state)
+    assert state_as_dict(resumed) == state_as_dict(whole)
+    assert list(resumed.workers) == list(whole.workers)
+    assert len(whole.workers) == KEPT_ENDED_WORKERS
 
 
 def test_events_about_unknown_jobs_are_counted_not_fatal() -> None:
