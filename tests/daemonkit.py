@@ -26,7 +26,7 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import psutil
@@ -34,6 +34,9 @@ import pytest
 import yaml
 
 from tests.helpers import wait_for
+
+if TYPE_CHECKING:
+    from sentinel_daemon.daemon import Daemon
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]
@@ -63,6 +66,23 @@ BASE_SETTINGS: dict[str, str] = {
     # Many test daemons run at once; each takes a free port for its metrics.
     "SENTINEL_METRICS__PORT": "0",
 }
+
+
+def in_process_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Daemon:
+    """A :class:`Daemon` built in this process (not started), for tests that drive its
+    steps by hand: working folder ``tmp_path``, state in ``tmp_path/state``, no workers,
+    no metrics server, :data:`BASE_SETTINGS` otherwise."""
+    from sentinel_daemon.daemon import Daemon
+    from sentinel_daemon.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    for key, value in BASE_SETTINGS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SENTINEL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("SENTINEL_METRICS__ENABLED", "false")
+    return Daemon(load_settings(), workers=0)
+
+
 ENDED_TYPES = ("trial.saved", "trial.pruned", "trial.failed")
 
 

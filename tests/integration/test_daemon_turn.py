@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_daemon.daemon import Daemon
-from sentinel_daemon.settings import load_settings
-from tests.daemonkit import BASE_SETTINGS, job_id_of, make_dataset, of_type, read_events, write_job
+from tests.daemonkit import (
+    in_process_daemon,
+    job_id_of,
+    make_dataset,
+    of_type,
+    read_events,
+    write_job,
+)
 from tests.helpers import wait_for
 
 
@@ -21,12 +26,7 @@ def test_a_command_taken_back_in_the_turn_of_the_orphan_check_fails_for_the_work
     # the same turn. The check for commands that left the queue without a result must not
     # run in between: it would fail the trial for the wrong reason (CI saw exactly that).
     make_dataset(tmp_path / "data", rows=500)
-    monkeypatch.chdir(tmp_path)
-    for key, value in BASE_SETTINGS.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("SENTINEL_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("SENTINEL_METRICS__ENABLED", "false")
-    daemon = Daemon(load_settings(), workers=0)
+    daemon = in_process_daemon(tmp_path, monkeypatch)
     job_file = write_job(tmp_path / "jobs", "orphan")
     job_id = job_id_of(job_file)
     command_id = f"{job_id}.0.1"

@@ -19,10 +19,8 @@ from typing import Any
 
 import pytest
 
-from sentinel_daemon.daemon import Daemon
 from sentinel_daemon.inbox import Inbox
-from sentinel_daemon.settings import load_settings
-from tests.daemonkit import BASE_SETTINGS
+from tests.daemonkit import in_process_daemon
 
 TIMEOUT_S = 0.1
 HANDLER_S = 0.3  # longer than the timeout: the wait resumes past its deadline
@@ -53,12 +51,7 @@ def _interrupted_wait(waits: Any, rescue_item: object) -> tuple[str, float]:
 def test_the_core_loops_wait_for_job_files_ends_when_a_signal_interrupts_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    for key, value in BASE_SETTINGS.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("SENTINEL_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("SENTINEL_METRICS__ENABLED", "false")
-    daemon = Daemon(load_settings(), workers=0)
+    daemon = in_process_daemon(tmp_path, monkeypatch)
     outcome, took = _interrupted_wait(daemon.files, tmp_path / "rescue.yaml")
     assert outcome == "empty" and took < RESCUE_S, (outcome, took)
 
