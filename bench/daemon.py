@@ -98,28 +98,28 @@ from benchkit import (
 from benchkit import print_table as print_rows
 
 from sentinel_daemon import __version__, ml
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     DaemonStarted,
     DaemonStopped,
     Event,
-    JobId,
     JobSubmitted,
     ModelKind,
     Stage,
     StageCompleted,
     StageStarted,
-    TrialNumber,
     TrialSaved,
     TrialStarted,
 )
+from sentinel_daemon.core.ids import JobId, TrialNumber
+from sentinel_daemon.core.jobspec import parse_job_file
+from sentinel_daemon.daemon.stages import DataRequest, PrepareRequest, run_prepare
 from sentinel_daemon.fsutil import atomic_write_bytes
-from sentinel_daemon.jobspec import parse_job_file
+from sentinel_daemon.layout import EVENTS_DIR, INBOX_DIR
+from sentinel_daemon.log.records import format_ts
+from sentinel_daemon.log.store import Store
 from sentinel_daemon.ml import synth
 from sentinel_daemon.ml.space import distributions, resolve_space, suggest
-from sentinel_daemon.operator import INBOX_DIR, cancel_request_path
-from sentinel_daemon.records import format_ts
-from sentinel_daemon.stages import DataRequest, PrepareRequest, run_prepare
-from sentinel_daemon.store import EVENTS_DIR, Store
+from sentinel_daemon.tools.cancel import cancel_request_path
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_PICKUP_S = 0.100
@@ -1247,7 +1247,7 @@ def bench_restart(procs: Processes, root: Path, tiny: Data, sizes: Sizes, report
 
 
 IMPORTS = {
-    "import sentinel_daemon.cli+daemon": "sentinel_daemon.cli, sentinel_daemon.daemon",
+    "import sentinel_daemon.cli+daemon": "sentinel_daemon.cli, sentinel_daemon.daemon.service",
     "import xgboost+lightgbm+sklearn alone": "xgboost, lightgbm, sklearn",
 }
 

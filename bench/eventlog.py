@@ -64,8 +64,7 @@ from benchkit import (
 )
 from benchkit import print_table as print_rows
 
-from sentinel_daemon.eventlog import FileLog, LogScan, segment_name
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     Event,
     JobCompleted,
     JobSubmitted,
@@ -80,11 +79,13 @@ from sentinel_daemon.events import (
     decode,
     encode,
 )
+from sentinel_daemon.core.state import State
 from sentinel_daemon.fsutil import fsync_dir
-from sentinel_daemon.records import encode_line, format_ts
-from sentinel_daemon.snapshot import load_snapshot
-from sentinel_daemon.state import State
-from sentinel_daemon.store import EVENTS_DIR, SNAPSHOT_NAME, Store, replay
+from sentinel_daemon.layout import EVENTS_DIR, SNAPSHOT_NAME
+from sentinel_daemon.log.records import encode_line, format_ts
+from sentinel_daemon.log.segments import FileLog, LogScan, segment_name
+from sentinel_daemon.log.snapshot import load_snapshot
+from sentinel_daemon.log.store import Store, replay
 
 REPO = Path(__file__).resolve().parent.parent
 SEGMENT_BYTES = 64 << 20

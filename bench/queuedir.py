@@ -57,7 +57,8 @@ from benchkit import (
 from benchkit import print_table as print_rows
 
 from sentinel_daemon.fsutil import fsync_dir
-from sentinel_daemon.queue import Outbox, Progress, Queue, Saved, TrialCommand, TrialData
+from sentinel_daemon.queue.maildir import Outbox, Queue
+from sentinel_daemon.queue.messages import Progress, Saved, TrialCommand, TrialData
 
 REPO = Path(__file__).resolve().parent.parent
 ANCHOR = "1,100-1,300/s"  # MEASURED.md: queue hand-off, create in tmp/ .. fsync new/

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are lost; they stay in the backup)",
     )
 
-    # `sentinel worker ...` is handed whole to sentinel_daemon.worker.main (see main()); it
+    # `sentinel worker ...` is handed whole to sentinel_daemon.worker.loop.main (see main()); it
     # is listed here for --help.
     sub.add_parser("worker", add_help=False, help="one worker process (`sentinel worker --help`)")
 
@@ -175,7 +175,7 @@ def _print_json(obj: object) -> None:
 
 
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
-    from sentinel_daemon.logtools import (
+    from sentinel_daemon.tools.tail import (
         Follower,
         RecordFilter,
         follow,
@@ -215,7 +215,8 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
-    from sentinel_daemon.logtools import repair, verify
+    from sentinel_daemon.tools.repair import repair
+    from sentinel_daemon.tools.verify import verify
 
     if args.log_command == "verify":
         report = verify(settings.state_dir)
@@ -264,8 +265,8 @@ def cmd_gen_data(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from sentinel_daemon.jobspec import JobSpecError
-    from sentinel_daemon.operator import submit
+    from sentinel_daemon.core.jobspec import JobSpecError
+    from sentinel_daemon.tools.submit import submit
 
     try:
         done = submit(args.file, settings)
@@ -284,9 +285,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     import psutil
 
-    from sentinel_daemon.operator import render_status, status_report
-    from sentinel_daemon.readstate import read_state
-    from sentinel_daemon.supervisor import discover_gpus
+    from sentinel_daemon.log.store import read_state
+    from sentinel_daemon.ml.devices import discover_gpus
+    from sentinel_daemon.tools.status import render_status, status_report
 
     state = read_state(settings.state_dir)
     report = status_report(
@@ -304,7 +305,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
-    from sentinel_daemon.operator import progress_line, terminal_width, wait_for_job
+    from sentinel_daemon.tools.wait import progress_line, terminal_width, wait_for_job
 
     tty = sys.stderr.isatty()
     drawn = False
@@ -349,8 +350,8 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import UTC, datetime
 
-    from sentinel_daemon.operator import request_cancel
-    from sentinel_daemon.readstate import read_state
+    from sentinel_daemon.log.store import read_state
+    from sentinel_daemon.tools.cancel import request_cancel
 
     state = read_state(settings.state_dir)
     path = request_cancel(settings.state_dir, args.job, state, now=datetime.now(UTC))
@@ -362,7 +363,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from sentinel_daemon.daemon import run_daemon
+    from sentinel_daemon.daemon.service import run_daemon
 
     if args.workers is not None and args.workers < 0:
         print("sentinel: --workers must be 0 or more", file=sys.stderr)
@@ -371,8 +372,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    from sentinel_daemon.jobhistory import check_job_id
-    from sentinel_daemon.report import report_index, write_report
+    from sentinel_daemon.core.ids import check_job_id
+    from sentinel_daemon.layout import report_index
+    from sentinel_daemon.tools.report import write_report
 
     index = report_index(settings.state_dir, check_job_id(args.job))
     written = args.force or not index.is_file()
@@ -386,7 +388,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_export_optuna(args: argparse.Namespace, settings: Settings) -> int:
-    from sentinel_daemon.optuna_export import export_optuna
+    from sentinel_daemon.tools.export import export_optuna
 
     counts = export_optuna(settings.state_dir, args.job, args.out, force=args.force)
     if args.json:
@@ -399,7 +401,7 @@ def cmd_export_optuna(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
-    from sentinel_daemon.doctor import failed, render, report, run_checks
+    from sentinel_daemon.tools.doctor import failed, render, report, run_checks
 
     checks = run_checks(settings.state_dir, rescan_s=settings.inbox.rescan_seconds)
     if args.json:
@@ -427,7 +429,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
-        from sentinel_daemon.worker import main as worker_main
+        from sentinel_daemon.worker.loop import main as worker_main
 
         return worker_main(argv[1:])
     args = build_parser().parse_args(argv)

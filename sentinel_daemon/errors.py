@@ -94,3 +94,39 @@ class EventDecodeError(LogError):
             f"event seq {seq} of type {type_!r} cannot be decoded: {reason}. "
             f"Was it written by a newer Sentinel? Upgrade, or restore the older log."
         )
+
+
+class InboxError(SentinelError):
+    """Base of inbox errors."""
+
+
+class OperatorError(SentinelError):
+    """An operator command cannot do what was asked; the message says what to do instead."""
+
+
+class BadJobId(OperatorError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"{job_id!r} is not a job id (letters, digits, '.', '_' and '-', up to 128, "
+            f"starting with a letter or digit); `sentinel status` lists the jobs"
+        )
+
+
+class UnknownJob(OperatorError):
+    def __init__(self, job_id: str, state_dir: Path) -> None:
+        self.job_id = job_id
+        self.state_dir = state_dir
+        super().__init__(
+            f"no job {job_id!r} in the event log of {state_dir}; check the id with "
+            f"`sentinel status` (a job just submitted appears once the daemon has accepted it)"
+        )
+
+
+class JobAlreadyEnded(OperatorError):
+    def __init__(self, job_id: str, status: str, reason: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.reason = reason
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"job {job_id} has already ended: {status}{why}; nothing to cancel")

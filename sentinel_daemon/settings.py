@@ -13,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sentinel_daemon.errors import ConfigError
-from sentinel_daemon.inbox import InboxSettings
-from sentinel_daemon.queue import QueueSettings
 
 ENV_PREFIX = "SENTINEL_"
 MAX_CONFIG_BYTES = 1 << 20
@@ -22,6 +20,35 @@ MAX_CONFIG_BYTES = 1 << 20
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class QueueSettings(BaseModel):
+    """Tunables of the queue (a ``queue`` section of the daemon's settings)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: How often :meth:`Queue.claim_wait` looks at ``pending/`` again when it was empty.
+    #: A listing of a near-empty folder costs microseconds, and this wait is part of every
+    #: trial's hand-off, so it is short.
+    poll_interval_s: float = Field(default=0.005, gt=0)
+    #: :meth:`Queue.recover` removes ``tmp/`` files older than this. Workers may still be
+    #: writing while a daemon restarts, and a write takes milliseconds, so a minute is safe.
+    tmp_stale_s: float = Field(default=60.0, ge=0)
+    #: :class:`Outbox` reserves ``msg_seq`` numbers in blocks this big (one fsync a block).
+    seq_block: int = Field(default=1000, ge=1)
+
+
+class InboxSettings(BaseModel):
+    """The ``inbox`` section of the settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Seconds between full listings of the inbox, the safety net for lost inotify events.
+    rescan_seconds: float = Field(default=5.0, gt=0.0, le=3600.0)
+    #: Job files over this size are rejected unread.
+    max_job_bytes: int = Field(default=65536, ge=1024, le=16 << 20)
+    #: A file seen only by listing or a ``created`` event is reported once unchanged this long.
+    settle_seconds: float = Field(default=0.5, ge=0.0, le=60.0)
 
 
 class LoggingSettings(_Section):

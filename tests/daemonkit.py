@@ -36,7 +36,7 @@ import yaml
 from tests.helpers import wait_for
 
 if TYPE_CHECKING:
-    from sentinel_daemon.daemon import Daemon
+    from sentinel_daemon.daemon.service import Daemon
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]
@@ -72,7 +72,7 @@ def in_process_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Daemon
     """A :class:`Daemon` built in this process (not started), for tests that drive its
     steps by hand: working folder ``tmp_path``, state in ``tmp_path/state``, no workers,
     no metrics server, :data:`BASE_SETTINGS` otherwise."""
-    from sentinel_daemon.daemon import Daemon
+    from sentinel_daemon.daemon.service import Daemon
     from sentinel_daemon.settings import load_settings
 
     monkeypatch.chdir(tmp_path)
@@ -279,7 +279,7 @@ class DaemonProcess:
 
     Output (the daemon's and its workers', JSON lines) goes to ``root/daemon.log``.
     ``settings`` are environment variables added to :data:`BASE_SETTINGS`; ``faults`` is a
-    fault plan (see ``sentinel_daemon.jobs._test_fault``) and turns fault injection on.
+    fault plan (see ``sentinel_daemon.worker.faults._test_fault``) and turns fault injection on.
     :meth:`start` may be called again after the process ended (a restart).
     """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     Event,
     JobCompleted,
     JobFailed,

@@ -2,7 +2,7 @@
 
 Real data (``ml.synth``, 1500 rows), real models (``ml.train_trial``, a few tiny trees,
 saved with ``ml.save_model``) and the events the daemon would have appended, through
-:class:`~sentinel_daemon.store.Store`. The story of :func:`build_job`, per model:
+:class:`~sentinel_daemon.log.store.Store`. The story of :func:`build_job`, per model:
 
 - ``xgboost``: trials 0 and 2 saved, trial 4 pruned at its first report;
 - ``lightgbm``: trial 1 failed once then saved on attempt 2, trial 3 saved, trial 5
@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from sentinel_daemon import ml
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     Event,
     JobCompleted,
-    JobId,
     JobSubmitted,
     ModelKind,
     ModelPromoted,
@@ -31,15 +30,15 @@ from sentinel_daemon.events import (
     StageCompleted,
     StageStarted,
     TrialFailed,
-    TrialNumber,
     TrialPruned,
     TrialSaved,
     TrialStarted,
 )
-from sentinel_daemon.jobspec import JobSpec
+from sentinel_daemon.core.ids import JobId, TrialNumber
+from sentinel_daemon.core.jobspec import JobSpec
+from sentinel_daemon.daemon.stages import export_best
+from sentinel_daemon.log.store import Store
 from sentinel_daemon.ml import synth
-from sentinel_daemon.stages import export_best
-from sentinel_daemon.store import Store
 
 NAME = "fraud-report"
 JOB = "fraud-report-0badc0de"

@@ -40,8 +40,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from sentinel_daemon.eventlog import LogScan, segment_name
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     EVENT_TYPES,
     DaemonStarted,
     DaemonStopped,
@@ -49,7 +48,6 @@ from sentinel_daemon.events import (
     JobCancelled,
     JobCompleted,
     JobFailed,
-    JobId,
     JobRejected,
     JobSubmitted,
     ModelKind,
@@ -58,19 +56,20 @@ from sentinel_daemon.events import (
     StageCompleted,
     StageStarted,
     TrialFailed,
-    TrialNumber,
     TrialPruned,
     TrialSaved,
     TrialStarted,
     WorkerExited,
-    WorkerId,
     WorkerLost,
     WorkerStarted,
     encode,
 )
-from sentinel_daemon.records import encode_line, format_ts
-from sentinel_daemon.state import State
-from sentinel_daemon.store import EVENTS_DIR, Store, replay
+from sentinel_daemon.core.ids import JobId, TrialNumber, WorkerId
+from sentinel_daemon.core.state import State
+from sentinel_daemon.layout import EVENTS_DIR
+from sentinel_daemon.log.records import encode_line, format_ts
+from sentinel_daemon.log.segments import LogScan, segment_name
+from sentinel_daemon.log.store import Store, replay
 
 HERE = Path(__file__).resolve().parent
 VERSION = "0.1.0"

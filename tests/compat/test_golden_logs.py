@@ -21,10 +21,11 @@ import orjson
 import pytest
 from pydantic import TypeAdapter
 
-from sentinel_daemon.eventlog import LogScan, list_segments
-from sentinel_daemon.events import EVENT_TYPES, ModelKind
-from sentinel_daemon.state import JobStatus, State, TrialStatus, WorkerStatus
-from sentinel_daemon.store import EVENTS_DIR, Store, decode_record
+from sentinel_daemon.core.events import EVENT_TYPES, ModelKind
+from sentinel_daemon.core.state import JobStatus, State, TrialStatus, WorkerStatus
+from sentinel_daemon.layout import EVENTS_DIR
+from sentinel_daemon.log.segments import LogScan, list_segments
+from sentinel_daemon.log.store import Store, decode_record
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "events" / "golden"

@@ -1,7 +1,7 @@
 """The committed JSON Schemas (``events/schema/``) match the event models, and describe the logs.
 
 The schemas are generated: when one of these tests fails, run
-``python -m sentinel_daemon.eventschema`` and commit the result with the model change.
+``python -m sentinel_daemon.tools.eventschema`` and commit the result with the model change.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import Any
 import orjson
 import pytest
 
-from sentinel_daemon.events import CURRENT_VERSION, EVENT_TYPES, decode, encode
-from sentinel_daemon.eventschema import DEFAULT_DIR, differences, main, write
-from sentinel_daemon.records import ENVELOPE_KEYS
+from sentinel_daemon.core.events import CURRENT_VERSION, EVENT_TYPES, decode, encode
+from sentinel_daemon.log.records import ENVELOPE_KEYS
+from sentinel_daemon.tools.eventschema import DEFAULT_DIR, differences, main, write
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = REPO / "events" / "schema"
 GOLDEN = REPO / "events" / "golden"
-REGENERATE = "run `python -m sentinel_daemon.eventschema` and commit events/schema/"
+REGENERATE = "run `python -m sentinel_daemon.tools.eventschema` and commit events/schema/"
 
 
 def golden_segments() -> list[Path]:
@@ -55,7 +55,7 @@ def test_check_mode_exits_nonzero_and_names_the_drifted_file(
     assert main(["--check", "--dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "trial.saved.json" in err and "trial.renamed.json" in err
-    assert "python -m sentinel_daemon.eventschema" in err
+    assert "python -m sentinel_daemon.tools.eventschema" in err
     assert (tmp_path / "trial.saved.json").read_text() == "{}\n", "--check must write nothing"
 
 

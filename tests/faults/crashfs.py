@@ -398,8 +398,8 @@ class Recorder:
 
 def _bound_defaults() -> list[tuple[Any, str]]:
     """Keyword defaults that captured ``os.write``/``os.fdatasync`` when defined."""
-    from sentinel_daemon.eventlog import FileLog
-    from sentinel_daemon.store import Store
+    from sentinel_daemon.log.segments import FileLog
+    from sentinel_daemon.log.store import Store
 
     found = []
     for function in (FileLog.open.__func__, FileLog.__init__, Store.open.__func__):  # type: ignore[attr-defined]

@@ -255,7 +255,7 @@ def _half_written_models(state_dir: Path) -> list[str]:
 def _promoted_problems(
     state_dir: Path, promoted: Event, saved_at: dict[tuple[str, int], Event]
 ) -> list[str]:
-    from sentinel_daemon.ml import load_model
+    from sentinel_daemon.ml.artifacts import load_model
 
     job = promoted["job_id"]
     winner = saved_at.get((job, promoted["trial"]))

@@ -37,9 +37,7 @@ import orjson
 import pytest
 import yaml
 
-from sentinel_daemon.errors import SentinelError
-from sentinel_daemon.eventlog import LogScan
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     JobCompleted,
     JobSubmitted,
     ModelPromoted,
@@ -48,12 +46,15 @@ from sentinel_daemon.events import (
     TrialSaved,
     TrialStarted,
 )
-from sentinel_daemon.jobspec import parse_job_file
+from sentinel_daemon.core.jobspec import parse_job_file
+from sentinel_daemon.core.state import fold
+from sentinel_daemon.daemon.stages import export_best
+from sentinel_daemon.errors import SentinelError
+from sentinel_daemon.log.segments import LogScan
+from sentinel_daemon.log.store import Store, decode_record
 from sentinel_daemon.ml.artifacts import save_model
-from sentinel_daemon.queue import Outbox, Queue, Saved, TrialCommand, TrialData
-from sentinel_daemon.stages import export_best
-from sentinel_daemon.state import fold
-from sentinel_daemon.store import Store, decode_record
+from sentinel_daemon.queue.maildir import Outbox, Queue
+from sentinel_daemon.queue.messages import Saved, TrialCommand, TrialData
 from tests.daemonkit import DaemonProcess, job_doc
 from tests.faults import crashfs
 from tests.faults.crashfs import Ack, Crash, Recorder

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_daemon.logtools import verify
+from sentinel_daemon.tools.verify import verify
 from tests.faults.record import full, record
 from tests.integration.test_disk_full import (
     TMPFS_SIZE,

@@ -2,7 +2,7 @@
 and a sample of them dropped into a real daemon's inbox.
 
 Job files are untrusted (DESIGN.md, "Rules"). Every file here must be rejected with a
-:class:`~sentinel_daemon.jobspec.JobSpecError` whose message names the file and, where one
+:class:`~sentinel_daemon.core.jobspec.JobSpecError` whose message names the file and, where one
 field is at fault, that field; nothing but the job file itself may be opened, nothing
 outside the data roots may even be ``stat``-ed, and the reader's memory stays bounded
 (tracemalloc). Two traps make a forbidden open visible even where the spies would miss
@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from sentinel_daemon.jobspec import MAX_DEPTH, JobSpecError, ParsedJob, parse_job_file
+from sentinel_daemon.core.jobspec import MAX_DEPTH, JobSpecError, ParsedJob, parse_job_file
 from tests.daemonkit import job_doc, of_type, write_job
 from tests.faults import faultkit
 from tests.faults.faultkit import FAULT_SETTINGS, MakeDaemon, violations

@@ -38,9 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_daemon.errors import LogCorrupt, LogError, LogGap
-from sentinel_daemon.eventlog import LogScan, list_segments
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     DaemonStarted,
     Event,
     JobSubmitted,
@@ -50,10 +48,13 @@ from sentinel_daemon.events import (
     TrialSaved,
     TrialStarted,
 )
-from sentinel_daemon.logtools import verify
-from sentinel_daemon.records import Record
-from sentinel_daemon.state import fold
-from sentinel_daemon.store import EVENTS_DIR, SNAPSHOT_NAME, Store, decode_record
+from sentinel_daemon.core.state import fold
+from sentinel_daemon.errors import LogCorrupt, LogError, LogGap
+from sentinel_daemon.layout import EVENTS_DIR, SNAPSHOT_NAME
+from sentinel_daemon.log.records import Record
+from sentinel_daemon.log.segments import LogScan, list_segments
+from sentinel_daemon.log.store import Store, decode_record
+from sentinel_daemon.tools.verify import verify
 from tests.faults.faultkit import rng
 from tests.faults.record import full, record
 

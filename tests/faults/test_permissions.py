@@ -45,8 +45,8 @@ import structlog
 import yaml
 
 from sentinel_daemon import cli
-from sentinel_daemon.jobspec import read_job_bytes
-from sentinel_daemon.store import Store
+from sentinel_daemon.core.jobspec import read_job_bytes
+from sentinel_daemon.log.store import Store
 from tests.daemonkit import DaemonProcess, copy_dataset, is_event, job_doc, of_type
 from tests.faults.faultkit import FAULT_SETTINGS, violations
 from tests.faults.record import full, record
@@ -433,7 +433,7 @@ def test_a_second_process_cannot_take_the_state_dir_while_it_is_held(state_dir: 
         probe = (
             "import sys; from pathlib import Path\n"
             "from sentinel_daemon.errors import StateDirLocked\n"
-            "from sentinel_daemon.store import Store\n"
+            "from sentinel_daemon.log.store import Store\n"
             "try:\n    Store.open(Path(sys.argv[1]))\n"
             "except StateDirLocked as exc:\n    print(exc); sys.exit(7)\n"
         )

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_daemon.ml import DataError, loading
+from sentinel_daemon.ml import loading
 from sentinel_daemon.ml.cache import cache_key, cache_path
+from sentinel_daemon.ml.errors import DataError
 from tests.daemonkit import (
     DATASET_ROWS,
     SLOW_SPACE,

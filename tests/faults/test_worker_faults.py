@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_daemon.worker import FAULT_MEMORY_BYTES
+from sentinel_daemon.worker.faults import FAULT_MEMORY_BYTES
 from tests.daemonkit import SLOW_SPACE, DaemonProcess, Event, of_type, write_job
 from tests.faults import faultkit
 from tests.faults.faultkit import MakeDaemon

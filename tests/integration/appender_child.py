@@ -10,9 +10,9 @@ import random
 import sys
 from pathlib import Path
 
-from sentinel_daemon.events import TrialStarted
+from sentinel_daemon.core.events import TrialStarted
+from sentinel_daemon.log.store import Store
 from sentinel_daemon.logs import configure_logging
-from sentinel_daemon.store import Store
 
 
 def main() -> None:

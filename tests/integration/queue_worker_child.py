@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from sentinel_daemon.queue import Outbox, Queue, Saved
+from sentinel_daemon.queue.maildir import Outbox, Queue
+from sentinel_daemon.queue.messages import Saved
 
 
 def main() -> None:

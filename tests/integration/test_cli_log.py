@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_daemon.events import JobSubmitted, TrialSaved, TrialStarted
-from sentinel_daemon.store import Store
+from sentinel_daemon.core.events import JobSubmitted, TrialSaved, TrialStarted
+from sentinel_daemon.log.store import Store
 from tests.helpers import wait_for
 
 SENTINEL = [sys.executable, "-m", "sentinel_daemon.cli"]
@@ -208,7 +208,7 @@ def test_repair_refuses_while_another_process_holds_the_state_dir(state_dir: Pat
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from sentinel_daemon.store import Store;"
+            "import sys; from pathlib import Path; from sentinel_daemon.log.store import Store;"
             "s = Store.open(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
             str(state_dir),
         ],

@@ -3,7 +3,7 @@
 Each test runs the daemon in its own temporary folder (the daemon's working folder, which
 holds the data set, the job files and ``state/``) and checks the event log's invariants
 (DESIGN.md, "Contract: event log") at the end. Faults are injected through
-``SENTINEL_TEST_FAULT_PLAN`` (see ``sentinel_daemon.worker``): ``slow`` stretches a trial to
+``SENTINEL_TEST_FAULT_PLAN`` (see ``sentinel_daemon.worker.faults``): ``slow`` stretches a trial to
 a few seconds so that something can be killed in its middle.
 """
 
@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from sentinel_daemon import cli
-from sentinel_daemon.daemon import EXIT_FORCED, EXIT_OK
+from sentinel_daemon.daemon.service import EXIT_FORCED, EXIT_OK
 from tests.daemonkit import (
     DATASET_ROWS,
     SLOW_SPACE,
@@ -560,7 +560,7 @@ def test_sigusr1_writes_every_threads_stack_to_stderr_and_the_daemon_carries_on(
         return text if "Current thread" in text else None
 
     text = wait_for(dumped, timeout=30, what="the stack dump in the daemon's output")
-    assert "sentinel_daemon/daemon.py" in text and "in run_daemon" in text
+    assert "sentinel_daemon/daemon/service.py" in text and "in run_daemon" in text
     assert daemon.stop() == EXIT_OK  # the dump did not stop it
 
 

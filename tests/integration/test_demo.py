@@ -8,8 +8,8 @@ from pathlib import Path
 
 import orjson
 
-from sentinel_daemon.eventlog import LogScan
-from sentinel_daemon.ml import load_model
+from sentinel_daemon.log.segments import LogScan
+from sentinel_daemon.ml.artifacts import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ SENTINEL = [sys.executable, "-m", "sentinel_daemon.cli"]
 HOLD_LOCK = """
 import sys
 from pathlib import Path
-from sentinel_daemon.lock import StateLock
+from sentinel_daemon.log.lock import StateLock
 lock = StateLock.acquire(Path(sys.argv[1]))
 print("locked", flush=True)
 sys.stdin.read()

@@ -15,16 +15,12 @@ from typing import Any
 
 import pytest
 
-from sentinel_daemon.inbox import (
-    REASON_SUFFIX,
-    Inbox,
-    InboxError,
-    InboxFileGone,
-    InboxSettings,
-    is_job_name,
-    submit_file,
-)
-from sentinel_daemon.jobspec import JobSpecError
+from sentinel_daemon.core.jobspec import JobSpecError
+from sentinel_daemon.daemon.inbox import Inbox, InboxFileGone
+from sentinel_daemon.errors import InboxError
+from sentinel_daemon.layout import REASON_SUFFIX, is_job_name
+from sentinel_daemon.settings import InboxSettings
+from sentinel_daemon.tools.submit import submit_file
 from tests.helpers import wait_for
 
 #: Long enough that nothing in a test is reported by a listing or by settling unless the
@@ -230,7 +226,7 @@ def test_an_inbox_whose_watch_cannot_start_falls_back_to_listing(
     def no_more_inotify() -> None:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr("sentinel_daemon.inbox._make_observer", no_more_inotify)
+    monkeypatch.setattr("sentinel_daemon.daemon.inbox._make_observer", no_more_inotify)
     recorder = Recorder()
     with running(dirs, recorder, rescan_interval=0.05, settle=0.05) as inbox:
         assert not inbox.watching

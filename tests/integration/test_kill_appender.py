@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from sentinel_daemon.eventlog import LogScan
-from sentinel_daemon.events import decode
+from sentinel_daemon.core.events import decode
+from sentinel_daemon.log.segments import LogScan
 
 CHILD = Path(__file__).with_name("appender_child.py")
 KILLS = 50

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_daemon.daemon import EXIT_OK
-from sentinel_daemon.worker import FAULT_MEMORY_BYTES
+from sentinel_daemon.daemon.service import EXIT_OK
+from sentinel_daemon.worker.faults import FAULT_MEMORY_BYTES
 from tests.daemonkit import (
     DATASET_ROWS,
     DaemonProcess,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sentinel_daemon.daemon import EXIT_OK
+from sentinel_daemon.daemon.service import EXIT_OK
 from tests.daemonkit import (
     DATASET_ROWS,
     SLOW_SPACE,

@@ -8,7 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from sentinel_daemon.queue import Queue, Saved, TrialCommand, TrialData
+from sentinel_daemon.queue.maildir import Queue
+from sentinel_daemon.queue.messages import Saved, TrialCommand, TrialData
 from tests.helpers import wait_for
 
 CHILD = Path(__file__).with_name("queue_worker_child.py")

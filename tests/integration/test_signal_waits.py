@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sentinel_daemon.inbox import Inbox
+from sentinel_daemon.daemon.inbox import Inbox
 from tests.daemonkit import in_process_daemon
 
 TIMEOUT_S = 0.1

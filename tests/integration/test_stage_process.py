@@ -6,7 +6,12 @@ import os
 import signal
 from pathlib import Path
 
-from sentinel_daemon.stages import DataRequest, PrepareRequest, StageOutcome, StageProcess
+from sentinel_daemon.daemon.stages import (
+    DataRequest,
+    PrepareRequest,
+    StageOutcome,
+    StageProcess,
+)
 from tests.helpers import wait_for
 
 

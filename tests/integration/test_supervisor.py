@@ -17,17 +17,14 @@ from typing import Any
 import psutil
 import pytest
 
-from sentinel_daemon.events import Event, WorkerExited, WorkerLost, WorkerStarted
+from sentinel_daemon.core.events import Event, WorkerExited, WorkerLost, WorkerStarted
+from sentinel_daemon.daemon.dispatch.local import PollResult, Supervisor, default_worker_count
 from sentinel_daemon.ml import synth
-from sentinel_daemon.queue import Queue, TrialCommand, TrialData
-from sentinel_daemon.supervisor import (
-    PollResult,
-    Supervisor,
-    _visible,
-    default_worker_count,
-    discover_gpus,
-)
-from sentinel_daemon.worker import EXIT_INJECTED_CRASH, FAULTS_ENV
+from sentinel_daemon.ml.devices import _visible, discover_gpus
+from sentinel_daemon.queue.maildir import Queue
+from sentinel_daemon.queue.messages import TrialCommand, TrialData
+from sentinel_daemon.worker.faults import FAULTS_ENV
+from sentinel_daemon.worker.runner import EXIT_INJECTED_CRASH
 from tests.helpers import wait_for
 
 MakeSupervisor = Callable[..., Supervisor]

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_daemon import cli, worker
+from sentinel_daemon import cli
 from sentinel_daemon.settings import Settings
+from sentinel_daemon.worker.loop import build_parser as worker_parser
 from tests.conftest import REPO
 
 SYSTEMD = REPO / "systemd"
@@ -213,7 +214,7 @@ def test_the_worker_unit_runs_one_worker_on_its_gpu() -> None:
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     argv = one(unit, "ExecStart").replace("%i", "3").split()
     assert argv[1] == "worker"
-    args = worker.build_parser().parse_args(argv[2:])
+    args = worker_parser().parse_args(argv[2:])
     assert (args.state_dir, args.worker_id, args.gpu) == (Path("/var/lib/sentinel"), "gpu3", 3)
     # The daemon counts a worker lost after heartbeat_timeout_s without a heartbeat.
     assert args.heartbeat_s * 5 <= Settings().workers.heartbeat_timeout_s

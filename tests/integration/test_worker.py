@@ -15,17 +15,18 @@ import pytest
 
 from sentinel_daemon import ml
 from sentinel_daemon.ml import synth
-from sentinel_daemon.queue import (
+from sentinel_daemon.queue.maildir import Queue
+from sentinel_daemon.queue.messages import (
     Failed,
     Progress,
     Pruned,
-    Queue,
     Saved,
     TrialCommand,
     TrialData,
     WorkerMessage,
 )
-from sentinel_daemon.worker import EXIT_DEVICE_LOST, EXIT_OK, EXIT_ORPHANED, FAULTS_ENV
+from sentinel_daemon.worker.faults import FAULTS_ENV
+from sentinel_daemon.worker.runner import EXIT_DEVICE_LOST, EXIT_OK, EXIT_ORPHANED
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

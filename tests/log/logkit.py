@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sentinel_daemon.eventlog import FileLog, LogScan
-from sentinel_daemon.records import Record
+from sentinel_daemon.log.records import Record
+from sentinel_daemon.log.segments import FileLog, LogScan
 
 
 def payload(i: int) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from sentinel_daemon.errors import LogCorrupt, LogFsyncFailed, LogGap
-from sentinel_daemon.eventlog import FileLog, LogScan, LogWriteFailed, segment_name
-from sentinel_daemon.testing import MemoryLog
+from sentinel_daemon.log.memory import MemoryLog
+from sentinel_daemon.log.segments import FileLog, LogScan, LogWriteFailed, segment_name
 
 from .logkit import open_log, payload, scan_all, segment_files, write_log
 

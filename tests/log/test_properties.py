@@ -11,9 +11,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sentinel_daemon.errors import LogCorrupt, LogGap
-from sentinel_daemon.eventlog import FileLog
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     Event,
     JobSubmitted,
     StageStarted,
@@ -24,8 +22,11 @@ from sentinel_daemon.events import (
     WorkerLost,
     WorkerStarted,
 )
-from sentinel_daemon.state import State, fold
-from sentinel_daemon.store import SNAPSHOT_NAME, Store
+from sentinel_daemon.core.state import State, fold
+from sentinel_daemon.errors import LogCorrupt, LogGap
+from sentinel_daemon.layout import SNAPSHOT_NAME
+from sentinel_daemon.log.segments import FileLog
+from sentinel_daemon.log.store import Store
 
 from .logkit import open_log, payload, scan_all, segment_files, write_log
 

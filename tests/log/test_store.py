@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sentinel_daemon.core.events import JobSubmitted, TrialSaved, TrialStarted
+from sentinel_daemon.core.state import fold
 from sentinel_daemon.errors import LogCorrupt, StateDirLocked
-from sentinel_daemon.events import JobSubmitted, TrialSaved, TrialStarted
-from sentinel_daemon.state import fold
-from sentinel_daemon.store import SNAPSHOT_NAME, Store
+from sentinel_daemon.layout import SNAPSHOT_NAME
+from sentinel_daemon.log.store import Store
 
 from .logkit import segment_files
 

@@ -8,8 +8,8 @@ import orjson
 import pytest
 
 from sentinel_daemon import ml
-from sentinel_daemon.ml import ArtifactError
 from sentinel_daemon.ml.artifacts import load_model, save_model
+from sentinel_daemon.ml.errors import ArtifactError
 
 from .helpers import SMALL
 

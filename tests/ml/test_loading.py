@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sentinel_daemon.ml import DataError
+from sentinel_daemon.ml.errors import DataError
 from sentinel_daemon.ml.loading import load
 
 from .helpers import Synthetic, minimal_transactions

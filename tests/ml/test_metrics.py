@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-from sentinel_daemon.ml import MetricsError
+from sentinel_daemon.ml.errors import MetricsError
 from sentinel_daemon.ml.metrics import compute
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sentinel_daemon.ml import SpaceError
+from sentinel_daemon.ml.errors import SpaceError
 from sentinel_daemon.ml.space import ParamSpec, default_space, resolve_space, suggest
 
 XGB = {"n_estimators", "learning_rate", "max_depth", "min_child_weight", "subsample",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sentinel_daemon import ml
-from sentinel_daemon.ml import SplitError
+from sentinel_daemon.ml.errors import SplitError
 from sentinel_daemon.ml.splits import time_split
 
 

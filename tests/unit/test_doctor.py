@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_daemon import doctor
-from sentinel_daemon.doctor import (
+from sentinel_daemon.layout import LOCK_NAME
+from sentinel_daemon.tools import doctor
+from sentinel_daemon.tools.doctor import (
     GIB,
     CommandResult,
     Host,
@@ -34,7 +35,6 @@ from sentinel_daemon.doctor import (
     report,
     run_checks,
 )
-from sentinel_daemon.lock import LOCK_NAME
 
 MOUNTINFO = """\
 22 27 0:21 / /proc rw,relatime - proc proc rw

@@ -5,7 +5,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     CURRENT_VERSION,
     EVENT_TYPES,
     JobSubmitted,
@@ -96,7 +96,7 @@ def test_an_unknown_type_is_refused() -> None:
 
 
 def test_a_worker_exit_carries_exactly_one_of_exit_code_and_signal() -> None:
-    from sentinel_daemon.events import WorkerExited
+    from sentinel_daemon.core.events import WorkerExited
 
     WorkerExited(worker="w0", pid=3, gpu=None, exit_code=0)
     WorkerExited(worker="w0", pid=3, gpu=None, signal=9)

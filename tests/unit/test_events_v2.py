@@ -9,8 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sentinel_daemon.eventlog import LogScan
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     CURRENT_VERSION,
     UPCASTERS,
     TrialPruned,
@@ -18,18 +17,19 @@ from sentinel_daemon.events import (
     decode,
     encode,
 )
+from sentinel_daemon.layout import EVENTS_DIR
+from sentinel_daemon.log.segments import LogScan
 from sentinel_daemon.ml import synth
-from sentinel_daemon.queue import (
+from sentinel_daemon.queue.maildir import Queue
+from sentinel_daemon.queue.messages import (
     MESSAGE_ADAPTER,
     Progress,
     Pruned,
-    Queue,
     Saved,
     TrialCommand,
     TrialData,
 )
-from sentinel_daemon.store import EVENTS_DIR
-from sentinel_daemon.worker import Worker
+from sentinel_daemon.worker.loop import Worker
 from tests.unit.test_jobs import JOB, Harness
 
 GOLDEN_V1 = Path(__file__).resolve().parents[2] / "events" / "golden" / "v1"

@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 import pytest
 
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     Event,
     JobCompleted,
     JobFailed,
@@ -23,11 +23,13 @@ from sentinel_daemon.events import (
     TrialSaved,
     TrialStarted,
 )
-from sentinel_daemon.jobs import ActorContext, JobActor
-from sentinel_daemon.jobspec import JobSpec
-from sentinel_daemon.queue import Failed, Queue, Saved
-from sentinel_daemon.stages import export_best, quality_gate
-from sentinel_daemon.state import State, TrialStatus, apply
+from sentinel_daemon.core.gate import quality_gate
+from sentinel_daemon.core.jobspec import JobSpec
+from sentinel_daemon.core.state import State, TrialStatus, apply
+from sentinel_daemon.daemon.actor import ActorContext, JobActor
+from sentinel_daemon.daemon.stages import export_best
+from sentinel_daemon.queue.maildir import Queue
+from sentinel_daemon.queue.messages import Failed, Saved
 
 JOB = "fraud-0123abcd"
 
@@ -322,7 +324,7 @@ def test_promotion_is_recorded_before_best_is_written(tmp_path: Path) -> None:
 def test_a_model_saved_but_never_reported_is_recorded_not_retrained(tmp_path: Path) -> None:
     import json
 
-    from sentinel_daemon.queue import TrialCommand
+    from sentinel_daemon.queue.messages import TrialCommand
 
     h = Harness(tmp_path, n_trials=1, parallelism=1)
     (first,) = h.searching()
@@ -358,7 +360,7 @@ def test_a_model_saved_but_never_reported_is_recorded_not_retrained(tmp_path: Pa
 def test_a_rebuilt_study_holds_every_recorded_trial_and_samples_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk: bool
 ) -> None:
-    from sentinel_daemon import jobs
+    from sentinel_daemon.daemon import actor as jobs
 
     if not bulk:  # the public path, taken when Optuna's internals look different
         monkeypatch.setattr(jobs.RecordedTrialsStorage, "_INTERNALS", ("_no_such_internal",))

@@ -17,8 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sentinel_daemon.errors import SentinelError
-from sentinel_daemon.jobspec import (
+from sentinel_daemon.core.jobspec import (
     MAX_DEPTH,
     JobSpec,
     JobSpecError,
@@ -26,6 +25,7 @@ from sentinel_daemon.jobspec import (
     job_id,
     parse_job_file,
 )
+from sentinel_daemon.errors import SentinelError
 
 VALID_YAML = """\
 name: ieee-fraud

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     Event,
     JobCompleted,
     JobSubmitted,
@@ -16,13 +16,13 @@ from sentinel_daemon.events import (
     TrialPruned,
     TrialSaved,
     TrialStarted,
-    WorkerId,
     WorkerLost,
     WorkerStarted,
 )
-from sentinel_daemon.metrics import DaemonMetrics
-from sentinel_daemon.monitor import GpuReading, ProcessReading, Readings
-from sentinel_daemon.state import State, apply
+from sentinel_daemon.core.ids import WorkerId
+from sentinel_daemon.core.state import State, apply
+from sentinel_daemon.daemon.metrics import DaemonMetrics
+from sentinel_daemon.daemon.monitor import GpuReading, ProcessReading, Readings
 
 
 def submitted(job: str) -> JobSubmitted:

@@ -7,14 +7,9 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from sentinel_daemon.events import (
-    StageCompleted,
-    StageStarted,
-    TrialFailed,
-    TrialStarted,
-    WorkerId,
-)
-from sentinel_daemon.monitor import (
+from sentinel_daemon.core.events import StageCompleted, StageStarted, TrialFailed, TrialStarted
+from sentinel_daemon.core.ids import WorkerId
+from sentinel_daemon.daemon.monitor import (
     MIB,
     AdmissionGate,
     GpuReading,

@@ -9,22 +9,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sentinel_daemon.events import JobSubmitted, TrialStarted, WorkerExited
-from sentinel_daemon.operator import (
-    CONTROL_DIR,
-    BadJobId,
-    JobAlreadyEnded,
-    UnknownJob,
-    cancel_request_path,
-    check_job_id,
-    job_summary,
-    progress_line,
-    render_status,
-    request_cancel,
-    status_report,
-    wait_for_job,
-)
-from sentinel_daemon.state import JobStatus, fold
+from sentinel_daemon.core.events import JobSubmitted, TrialStarted, WorkerExited
+from sentinel_daemon.core.ids import check_job_id
+from sentinel_daemon.core.state import JobStatus, fold
+from sentinel_daemon.errors import BadJobId, JobAlreadyEnded, UnknownJob
+from sentinel_daemon.layout import CONTROL_DIR
+from sentinel_daemon.tools.cancel import cancel_request_path, request_cancel
+from sentinel_daemon.tools.status import job_summary, render_status, status_report
+from sentinel_daemon.tools.wait import progress_line, wait_for_job
 from tests.jobevents import failed, finish, running, worker
 
 

@@ -12,11 +12,12 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from sentinel_daemon.cli import main as cli_main
-from sentinel_daemon.eventlog import LogScan
-from sentinel_daemon.events import JobCancelled, JobSubmitted, TrialStarted
-from sentinel_daemon.jobhistory import TRIAL_ATTR
-from sentinel_daemon.optuna_export import ExportError, export_optuna, study_name
-from sentinel_daemon.store import EVENTS_DIR, Store
+from sentinel_daemon.core.events import JobCancelled, JobSubmitted, TrialStarted
+from sentinel_daemon.layout import EVENTS_DIR
+from sentinel_daemon.log.segments import LogScan
+from sentinel_daemon.log.store import Store
+from sentinel_daemon.ml.space import TRIAL_ATTR
+from sentinel_daemon.tools.export import ExportError, export_optuna, study_name
 from tests.jobkit import JOB, MODELS, BuiltJob, build_job, job_spec, make_data
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,22 +9,19 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from sentinel_daemon.queue import (
+from sentinel_daemon.queue.maildir import BadFile, Outbox, PutOutcome, Queue
+from sentinel_daemon.queue.messages import (
     TRACEBACK_CHARS,
-    BadFile,
     Failed,
-    Outbox,
     Progress,
     Pruned,
-    PutOutcome,
-    Queue,
-    QueueSettings,
     ReplayFilter,
     Saved,
     TrialCommand,
     TrialData,
     split_command_id,
 )
+from sentinel_daemon.settings import QueueSettings
 
 SHA = "ab" * 32
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sentinel_daemon.records import BadRecord, decode_line, encode_line
+from sentinel_daemon.log.records import BadRecord, decode_line, encode_line
 
 PAYLOAD = {"type": "trial.saved", "v": 1, "job_id": "j1", "trial": 3, "value": 0.91}
 
@@ -71,7 +71,7 @@ def test_junk_is_not_a_record(junk: bytes) -> None:
 
 
 def test_a_batch_encodes_to_exactly_the_lines_of_its_records() -> None:
-    from sentinel_daemon.records import encode_batch
+    from sentinel_daemon.log.records import encode_batch
 
     ts = "2026-01-01T00:00:00.000000Z"
     payloads = [{**PAYLOAD, "trial": i} for i in range(5)]

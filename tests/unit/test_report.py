@@ -14,18 +14,18 @@ import pytest
 
 from sentinel_daemon import ml
 from sentinel_daemon.cli import main as cli_main
-from sentinel_daemon.events import JobSubmitted
-from sentinel_daemon.jobhistory import JobHistory, Outcome, TrialRecord, read_history
-from sentinel_daemon.operator import UnknownJob
-from sentinel_daemon.report import (
-    LOCK_NAME,
+from sentinel_daemon.core.events import JobSubmitted
+from sentinel_daemon.errors import UnknownJob
+from sentinel_daemon.layout import report_index
+from sentinel_daemon.log.store import Store
+from sentinel_daemon.tools.history import JobHistory, Outcome, TrialRecord, read_history
+from sentinel_daemon.tools.report import (
+    REPORT_LOCK,
     ReportError,
     build_report,
     feature_gains,
-    report_index,
     write_report,
 )
-from sentinel_daemon.store import Store
 from tests.jobkit import JOB, BuiltJob, build_job, job_spec, make_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def test_a_job_completed_without_promotion_gets_history_importances_and_says_why
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from sentinel_daemon.report import "
+            "import sys; from pathlib import Path; from sentinel_daemon.tools.report import "
             "write_report; print(write_report(Path(sys.argv[1]), sys.argv[2]))",
             str(refused.state_dir),
             refused.job_id,
@@ -213,7 +213,9 @@ def test_rewriting_replaces_the_report_whole_and_clears_a_dead_writers_leftovers
     (job_dir / ".report.999999999.old").mkdir()  # ... or between its two renames
     second = write_report(refused.state_dir, refused.job_id)
     assert second == first and not (second.parent / "stale.png").exists()
-    assert sorted(p.name for p in job_dir.iterdir() if p.name.startswith(".report")) == [LOCK_NAME]
+    assert sorted(p.name for p in job_dir.iterdir() if p.name.startswith(".report")) == [
+        REPORT_LOCK
+    ]
 
 
 def test_a_running_or_unknown_job_gets_no_report(tmp_path: Path) -> None:

@@ -3,11 +3,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sentinel_daemon.events import (
+from sentinel_daemon.core.events import (
     DaemonStarted,
     Event,
     JobCompleted,
     JobSubmitted,
+    ModelKind,
     ModelPromoted,
     StageCompleted,
     StageStarted,
@@ -19,12 +20,9 @@ from sentinel_daemon.events import (
     WorkerLost,
     WorkerStarted,
 )
-from sentinel_daemon.records import Position
-from sentinel_daemon.snapshot import load_snapshot, write_snapshot
-from sentinel_daemon.state import (
+from sentinel_daemon.core.state import (
     KEPT_ENDED_WORKERS,
     JobStatus,
-    ModelKind,
     StageStatus,
     TrialStatus,
     WorkerStatus,
@@ -34,6 +32,8 @@ from sentinel_daemon.state import (
     state_from_data,
     state_to_json,
 )
+from sentinel_daemon.log.records import Position
+from sentinel_daemon.log.snapshot import load_snapshot, write_snapshot
 
 
 def submitted(job: str = "j1") -> JobSubmitted:
@@ -220,7 +220,7 @@ def test_state_survives_a_json_round_trip_for_snapshots() -> None:
 
 
 def test_an_ended_job_keeps_counts_and_its_best_not_every_trial() -> None:
-    from sentinel_daemon.events import JobFailed
+    from sentinel_daemon.core.events import JobFailed
 
     state = fold(
         [

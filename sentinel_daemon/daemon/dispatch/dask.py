@@ -1,0 +1,683 @@
+"""The ``dask`` dispatch backend: trials on a Dask distributed cluster (``dispatch.backend``).
+
+The daemon stays what it is with local workers: the single writer of the log and the owner
+of every study. Only the last hop of a trial command changes. The job actor still puts
+commands into ``STATE/queue/pending/`` and reads answers from ``STATE/queue/results/``;
+:class:`DaskDispatcher` stands where the local
+:class:`~sentinel_daemon.daemon.dispatch.local.Supervisor` stands, and is to the queue what
+a set of local workers would be:
+
+- it claims a pending command into one of its *slots* (``queue/workers/dask-<n>/``; one
+  command each, as many slots as the cluster offers ``dispatch.resource`` units, or
+  ``dispatch.slots``) and submits it to the scheduler as a task that asks for one unit of
+  that resource, under the key ``sentinel-<command_id>``;
+- a Dask worker runs :func:`run_trial_task`: the trial code of ``sentinel worker``
+  (:class:`~sentinel_daemon.worker.runner.TrialRunner`), with the prepared data kept in the worker
+  process across trials, the model saved under the shared state directory, progress sent
+  back with ``Worker.log_event`` and pruning asked through a ``distributed.Event``;
+- the dispatcher posts every answer into ``results/`` under the slot's id (through an
+  :class:`~sentinel_daemon.queue.maildir.Outbox`, fsynced), where the daemon ingests it exactly as
+  a local worker's; prune requests the actor writes into the slot's folder become the
+  task's Event.
+
+Failures map onto what the daemon already handles. A Dask worker that dies under a task
+(``KilledWorker``, with the scheduler's ``allowed-failures`` at 0 as the docs advise; or,
+with a higher setting, a second execution of the same task seen starting) is reported as
+``worker.lost`` for the slot, with the commands taken back, so the trial is retried under
+``trials.max_attempts``. A scheduler that cannot be reached pauses dispatching (``available``
+is False, ``sentinel status`` and the log say why); the commands held in slots go back to
+``pending/`` with the same attempt (the trial did not fail) and are submitted again once
+it returns. A restarted daemon takes back the commands its predecessor's slots held, with
+the same attempt, like any dead worker's. A resubmitted command never trains a finished
+trial twice: a task first looks for a complete model of its attempt on disk
+(:func:`sentinel_daemon.worker.runner.find_saved`) and answers with it; and the same key on the
+same Dask worker joins the execution still running there.
+
+Before the first command of a job is submitted, every Dask worker is asked to check that
+it can read the job's data and write its cache and model folders; a job whose data some
+worker cannot reach fails with the worker and the path named.
+
+Dask moves the function by reference and its arguments through its own protocol; every
+argument Sentinel passes is a JSON string or plain text (no pickled objects of ours), and
+answers come back as JSON-compatible dicts that the daemon validates.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pydantic import ValidationError
+
+from sentinel_daemon.core.events import Event, JobFailed, WorkerLost, WorkerStarted
+from sentinel_daemon.core.ids import JobId, WorkerId
+from sentinel_daemon.daemon.dispatch.local import PollResult
+from sentinel_daemon.fsutil import atomic_write_bytes
+from sentinel_daemon.queue.maildir import Outbox, Queue
+from sentinel_daemon.queue.messages import MESSAGE_ADAPTER, Progress, TrialCommand
+
+if TYPE_CHECKING:
+    import distributed
+
+    from sentinel_daemon.settings import DispatchSettings
+    from sentinel_daemon.worker.runner import TrialRunner
+
+log = structlog.get_logger(__name__)
+
+#: The structured-events topic tasks send ``started`` and ``progress`` messages on.
+TOPIC = "sentinel-trial"
+KEY_PREFIX = "sentinel-"
+PRUNE_PREFIX = "sentinel-prune-"
+SLOT_PREFIX = "dask-"
+#: A file in the state directory that Dask workers must read back (shared storage check).
+MARKER_FILE = "dispatch-id"
+#: How often the cluster's workers and resources are counted (on the helper thread).
+MEASURE_EVERY_S = 1.0
+
+
+# ---- the Dask worker's side ----------------------------------------------------------------
+
+_runner_lock = threading.Lock()
+_runners: dict[str, TrialRunner] = {}
+
+
+def _runner_id() -> str:
+    """This process's name in artifact folders: host and pid, as a worker id allows."""
+    raw = f"{socket.gethostname()}-{os.getpid()}"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", raw)[-60:].lstrip("-_") or f"dask-{os.getpid()}"
+
+
+def _runner(state_dir: str) -> TrialRunner:
+    """The runner of this worker process for ``state_dir`` (its prepared data persists)."""
+    from sentinel_daemon.ml.devices import discover_gpus
+    from sentinel_daemon.worker.runner import TrialRunner
+
+    runner = _runners.get(state_dir)
+    if runner is None:
+        # A GPU host runs one `dask worker --resources GPU=1` per GPU, with
+        # CUDA_VISIBLE_DEVICES naming it: any GPU seen means "cuda" (the one visible).
+        gpu = 0 if discover_gpus() else None
+        threads = int(os.environ.get("SENTINEL_DASK_THREADS", "0")) or None
+        runner = TrialRunner(Path(state_dir), _runner_id(), gpu=gpu, threads=threads)
+        _runners[state_dir] = runner
+    return runner
+
+
+class DaskChannel:
+    """A task's :class:`~sentinel_daemon.worker.runner.Channel`: progress as structured events.
+
+    Each message is validated here exactly as the local worker's :class:`Outbox` would
+    (a NaN score fails in the task, as a trial failure); the daemon numbers and posts it.
+    The final answer (saved, pruned, failed) is kept and returned as the task's result.
+    """
+
+    def __init__(self, worker: distributed.Worker, slot: str, execution: str) -> None:
+        self.worker = worker
+        self.slot = slot
+        self.execution = execution
+        self.final: dict[str, Any] | None = None
+        self._prune: distributed.Event | None = None
+
+    def send(self, kind: Any, command_id: str, **fields: Any) -> Any:
+        message = kind.model_validate(
+            {**fields, "worker_id": self.slot, "msg_seq": 1, "command_id": command_id}
+        )
+        payload = message.model_dump(mode="json", exclude={"worker_id", "msg_seq"})
+        if kind is Progress:
+            try:
+                self.worker.log_event(TOPIC, {**payload, "execution": self.execution})
+            except Exception as exc:
+                raise self._gone(exc) from exc
+        else:
+            self.final = payload
+        return message
+
+    def should_prune(self, command_id: str) -> bool:
+        import distributed
+
+        try:
+            if self._prune is None:
+                self._prune = distributed.Event(PRUNE_PREFIX + command_id)
+            return bool(self._prune.is_set())
+        except Exception as exc:
+            raise self._gone(exc) from exc
+
+    def _gone(self, exc: Exception) -> Exception:
+        """The scheduler cannot be reached: the daemon will not hear an answer, and the
+        trial did not fail. Leave it (the daemon submits it again, same attempt)."""
+        from sentinel_daemon.worker.runner import TrialAbandoned
+
+        log.warning("dask.channel_lost", slot=self.slot, error=f"{type(exc).__name__}: {exc}")
+        return TrialAbandoned(str(exc))
+
+
+def run_trial_task(command_json: str, state_dir: str, slot: str) -> dict[str, Any]:
+    """Run one trial command on this Dask worker; its answer (a message without numbers).
+
+    ``state_dir`` is the daemon's state directory as this worker mounts it; the command's
+    relative paths resolve against it. One trial at a time per process (the task asks for
+    a GPU unit, and a lock makes sure of it); the prepared data stays for the next trial.
+    """
+    import distributed
+
+    worker = distributed.get_worker()
+    command = TrialCommand.model_validate_json(command_json)
+    execution = uuid.uuid4().hex
+    worker.log_event(
+        TOPIC,
+        {
+            "kind": "started",
+            "command_id": command.command_id,
+            "execution": execution,
+            "worker": worker.address,
+        },
+    )
+    channel = DaskChannel(worker, slot, execution)
+    with _runner_lock:
+        _runner(state_dir).answer(command, channel)
+    if channel.final is None:  # the runner only abandons a trial when stopped: it is not
+        raise RuntimeError(f"trial {command.command_id} ended without an answer")
+    return channel.final
+
+
+def check_paths(marker: str, expected: str, reads: list[str], writes: list[str]) -> list[str]:
+    """On a worker: what keeps it from serving the daemon's state directory and a job.
+
+    ``marker`` must hold ``expected`` (the daemon wrote it: the worker sees the very same
+    state directory, not an empty folder at that path); ``reads`` must be readable files;
+    each of ``writes`` must be a folder it can create or write into (nothing is created).
+    """
+    try:
+        with open(marker, encoding="utf-8") as fh:
+            seen = fh.read().strip()
+    except OSError as exc:
+        seen = f"unreadable ({exc.strerror})"
+    if seen != expected:
+        return [
+            f"does not see the daemon's state directory at {os.path.dirname(marker)} "
+            f"({os.path.basename(marker)} is {seen[:40]!r}, not the daemon's)"
+        ]
+    problems: list[str] = []
+    for path in reads:
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            problems.append(f"cannot read {path}")
+    for folder in writes:
+        existing = folder
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            problems.append(f"cannot write into {folder} ({existing} is not a writable folder)")
+    return problems
+
+
+# ---- the daemon's side --------------------------------------------------------------------
+
+
+@dataclass
+class _Task:
+    """A command held by a slot: waiting for its job's path check, or submitted."""
+
+    slot: WorkerId
+    command: TrialCommand
+    future: distributed.Future[Any] | None = None
+    executions: list[str] = field(default_factory=list)
+    prune_sent: bool = False
+
+
+@dataclass(frozen=True)
+class _Check:
+    job_id: str
+    future: concurrent.futures.Future[dict[str, list[str]]]
+
+
+class DaskDispatcher:
+    """Dispatches ``state_dir``'s queued commands to a Dask scheduler (see the module doc).
+
+    The daemon drives it as it drives the local supervisor: :meth:`start`, :meth:`poll`
+    each turn, :meth:`stop`. What may wait on the scheduler (connecting, counting workers,
+    path checks, prune events) runs on a helper thread; the core loop only submits (which
+    does not wait) and fetches a finished task's answer (one round trip to the worker,
+    bounded by 5 s). ``worker_state_dir`` overrides ``settings.worker_state_dir``.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        settings: DispatchSettings,
+        *,
+        worker_state_dir: Path | None = None,
+    ) -> None:
+        if settings.scheduler is None:
+            raise ValueError("dispatch.scheduler is required with dispatch.backend: dask")
+        self.state_dir = Path(state_dir)
+        self.settings = settings
+        self.scheduler = settings.scheduler
+        self.worker_state_dir = str(worker_state_dir or settings.worker_state_dir or state_dir)
+        self.queue = Queue(self.state_dir / "queue")
+        self.client: distributed.Client | None = None
+        self.available = False
+        self.reason: str | None = "connecting to the scheduler"
+        self.cluster_workers = 0
+        self.capacity = 0
+        self._ops = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dask-ops")
+        self._connecting: concurrent.futures.Future[distributed.Client] | None = None
+        self._next_connect = 0.0
+        self._next_measure = 0.0
+        self._measuring: concurrent.futures.Future[None] | None = None
+        self._tasks: dict[str, _Task] = {}  # command id -> task
+        self._outboxes: dict[str, Outbox] = {}
+        self._announced: set[str] = set()  # slots whose worker.started is recorded
+        self._slot_count = 0
+        self._checked: set[str] = set()  # job ids whose paths every worker can reach
+        self._checks: dict[str, _Check] = {}
+        self._check_after: dict[str, float] = {}  # job id -> when to ask again
+        self._inbound: deque[dict[str, Any]] = deque()  # filled by the client's thread
+        self._stopping = False
+
+    # -- the supervisor's interface ---------------------------------------------------------
+
+    def start(self, now: float | None = None) -> None:
+        self._connect(time.monotonic() if now is None else now)
+
+    def worker_ids(self) -> list[WorkerId]:
+        """Every slot id: they hold commands but are no processes with heartbeats."""
+        return [self._slot_id(i) for i in range(self._slot_count)]
+
+    def workers_alive(self) -> int:
+        return self.cluster_workers
+
+    def worker_pids(self) -> dict[WorkerId, int]:
+        return {}  # nothing runs on this host: resources are the Dask workers' hosts'
+
+    def gpus_in_use(self) -> set[int]:
+        return set()
+
+    def kill(self, worker_id: str, reason: str) -> bool:
+        return False  # no local process to kill (the memory ceiling is Dask's own)
+
+    def status_note(self) -> str | None:
+        if self.available:
+            return None
+        return f"dask scheduler {self.scheduler}: {self.reason}; dispatching paused"
+
+    def describe(self) -> dict[str, Any]:
+        """For ``health.json`` and ``sentinel status``."""
+        return {
+            "backend": "dask",
+            "scheduler": self.scheduler,
+            "connected": self.available,
+            "reason": None if self.available else self.reason,
+            "workers": self.cluster_workers,
+            "slots": self.capacity,
+            "running": sum(1 for t in self._tasks.values() if t.future is not None),
+        }
+
+    def poll(self, now: float) -> PollResult:
+        result = PollResult()
+        client = self._client_now(now)
+        if client is None:
+            return result
+        self._drain_inbound(result)
+        for task in list(self._tasks.values()):
+            self._follow(task, result)
+        self._finish_checks(result, now)
+        self._dispatch(client, result, now)
+        return result
+
+    def stop(self, grace_s: float) -> list[Event]:
+        """Leave the cluster: tasks still running are abandoned (their commands stay held,
+        and the next daemon takes them back with the same attempt)."""
+        self._stopping = True
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.close(timeout=max(grace_s, 1.0))
+        self.client = None
+        self._ops.shutdown(wait=False, cancel_futures=True)
+        return []
+
+    # -- connection --------------------------------------------------------------------------
+
+    def _connect(self, now: float) -> None:
+        if self._connecting is None and not self._stopping:
+            self._connecting = self._ops.submit(self._new_client)
+            self._next_connect = now + self.settings.retry_s
+
+    def _new_client(self) -> distributed.Client:
+        import distributed
+
+        client = distributed.Client(
+            self.scheduler,
+            timeout=self.settings.connect_timeout_s,
+            set_as_default=False,
+            name=f"sentinel-daemon-{os.getpid()}",
+        )
+        client.subscribe_topic(TOPIC, self._on_event)
+        return client
+
+    def _on_event(self, event: tuple[float, Any]) -> None:
+        # Called on the client's event-loop thread: only hand the message over.
+        if isinstance(event, tuple | list) and len(event) == 2 and isinstance(event[1], dict):
+            self._inbound.append(event[1])
+
+    def _client_now(self, now: float) -> distributed.Client | None:
+        """The connected client, or None (dispatching paused) while there is none."""
+        if self._connecting is not None and self._connecting.done():
+            connecting, self._connecting = self._connecting, None
+            try:
+                self.client = connecting.result()
+            except Exception as exc:  # OSError, TimeoutError, ...: the scheduler is away
+                self._unavailable(f"unreachable ({type(exc).__name__}: {exc})"[:300])
+        client = self.client
+        if client is not None and client.status != "running":
+            # "connecting": the client tries to reconnect by itself (its futures are gone);
+            # closed: it gave up, and a new one is made below.
+            self._unavailable(f"connection lost (client {client.status})")
+            if client.status in ("closed", "closing", "failed"):
+                with contextlib.suppress(Exception):
+                    client.close(timeout=1)
+                self.client = None
+            client = None
+        if client is None:
+            if self.client is None and now >= self._next_connect:
+                self._connect(now)
+            return None
+        if not self.available:
+            self.available, self.reason = True, None
+            log.info("dispatch.scheduler_connected", scheduler=self.scheduler)
+        if now >= self._next_measure and (self._measuring is None or self._measuring.done()):
+            self._next_measure = now + MEASURE_EVERY_S
+            self._measuring = self._ops.submit(self._measure, client)
+        return client
+
+    def _unavailable(self, reason: str) -> None:
+        if self.available or self.reason != reason:
+            log.warning(
+                "dispatch.scheduler_unavailable",
+                scheduler=self.scheduler,
+                reason=reason,
+                action="dispatching paused; commands held go back to the queue",
+            )
+        self.available, self.reason = False, reason
+        self.cluster_workers = self.capacity = 0  # measured again once connected
+        # What the slots held: cancelled by the lost connection. The trials did not fail:
+        # back to pending with the same attempt, submitted again when the scheduler returns.
+        for task in list(self._tasks.values()):
+            if task.future is not None:
+                self._requeue(task)
+
+    def _measure(self, client: distributed.Client) -> None:
+        """On the helper thread: how many workers, and how many trials they can take."""
+        try:
+            workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception as exc:  # the connection went: the next poll sees it
+            log.debug("dispatch.measure_failed", error=str(exc))
+            return
+        units = sum(
+            float(w.get("resources", {}).get(self.settings.resource, 0)) for w in workers.values()
+        )
+        self.cluster_workers = len(workers)
+        self.capacity = self.settings.slots if self.settings.slots is not None else int(units)
+
+    # -- following tasks ---------------------------------------------------------------------
+
+    def _drain_inbound(self, result: PollResult) -> None:
+        while self._inbound:
+            message = self._inbound.popleft()
+            task = self._tasks.get(str(message.get("command_id")))
+            if task is None or task.future is None:
+                continue  # a late message of a command no longer held
+            execution = str(message.get("execution"))
+            if message.get("kind") == "started":
+                if execution not in task.executions:
+                    task.executions.append(execution)
+                if len(task.executions) > 1:
+                    # The scheduler ran it again: the worker running it before was lost.
+                    self._lost(
+                        task,
+                        "the Dask worker running it was lost (the scheduler "
+                        f"started it again on {message.get('worker')})",
+                        result,
+                    )
+                continue
+            # Progress of the first execution only (a second one is being stopped).
+            # (The scheduler adds its own keys, such as the sender's address, to each.)
+            if message.get("kind") == "progress" and task.executions[:1] == [execution]:
+                self._post(
+                    task,
+                    {
+                        "kind": "progress",
+                        "step": message.get("step"),
+                        "value": message.get("value"),
+                    },
+                )
+
+    def _follow(self, task: _Task, result: PollResult) -> None:
+        cid = task.command.command_id
+        if self.queue.should_prune(task.slot, cid):
+            if task.future is None:  # still waiting for its check: nothing runs yet
+                self._release(task)
+                return
+            if not task.prune_sent:
+                task.prune_sent = True
+                self._ops.submit(self._set_prune, cid)
+        future = task.future
+        if future is None or not future.done():
+            return
+        status = future.status
+        if status == "finished":
+            try:
+                answer = future.result(timeout=5)
+            except Exception as exc:  # the result could not be fetched: treat as lost
+                self._lost(task, f"its result could not be fetched ({type(exc).__name__})", result)
+                return
+            self._answer(task, answer)
+        elif status == "cancelled":
+            self._requeue(task)
+        else:
+            error = future.exception(timeout=5)
+            name = type(error).__name__
+            if name == "KilledWorker":
+                self._lost(task, f"the Dask worker running it died ({error})"[:300], result)
+            else:  # the task itself raised outside the trial code (an import error, say)
+                self._post(task, {"kind": "failed", "error": f"dask task: {name}: {error}"})
+                self._release(task)
+
+    def _answer(self, task: _Task, answer: Any) -> None:
+        if not isinstance(answer, dict) or answer.get("kind") not in ("saved", "pruned", "failed"):
+            answer = {"kind": "failed", "error": f"not a trial's answer: {str(answer)[:200]}"}
+        if not self._post(task, answer):
+            answer = {"kind": "failed", "error": "the Dask task's answer is malformed"}
+            self._post(task, answer)
+        log.info(
+            "dispatch.trial_answered",
+            command_id=task.command.command_id,
+            slot=task.slot,
+            kind=answer["kind"],
+        )
+        self._release(task)
+
+    def _post(self, task: _Task, fields: dict[str, Any]) -> bool:
+        """Number ``fields`` (a task's message) as the slot's next and post it durably."""
+        cid = task.command.command_id
+        try:
+            message = MESSAGE_ADAPTER.validate_python(
+                {
+                    **{k: v for k, v in fields.items() if k != "execution"},
+                    "worker_id": task.slot,
+                    "msg_seq": self._outbox(task.slot).next_seq(),
+                    "command_id": cid,
+                }
+            )
+        except ValidationError as exc:
+            log.warning("dispatch.bad_message", command_id=cid, error=str(exc)[:500])
+            return False
+        self.queue.post(task.slot, message)
+        return True
+
+    def _set_prune(self, command_id: str) -> None:
+        import distributed
+
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                distributed.Event(PRUNE_PREFIX + command_id, client=self.client).set()
+
+    def _clear_prune(self, command_id: str) -> None:
+        import distributed
+
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                distributed.Event(PRUNE_PREFIX + command_id, client=self.client).clear()
+
+    def _release(self, task: _Task) -> None:
+        """The slot's command is answered (or dropped): free the slot."""
+        cid = task.command.command_id
+        self.queue.finish(task.slot, cid)
+        self._tasks.pop(cid, None)
+        if task.prune_sent:
+            self._ops.submit(self._clear_prune, cid)
+
+    def _requeue(self, task: _Task) -> None:
+        cid = task.command.command_id
+        for command in self.queue.take_back(task.slot):
+            self.queue.put(command)
+        self._tasks.pop(cid, None)
+        log.info("dispatch.requeued", command_id=cid, slot=task.slot)
+
+    def _lost(self, task: _Task, reason: str, result: PollResult) -> None:
+        cid = task.command.command_id
+        if task.future is not None:
+            self._ops.submit(self._set_prune, cid)  # a rerun still going stops at a report
+            with contextlib.suppress(Exception):
+                task.future.cancel()
+        self._tasks.pop(cid, None)
+        result.events.append(WorkerLost(worker=task.slot, pid=0, gpu=None, reason=reason))
+        result.taken_back.extend((task.slot, c) for c in self.queue.take_back(task.slot))
+        self._announced.discard(task.slot)
+        log.warning("dispatch.trial_lost", command_id=cid, slot=task.slot, reason=reason)
+
+    # -- dispatching -------------------------------------------------------------------------
+
+    def _dispatch(self, client: distributed.Client, result: PollResult, now: float) -> None:
+        while len(self._tasks) < self.capacity:
+            slot = self._free_slot()
+            claimed = self.queue.claim(slot)
+            if claimed is None:
+                break
+            if slot not in self._announced:
+                result.events.append(WorkerStarted(worker=slot, pid=0, gpu=None))
+                self._announced.add(slot)
+            self._tasks[claimed.command.command_id] = _Task(slot, claimed.command)
+        for task in list(self._tasks.values()):
+            if task.future is not None:
+                continue
+            job_id = task.command.job_id
+            if job_id in self._checked:
+                self._submit(client, task)
+            elif job_id not in self._checks and now >= self._check_after.get(job_id, 0.0):
+                self._checks[job_id] = _Check(
+                    job_id, self._ops.submit(self._check_job, client, task.command)
+                )
+
+    def _submit(self, client: distributed.Client, task: _Task) -> None:
+        task.future = client.submit(
+            run_trial_task,
+            task.command.model_dump_json(),
+            self.worker_state_dir,
+            task.slot,
+            key=KEY_PREFIX + task.command.command_id,
+            resources={self.settings.resource: 1},
+            pure=False,
+            retries=0,
+        )
+
+    def _check_job(self, client: distributed.Client, command: TrialCommand) -> dict[str, list[str]]:
+        """On the helper thread: ask every worker whether it can serve ``command``'s job."""
+        root = Path(self.worker_state_dir)
+        data = command.data
+        reads = [str(root / data.transactions)]
+        if data.identity is not None:
+            reads.append(str(root / data.identity))
+        writes = [str(root / data.cache_dir), str(root / command.artifact_dir)]
+        marker = str(root / MARKER_FILE)
+        answers: dict[str, list[str]] = client.run(
+            check_paths, marker, self._marker_text(), reads, writes
+        )
+        return answers
+
+    def _marker_text(self) -> str:
+        """The state directory's identity, written once; workers must read it back."""
+        path = self.state_dir / MARKER_FILE
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            text = uuid.uuid4().hex
+            atomic_write_bytes(path, text.encode())
+            return text
+
+    def _finish_checks(self, result: PollResult, now: float) -> None:
+        for job_id, check in list(self._checks.items()):
+            if not check.future.done():
+                continue
+            del self._checks[job_id]
+            try:
+                answers = check.future.result()
+            except Exception as exc:  # the connection went, a worker left meanwhile...
+                log.warning("dispatch.check_failed", job=job_id, error=str(exc)[:500])
+                answers = {}
+            if not answers:  # no worker to ask (yet): ask again a little later
+                self._check_after[job_id] = now + self.settings.retry_s
+                continue
+            problems = [f"{w}: {p}" for w, ps in sorted(answers.items()) for p in ps]
+            if not problems:
+                self._checked.add(job_id)
+                log.info("dispatch.paths_checked", job=job_id, workers=len(answers))
+                continue
+            reason = (
+                "Dask workers cannot reach the job's files (shared storage must be mounted "
+                "at the same path on every worker host, see docs/dask.md): "
+                + "; ".join(problems[:5])
+            )
+            log.error("dispatch.paths_unreachable", job=job_id, problems=problems[:20])
+            result.events.append(JobFailed(job_id=JobId(job_id), reason=reason[:2000]))
+            for task in [t for t in self._tasks.values() if t.command.job_id == job_id]:
+                if task.future is None:
+                    self._release(task)
+
+    # -- slots -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _slot_id(index: int) -> WorkerId:
+        return WorkerId(f"{SLOT_PREFIX}{index}")
+
+    def _free_slot(self) -> WorkerId:
+        busy = {t.slot for t in self._tasks.values()}
+        index = 0
+        while self._slot_id(index) in busy:
+            index += 1
+        self._slot_count = max(self._slot_count, index + 1)
+        return self._slot_id(index)
+
+    def _outbox(self, slot: WorkerId) -> Outbox:
+        outbox = self._outboxes.get(slot)
+        if outbox is None:
+            outbox = self._outboxes[slot] = Outbox(self.queue, slot)
+        return outbox
+
+
+__all__ = [
+    "DaskChannel",
+    "DaskDispatcher",
+    "check_paths",
+    "run_trial_task",
+]

@@ -1,0 +1,437 @@
+"""The watched inbox folder: notices job files, claims them, and sets rejected ones aside.
+
+``STATE/inbox/`` takes ``*.yaml``, ``*.yml`` and ``*.json`` files; names beginning with a
+dot are ignored, so writers can write ``.name.tmp`` and rename it in (what
+:func:`submit_file` does). The :class:`Inbox` learns about files two ways: a watchdog
+observer (inotify on Linux) for low latency, and a full listing every ``rescan_interval``
+seconds because inotify drops events when its queue overflows, and does not work at all on
+some network file systems.
+
+When a file is complete matters: a file renamed or linked in is whole at once, but one
+written in place is visible while still being written. So a file is reported at once on
+a rename into the folder (``moved``) or when its writer closes it (``closed``), and a file
+known only from a ``created`` event or from a listing is reported once its inode, size and
+mtime have stayed the same for ``settle`` seconds. Writers that follow the contract
+(write elsewhere, then rename) never wait for that.
+
+Each file is reported at most once while it stays in the inbox with the same inode, size
+and mtime; a different file under the same name, or the same one after it left and came
+back, is reported again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeAlias, assert_never
+
+import structlog
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from sentinel_daemon.errors import InboxError
+from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
+from sentinel_daemon.layout import REASON_SUFFIX, is_job_name
+
+log = structlog.get_logger(__name__)
+
+
+#: (inode, size, mtime in ns) from lstat: what "the same file" means for de-duplication.
+Identity: TypeAlias = tuple[int, int, int]
+
+
+class InboxFileGone(InboxError):
+    """The file is no longer where it was: claimed already, or removed. Safe to ignore."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(f"{path} is gone (claimed already, or removed); nothing to do")
+
+
+class _Kind(StrEnum):
+    READY = "ready"  # complete: renamed in, or closed after writing
+    CANDIDATE = "candidate"  # present, maybe still being written
+    GONE = "gone"  # left the inbox
+    STOP = "stop"  # stop() wakes the inbox thread with this
+
+
+_Item: TypeAlias = tuple[_Kind, str]  # (kind, file name)
+_STOP: _Item = (_Kind.STOP, "")
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs on watchdog's thread: only translates events and queues them."""
+
+    def __init__(self, folder: str, put: Callable[[_Item], None]) -> None:
+        self._folder = folder
+        self._put = put
+
+    def _name_in_folder(self, raw: bytes | str) -> str | None:
+        path = os.fsdecode(raw)
+        if not path or os.path.dirname(path) != self._folder:
+            return None
+        name = os.path.basename(path)
+        return name if is_job_name(name) else None
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and (name := self._name_in_folder(event.src_path)):
+            self._put((_Kind.CANDIDATE, name))
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if name := self._name_in_folder(event.src_path):
+            self._put((_Kind.READY, name))
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if name := self._name_in_folder(event.src_path):
+            self._put((_Kind.GONE, name))
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        # With full events a move from outside has src "" and a move out has dest "".
+        if event.is_directory:
+            return
+        if src := self._name_in_folder(event.src_path):
+            self._put((_Kind.GONE, src))
+        if dest := self._name_in_folder(event.dest_path):
+            self._put((_Kind.READY, dest))
+
+
+def _make_observer() -> BaseObserver:
+    if sys.platform.startswith("linux"):
+        from watchdog.observers.inotify import InotifyObserver
+
+        # Full events tell a rename from another folder (complete at once) apart from a
+        # create (maybe still being written); by default both arrive as "created".
+        return InotifyObserver(generate_full_events=True)
+    return Observer()
+
+
+class Inbox:
+    """Watches ``inbox_dir`` and calls ``on_file(path)`` for each new job file.
+
+    ``on_file`` is always called from the inbox's own thread (``sentinel-inbox``), one call
+    at a time, never from watchdog's thread; it should hand the path on (to a queue) and
+    return quickly, since :meth:`stop` waits for it. An exception from it is logged and the
+    file is not offered again unless it changes. :meth:`claim` and :meth:`reject` may be
+    called from any thread.
+
+    ``watch=False`` skips the observer and relies on listing alone, for file systems
+    where inotify does not work (NFS); ``settle`` is described in the module docstring.
+    """
+
+    def __init__(
+        self,
+        inbox_dir: Path,
+        claimed_dir: Path,
+        rejected_dir: Path,
+        *,
+        rescan_interval: float,
+        on_file: Callable[[Path], None],
+        settle: float = 0.5,
+        watch: bool = True,
+    ) -> None:
+        if rescan_interval <= 0:
+            raise ValueError("rescan_interval must be positive")
+        self.inbox_dir = Path(os.path.abspath(inbox_dir))
+        self.claimed_dir = Path(os.path.abspath(claimed_dir))
+        self.rejected_dir = Path(os.path.abspath(rejected_dir))
+        self._rescan_interval = rescan_interval
+        self._settle = settle
+        self._watch = watch
+        self._on_file = on_file
+        # Not a SimpleQueue: on Python 3.11 its get(timeout=...) can block forever when a
+        # signal lands on this thread near the deadline (see Daemon.files).
+        self._queue: queue.Queue[_Item] = queue.Queue()
+        # name -> identity when reported; shared with claim(), hence the lock.
+        self._reported: dict[str, Identity] = {}
+        self._reported_lock = threading.Lock()
+        # Serialises choosing a free name and renaming into it (see _free_name).
+        self._move_lock = threading.Lock()
+        # name -> (identity, monotonic time first seen so); the inbox thread's alone.
+        self._candidates: dict[str, tuple[Identity, float]] = {}
+        self._observer: BaseObserver | None = None
+        #: Full listings completed so far (for metrics, and for tests to wait on).
+        self.rescans = 0
+        self._thread: threading.Thread | None = None
+        for folder in (self.inbox_dir, self.claimed_dir, self.rejected_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    # ---- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the inbox thread (which lists the folder at once) and the observer."""
+        if self._thread is not None:
+            raise RuntimeError("Inbox already started")
+        self._thread = threading.Thread(target=self._run, name="sentinel-inbox", daemon=True)
+        self._thread.start()
+        if self._watch:
+            try:
+                self._start_observer()
+            except BaseException:
+                self.stop()  # leave no thread behind a failed start
+                raise
+
+    def _start_observer(self) -> None:
+        observer: BaseObserver | None = None
+        try:
+            observer = _make_observer()  # inotify_init happens here (and a thread starts)
+            observer.schedule(
+                _Handler(str(self.inbox_dir), self._queue.put),
+                str(self.inbox_dir),
+                recursive=False,
+                event_filter=[FileCreatedEvent, FileMovedEvent, FileClosedEvent, FileDeletedEvent],
+            )
+            observer.start()  # inotify_add_watch happens here
+        except OSError as exc:
+            # Usually the inotify instance or watch limit. Listing still finds every file,
+            # only later, so degrade rather than refuse to run.
+            log.warning(
+                "inbox.watch_failed",
+                folder=str(self.inbox_dir),
+                error=str(exc),
+                fallback=f"listing every {self._rescan_interval}s",
+            )
+            if observer is not None:
+                observer.stop()
+                with contextlib.suppress(RuntimeError):  # its thread never started
+                    observer.join()
+            return
+        self._observer = observer
+
+    def stop(self) -> None:
+        """Stop and join the observer and the inbox thread; safe to call more than once."""
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join()
+
+    @property
+    def watching(self) -> bool:
+        """Whether the observer runs (False: listing only, by choice or after a failure)."""
+        return self._observer is not None
+
+    def __enter__(self) -> Inbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- the inbox thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_rescan = time.monotonic()  # list at once: files that came while we were down
+        while True:
+            now = time.monotonic()
+            due = min([next_rescan, *(t + self._settle for _, t in self._candidates.values())])
+            try:
+                item: _Item | None = self._queue.get(timeout=max(0.0, due - now))
+            except queue.Empty:
+                item = None
+            if item == _STOP:
+                return
+            if item is not None:
+                self._handle(item)
+            now = time.monotonic()
+            if now >= next_rescan:
+                self._rescan(now)
+                next_rescan = now + self._rescan_interval
+            self._settle_candidates(now)
+
+    def _handle(self, item: _Item) -> None:
+        kind, name = item
+        match kind:
+            case _Kind.READY:
+                self._report(name)
+            case _Kind.CANDIDATE:
+                self._add_candidate(name, time.monotonic())
+            case _Kind.GONE:
+                self._candidates.pop(name, None)
+                with self._reported_lock:
+                    self._reported.pop(name, None)
+            case _Kind.STOP:  # handled by the loop before it gets here
+                pass
+            case _:
+                assert_never(kind)
+
+    def _identity(self, name: str) -> Identity | None:
+        try:
+            st = os.lstat(self.inbox_dir / name)
+        except OSError:
+            return None
+        if stat.S_ISDIR(st.st_mode):  # a folder named like a job file is not a job
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _add_candidate(self, name: str, now: float) -> None:
+        ident = self._identity(name)
+        if ident is None:
+            return
+        with self._reported_lock:
+            if self._reported.get(name) == ident:
+                return
+        known = self._candidates.get(name)
+        if known is None or known[0] != ident:
+            self._candidates[name] = (ident, now)
+
+    def _settle_candidates(self, now: float) -> None:
+        for name, (ident, since) in list(self._candidates.items()):
+            if now - since < self._settle:
+                continue
+            current = self._identity(name)
+            if current is None:
+                del self._candidates[name]
+            elif current != ident:
+                self._candidates[name] = (current, now)  # still changing: wait again
+            else:
+                self._report(name)
+
+    def _rescan(self, now: float) -> None:
+        try:
+            with os.scandir(self.inbox_dir) as entries:
+                names = sorted(e.name for e in entries if is_job_name(e.name))
+        except OSError as exc:
+            log.error("inbox.list_failed", folder=str(self.inbox_dir), error=str(exc))
+            return
+        present = set(names)
+        with self._reported_lock:
+            # Forget files that left, so that one coming back under the name is reported.
+            for name in [n for n in self._reported if n not in present]:
+                del self._reported[name]
+        for name in names:
+            if name not in self._candidates:
+                self._add_candidate(name, now)
+        self.rescans += 1
+
+    def _report(self, name: str) -> None:
+        self._candidates.pop(name, None)
+        ident = self._identity(name)
+        if ident is None:
+            return
+        with self._reported_lock:
+            if self._reported.get(name) == ident:
+                return
+            self._reported[name] = ident
+        try:
+            self._on_file(self.inbox_dir / name)
+        except Exception:
+            log.exception("inbox.on_file_failed", file=str(self.inbox_dir / name))
+
+    # ---- moving files -----------------------------------------------------------------
+
+    def claim(self, path: Path) -> Path:
+        """Move ``path`` out of the inbox into the claimed folder; return its new path.
+
+        Raises :class:`InboxFileGone` when the file is no longer in the inbox (claimed
+        already, or removed): the caller can ignore it.
+        """
+        path = Path(path)
+        if Path(os.path.abspath(path.parent)) != self.inbox_dir:
+            raise ValueError(f"{path} is not in the inbox {self.inbox_dir}")
+        # Link into claimed/, then unlink from the inbox, rather than rename: inotify reports
+        # a rename out of a watched folder as a lone IN_MOVED_FROM, which watchdog holds back
+        # (0.5 s) hoping to pair it, and every later inbox event waits behind it. A crash
+        # between the two steps leaves twin names of one inode; see drop_claimed_twins.
+        with self._move_lock:
+            stem, suffix = os.path.splitext(path.name)
+            n = 0
+            while True:
+                dest = self.claimed_dir / (path.name if n == 0 else f"{stem}.{n}{suffix}")
+                try:
+                    os.link(path, dest, follow_symlinks=False)
+                    break
+                except FileExistsError:
+                    n += 1
+                except FileNotFoundError:
+                    raise InboxFileGone(path) from None
+            fsync_dir(self.claimed_dir)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        with self._reported_lock:
+            self._reported.pop(path.name, None)
+        fsync_dir(self.inbox_dir)
+        return dest
+
+    def drop_claimed_twins(self) -> list[Path]:
+        """Unlink inbox files that are the same inode as a claimed file (a crash mid-claim).
+
+        Call before the inbox starts, so a file claimed once is not claimed twice.
+        """
+        claimed = set()
+        for entry in os.scandir(self.claimed_dir):
+            with contextlib.suppress(OSError):
+                claimed.add((entry.stat(follow_symlinks=False).st_ino, entry.name))
+        inodes = {ino for ino, _ in claimed}
+        dropped = []
+        for entry in os.scandir(self.inbox_dir):
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_ino in inodes:
+                    os.unlink(entry.path)
+                    dropped.append(Path(entry.path))
+        if dropped:
+            fsync_dir(self.inbox_dir)
+            log.info("inbox.claimed_twins_dropped", files=[str(p) for p in dropped])
+        return dropped
+
+    def reject(self, claimed_path: Path, reason: str) -> Path:
+        """Move a claimed file to the rejected folder with ``<name>.reason`` beside it.
+
+        The file moves first and the reason follows: after a crash in between, the file is
+        where an operator looks, and the reason is in the event log (``job.rejected``).
+        """
+        claimed_path = Path(claimed_path)
+        dest = self._move(claimed_path, self.rejected_dir, companion=REASON_SUFFIX)
+        fsync_dir(claimed_path.parent)
+        text = reason if reason.endswith("\n") else reason + "\n"
+        atomic_write_bytes(dest.with_name(dest.name + REASON_SUFFIX), text.encode("utf-8"))
+        return dest
+
+    def _move(self, src: Path, folder: Path, companion: str = "") -> Path:
+        with self._move_lock:
+            # Check-then-rename is race-free here because only the daemon (one per state
+            # dir, under its lock) writes claimed/ and rejected/, and this lock covers its
+            # threads; os.rename itself would silently replace an existing file.
+            dest = _free_name(folder, src.name, companion)
+            try:
+                os.rename(src, dest)
+            except FileNotFoundError:
+                if not os.path.lexists(src):
+                    raise InboxFileGone(src) from None
+                raise
+        fsync_dir(folder)
+        return dest
+
+
+def _free_name(folder: Path, name: str, companion: str = "") -> Path:
+    """``folder/name``, or ``folder/<stem>.<n><suffix>`` for the first free ``n``.
+
+    ``companion`` names a file that goes beside it (``.reason``); both must be free.
+    """
+    stem, suffix = os.path.splitext(name)
+    candidate = name
+    n = 0
+    while os.path.lexists(folder / candidate) or (
+        companion and os.path.lexists(folder / (candidate + companion))
+    ):
+        n += 1
+        candidate = f"{stem}.{n}{suffix}"
+    return folder / candidate

@@ -1,0 +1,244 @@
+"""What the operator commands do: ``submit``, ``status``, ``wait`` and ``cancel``.
+
+None of them writes the event log; the daemon is its only writer. ``submit`` places a
+validated job file in ``STATE/inbox/``; ``cancel`` leaves a request file in
+``STATE/control/`` that the daemon turns into ``job.cancelled``; ``status`` and ``wait``
+read the state with :func:`~sentinel_daemon.log.store.read_state`, which takes no lock.
+The command line (``cli.py``) parses arguments, prints and picks exit codes; the summaries
+and renderings here are pure functions of a :class:`~sentinel_daemon.core.state.State`.
+
+Cancel request contract (the daemon's side imports :data:`CONTROL_DIR` and
+:func:`cancel_request_path`): ``STATE/control/cancel.<job id>``, written atomically, holding
+a JSON object ``{"job_id", "requested_at" (RFC 3339 UTC), "pid"}``. Writing it again
+replaces it; the daemon appends ``job.cancelled`` for a running job and then removes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sentinel_daemon.core.events import ModelKind, Stage
+from sentinel_daemon.core.ids import check_job_id
+from sentinel_daemon.core.state import (
+    JobState,
+    JobStatus,
+    StageStatus,
+    State,
+    TrialStatus,
+    WorkerStatus,
+)
+from sentinel_daemon.errors import UnknownJob
+from sentinel_daemon.layout import HEALTH_FILE
+
+# ---- submit ---------------------------------------------------------------------------
+
+
+# ---- status ---------------------------------------------------------------------------
+
+
+def _models(job: JobState) -> list[str]:
+    models = job.spec.get("models")
+    if isinstance(models, list | tuple) and all(isinstance(m, str) for m in models):
+        return list(models)
+    seen = {str(t.model) for t in job.trials.values()} | set(job.trial_counts)
+    return sorted(seen)
+
+
+def _n_trials(job: JobState) -> int | None:
+    search = job.spec.get("search")
+    n = search.get("n_trials") if isinstance(search, dict) else None
+    return n if isinstance(n, int) else None
+
+
+def job_summary(job: JobState) -> dict[str, Any]:
+    """One job as JSON-ready data: the ``status --json`` entry and the ``wait --json`` output."""
+    stage = max(job.stages, key=list(Stage).index, default=None)
+    n_trials = _n_trials(job)
+    models = []
+    for name in _models(job):
+        try:
+            kind = ModelKind(name)
+        except ValueError:
+            continue
+        running = sum(
+            1 for t in job.trials.values() if t.model == kind and t.status is TrialStatus.RUNNING
+        )
+        models.append(
+            {
+                "model": str(kind),
+                "ended": job.ended_trials(kind),
+                "n_trials": n_trials,
+                "running": running,
+            }
+        )
+    if job.status is JobStatus.RUNNING:
+        best = job.best_saved()
+        best_trial, best_value = (best.number, best.value) if best else (None, None)
+    else:
+        best_trial, best_value = job.best_trial, job.best_value
+    promoted = job.promoted
+    return {
+        "job_id": job.job_id,
+        "name": job.name,
+        "status": str(job.status),
+        "stage": None
+        if stage is None
+        else {"name": str(stage), "completed": job.stages[stage].status is StageStatus.COMPLETED},
+        "models": models,
+        "trials_ended": sum(m["ended"] for m in models),
+        "trials_total": None if n_trials is None else n_trials * len(models),
+        "trials_running": sum(m["running"] for m in models),
+        "best_trial": best_trial,
+        "best_value": best_value,
+        "promoted": None
+        if promoted is None
+        else {
+            "trial": promoted.trial,
+            "model": str(promoted.model),
+            "artifact": promoted.artifact,
+            "sha256": promoted.sha256,
+            "value": promoted.value,
+        },
+        "reason": job.reason,
+        "file": job.file,
+    }
+
+
+def find_job(state: State, job_id: str, state_dir: Path) -> JobState:
+    """The job ``job_id``, or :class:`UnknownJob`."""
+    job = state.jobs.get(check_job_id(job_id))
+    if job is None:
+        raise UnknownJob(job_id, state_dir)
+    return job
+
+
+def status_report(
+    state: State,
+    state_dir: Path,
+    *,
+    job_id: str | None = None,
+    gpus: Sequence[int] = (),
+    pid_alive: Callable[[int], bool] = lambda pid: False,
+) -> dict[str, Any]:
+    """``sentinel status`` as JSON-ready data; ``job_id`` narrows it to one job."""
+    jobs = [find_job(state, job_id, state_dir)] if job_id else list(state.jobs.values())
+    pid = state.daemon_pid
+    alive = pid is not None and pid_alive(pid)
+    return {
+        "state_dir": str(state_dir),
+        "last_seq": state.last_seq,
+        "daemon": {"pid": pid, "alive": alive, "health": _health(state_dir) if alive else None},
+        "jobs": [job_summary(j) for j in jobs],
+        "workers": [
+            {"worker": w.worker, "pid": w.pid, "gpu": w.gpu}
+            for w in state.workers.values()
+            if w.status is WorkerStatus.ALIVE
+        ],
+        "gpus": list(gpus),
+        "rejected": state.rejected,
+    }
+
+
+def _health(state_dir: Path) -> dict[str, Any] | None:
+    """What a running daemon says about itself when it cannot write its log (``health.json``)."""
+    try:
+        health = orjson.loads((state_dir / HEALTH_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return health if isinstance(health, dict) else None
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _trials_cell(job: dict[str, Any]) -> str:
+    parts = [
+        f"{m['model']} {m['ended']}/{'?' if m['n_trials'] is None else m['n_trials']}"
+        for m in job["models"]
+    ]
+    return ", ".join(parts) or "-"
+
+
+def _stage_cell(job: dict[str, Any]) -> str:
+    stage = job["stage"]
+    if stage is None:
+        return "-"
+    return f"{stage['name']} (done)" if stage["completed"] else stage["name"]
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def render_status(report: dict[str, Any]) -> str:
+    """``sentinel status`` for people: daemon line, a table of jobs, then workers and GPUs."""
+    daemon = report["daemon"]
+    if daemon["pid"] is None:
+        who = "not running (stopped cleanly, or never started)"
+    elif daemon["alive"]:
+        who = f"pid {daemon['pid']}, running"
+    else:
+        who = f"pid {daemon['pid']}, not running (it stopped without recording it)"
+    lines = [f"daemon: {who}; log at seq {report['last_seq']}; state {report['state_dir']}"]
+    health = daemon.get("health") or {}
+    if health.get("status") == "degraded":
+        lines.append(f"DEGRADED: {health.get('reason', '?')} (not dispatching new trials)")
+    dispatch = health.get("dispatch") or {}
+    if dispatch.get("backend") == "dask":
+        if dispatch.get("connected"):
+            lines.append(
+                f"dispatch: dask scheduler {dispatch.get('scheduler')}, "
+                f"{dispatch.get('workers', 0)} workers, {dispatch.get('slots', 0)} slots, "
+                f"{dispatch.get('running', 0)} trials running there"
+            )
+        else:
+            lines.append(
+                f"DISPATCH PAUSED: dask scheduler {dispatch.get('scheduler')}: "
+                f"{dispatch.get('reason', '?')} (trials wait in the queue)"
+            )
+    if report["jobs"]:
+        rows = [["JOB", "NAME", "STATUS", "STAGE", "TRIALS", "RUN", "BEST", "PROMOTED"]]
+        for job in report["jobs"]:
+            best = _value(job["best_value"])
+            if job["best_trial"] is not None:
+                best += f" (#{job['best_trial']})"
+            promoted = job["promoted"]["artifact"] if job["promoted"] else "-"
+            rows.append(
+                [
+                    job["job_id"],
+                    job["name"],
+                    job["status"],
+                    _stage_cell(job),
+                    _trials_cell(job),
+                    str(job["trials_running"]),
+                    best,
+                    promoted,
+                ]
+            )
+        lines += _table(rows)
+        lines += [f"  {j['job_id']}: {j['reason']}" for j in report["jobs"] if j["reason"]]
+    else:
+        lines.append("no jobs")
+    workers = report["workers"]
+    cells = [
+        f"{w['worker']} (pid {w['pid']}, {'cpu' if w['gpu'] is None else 'gpu ' + str(w['gpu'])})"
+        for w in workers
+    ]
+    lines.append(f"workers: {', '.join(cells) if cells else 'none alive'}")
+    gpus = report["gpus"]
+    lines.append(f"gpus: {', '.join(map(str, gpus)) if gpus else 'none (workers train on CPU)'}")
+    return "\n".join(lines)
+
+
+# ---- wait -----------------------------------------------------------------------------
+
+
+# ---- cancel ---------------------------------------------------------------------------

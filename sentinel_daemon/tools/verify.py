@@ -1,0 +1,137 @@
+"""``sentinel log verify``: read every record of every segment and say what is wrong."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sentinel_daemon.core.events import decode
+from sentinel_daemon.errors import EventDecodeError, LogCorrupt, LogGap
+from sentinel_daemon.layout import EVENTS_DIR, SNAPSHOT_NAME
+from sentinel_daemon.log.records import Record
+from sentinel_daemon.log.segments import (
+    LogScan,
+    list_segments,
+)
+from sentinel_daemon.log.snapshot import SnapshotInvalid, load_snapshot
+
+
+@dataclass
+class SegmentInfo:
+    name: str
+    first_seq: int | None
+    last_seq: int | None
+    records: int
+    bytes: int
+
+
+@dataclass
+class VerifyReport:
+    """What ``sentinel log verify`` found: every segment, and the first problem if any."""
+
+    segments: list[SegmentInfo]
+    records: int
+    last_seq: int
+    problem: dict[str, Any] | None
+    snapshot: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "last_seq": self.last_seq,
+            "segments": [s.__dict__ for s in self.segments],
+            "problem": self.problem,
+            "snapshot": self.snapshot,
+        }
+
+
+def verify(state_dir: Path) -> VerifyReport:
+    """Read and check every record (checksum, seq, event schema) and the snapshot."""
+    events_dir = state_dir / EVENTS_DIR
+    segs = list_segments(events_dir)
+    infos = {s: SegmentInfo(s, None, None, 0, (events_dir / s).stat().st_size) for s in segs}
+    scan = LogScan(events_dir)
+    problem: dict[str, Any] | None = None
+    count = 0
+    record: Record | None = None
+    try:
+        for record in scan:
+            info = infos[scan.current or ""]
+            info.first_seq = record.seq if info.first_seq is None else info.first_seq
+            info.last_seq = record.seq
+            info.records += 1
+            decode(record.payload)
+            count += 1
+    except (LogCorrupt, LogGap) as exc:
+        problem = {
+            "kind": "corrupt" if isinstance(exc, LogCorrupt) else "gap",
+            "segment": str(exc.segment),
+            "line": exc.line,
+            "message": str(exc),
+        }
+    except ValueError as exc:
+        assert record is not None
+        err = EventDecodeError(record.seq, str(record.payload.get("type")), str(exc))
+        problem = {
+            "kind": "schema",
+            "segment": str(events_dir / (scan.current or "")),
+            "seq": record.seq,
+            "message": str(err),
+        }
+    if problem is None and scan.torn is not None:
+        t = scan.torn
+        problem = {
+            "kind": "torn",
+            "segment": str(events_dir / t.segment),
+            "line": t.line,
+            "offset": t.offset,
+            "bytes": t.bytes_cut,
+            "message": (
+                f"torn tail at {events_dir / t.segment} line {t.line} (offset {t.offset}, "
+                f"{t.bytes_cut} bytes): {t.reason}. If the daemon is running this can be a "
+                f"write in progress; otherwise the daemon cuts it at start-up, or run "
+                f"`sentinel log repair`."
+            ),
+        }
+    return VerifyReport(
+        list(infos.values()),
+        count,
+        scan.last_seq,
+        problem,
+        _snapshot_status(state_dir, scan.last_seq),
+    )
+
+
+def _snapshot_status(state_dir: Path, last_seq: int) -> dict[str, Any]:
+    try:
+        snap = load_snapshot(state_dir / SNAPSHOT_NAME)
+    except SnapshotInvalid as exc:
+        return {"status": "invalid", "reason": exc.reason}
+    if snap is None:
+        return {"status": "none"}
+    if snap.seq > last_seq:
+        return {
+            "status": "ahead of the log",
+            "seq": snap.seq,
+            "reason": "the daemon will ignore it and replay the whole log",
+        }
+    scan = LogScan(
+        state_dir / EVENTS_DIR,
+        start=snap.position,
+        expect_seq=snap.seq + 1,
+        start_crc=snap.last_crc,
+    )
+    if not scan.fits_start():
+        return {
+            "status": "does not fit the log",
+            "seq": snap.seq,
+            "reason": "its record is not this log's (from another state directory, or the log "
+            "was restored from a backup); the daemon will ignore it and replay the whole log",
+        }
+    return {"status": "ok", "seq": snap.seq}
