@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
 from sentinel_daemon.layout import BEST_DIR, MODEL_CARD
+from sentinel_daemon.queue.messages import TrialData
 
 EXIT_DONE = 0
 EXIT_FAILED = 1
@@ -47,14 +48,6 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataRequest(_Request):
-    transactions: Path
-    identity: Path | None
-    cache_dir: Path
-    test_fraction: float = Field(gt=0, lt=1)
-    valid_fraction: float = Field(gt=0, lt=1)
-
-
 class Candidate(_Request):
     trial: int
     artifact: str  # relative to STATE
@@ -63,12 +56,12 @@ class Candidate(_Request):
 
 class PrepareRequest(_Request):
     stage: str = "prepare"
-    data: DataRequest
+    data: TrialData
 
 
 class ValidateRequest(_Request):
     stage: str = "validate"
-    data: DataRequest
+    data: TrialData
     #: model -> the best saved trial of that model
     candidates: dict[str, Candidate]
     #: The model last promoted under the same job name, scored on this test split too.
