@@ -10,14 +10,14 @@ is reported by :class:`StageProcess` from the exit status. Both stages are idemp
 after a crash the daemon simply runs the stage again (prepare then hits the cache).
 
 :func:`export_best` promotes a model: it builds ``jobs/<job>/.best.tmp/`` and renames it
-to ``best/`` in one step, so ``best/`` is either absent or complete.
+to ``best/`` in one step, so ``best/`` is either absent or complete; the model is copied
+only once its bytes pass :func:`~sentinel_daemon.ml.artifacts.read_checked`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
 from sentinel_daemon.layout import BEST_DIR, MODEL_CARD
+from sentinel_daemon.ml.artifacts import ChecksumMismatch, read_checked
 from sentinel_daemon.queue.messages import TrialData
 
 EXIT_DONE = 0
@@ -245,17 +246,21 @@ def export_best(
     best = job_dir / BEST_DIR
     final = best / src.name
     if best.exists():
-        if _sha256(final) == sha256:
+        with contextlib.suppress(OSError, ChecksumMismatch):
+            read_checked(final, sha256)
             return final.relative_to(state_dir).as_posix()
         # A best/ that does not hold this model cannot come from us; keep it for a person.
         os.rename(best, _free(job_dir / ".best.unexpected"))
     tmp = job_dir / ".best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    data = src.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha256:
+    try:
+        data = read_checked(src, sha256)
+    except ChecksumMismatch as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ValueError(f"{src} does not match its recorded sha256 {sha256}; not promoted")
+        raise ValueError(
+            f"{src} does not match its recorded sha256 {sha256}; not promoted"
+        ) from exc
     atomic_write_bytes(tmp / src.name, data)
     meta = src.with_name("meta.json")
     if meta.exists():
@@ -266,13 +271,6 @@ def export_best(
     os.rename(tmp, best)
     fsync_dir(job_dir)
     return final.relative_to(state_dir).as_posix()
-
-
-def _sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 def _free(path: Path) -> Path:
