@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +37,9 @@ from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
 from sentinel_daemon.layout import BEST_DIR, MODEL_CARD
 from sentinel_daemon.ml.artifacts import ChecksumMismatch, read_checked
 from sentinel_daemon.queue.messages import TrialData
+
+if TYPE_CHECKING:
+    from sentinel_daemon import ml
 
 EXIT_DONE = 0
 EXIT_FAILED = 1
@@ -72,17 +75,20 @@ class ValidateRequest(_Request):
 # ---- the child ------------------------------------------------------------------------
 
 
-def run_prepare(request: PrepareRequest) -> dict[str, Any]:
+def _prepared(d: TrialData) -> ml.Prepared:
     from sentinel_daemon import ml
 
-    d = request.data
-    prepared = ml.prepare(
+    return ml.prepare(
         d.transactions,
         d.identity,
         d.cache_dir,
         test_fraction=d.test_fraction,
         valid_fraction=d.valid_fraction,
     )
+
+
+def run_prepare(request: PrepareRequest) -> dict[str, Any]:
+    prepared = _prepared(request.data)
     _, y_train = prepared.rows("train")
     _, y_valid = prepared.rows("valid")
     _, y_test = prepared.rows("test")
@@ -100,14 +106,7 @@ def run_prepare(request: PrepareRequest) -> dict[str, Any]:
 def run_validate(request: ValidateRequest, state_dir: Path) -> dict[str, Any]:
     from sentinel_daemon import ml
 
-    d = request.data
-    prepared = ml.prepare(
-        d.transactions,
-        d.identity,
-        d.cache_dir,
-        test_fraction=d.test_fraction,
-        valid_fraction=d.valid_fraction,
-    )
+    prepared = _prepared(request.data)
     test: dict[str, dict[str, float]] = {}
     for model, cand in request.candidates.items():
         loaded = ml.load_model(state_dir / cand.artifact, cand.sha256)  # refuses a bad checksum

@@ -27,7 +27,6 @@ from sentinel_daemon.core.events import (
     TrialSaved,
     TrialStarted,
 )
-from sentinel_daemon.core.jobspec import JobSpec
 from sentinel_daemon.core.state import State, apply
 from sentinel_daemon.daemon.actor import ActorContext, JobActor
 from sentinel_daemon.daemon.decisions import (
@@ -50,23 +49,15 @@ from sentinel_daemon.daemon.decisions import (
 from sentinel_daemon.daemon.stages import PrepareRequest, StageOutcome
 from sentinel_daemon.ml.artifacts import FoundModel
 from sentinel_daemon.queue.messages import Progress, Saved
-
-JOB = "fraud-0123abcd"
+from tests.unit.test_jobs import JOB, make_spec
 
 NOW = datetime(2025, 6, 2, 8, 30, tzinfo=UTC)
 SHA = "c" * 64
 
 
-def make_spec(models: tuple[str, ...], **search: Any) -> dict[str, Any]:
-    spec = JobSpec.from_raw(
-        {
-            "name": "fraud",
-            "data": {"transactions": "/data/t.csv"},
-            "models": list(models),
-            "search": {"n_trials": 2, "parallelism": 2, "seed": 3, "sampler": "random", **search},
-        }
-    )
-    return spec.model_dump(mode="json", exclude_none=True)
+def spec_of(models: tuple[str, ...], **search: Any) -> dict[str, Any]:
+    """:func:`tests.unit.test_jobs.make_spec` for ``models``."""
+    return {**make_spec(**search), "models": list(models)}
 
 
 class Pure:
@@ -86,7 +77,7 @@ class Pure:
             JobSubmitted(
                 job_id=JOB,
                 name="fraud",
-                spec=make_spec(models, **search),
+                spec=spec_of(models, **search),
                 file="f",
                 file_sha256="0" * 64,
             )
