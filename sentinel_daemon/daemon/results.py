@@ -50,17 +50,13 @@ def answer_of(state_dir: Path, message: WorkerMessage) -> Answer:
     """The actor's input for ``message``; a ``saved`` one with its model file checked."""
     if not isinstance(message, Saved):
         return Answer(message)
+    model = f"the saved model {message.artifact}"
     try:
         read_checked(state_dir / message.artifact, message.sha256)
     except OSError as exc:
-        return Answer(
-            message, f"the saved model {message.artifact} cannot be read ({exc.strerror})"
-        )
+        return Answer(message, f"{model} cannot be read ({exc.strerror})")
     except ChecksumMismatch:
-        problem = (
-            f"the saved model {message.artifact} does not match the sha256 its worker reported"
-        )
-        return Answer(message, problem)
+        return Answer(message, f"{model} does not match the sha256 its worker reported")
     return Answer(message)
 
 
@@ -79,10 +75,7 @@ class Results:
     ) -> None:
         self.state_dir = state_dir
         self.queue = queue
-        self.state = core.state
-        self.actors = core.actors
-        self.commit = core.commit
-        self.decide = core.decide
+        self.core = core
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._backlog = _Backlog()
 
@@ -90,11 +83,11 @@ class Results:
         """Every answer in ``results/`` to its job's actor, then acknowledged."""
         for path, message in self.queue.results():
             job_id, _, _ = split_command_id(message.command_id)
-            job = self.state.jobs.get(job_id)
-            actor = self.actors.get(job_id)
+            job = self.core.state.jobs.get(job_id)
+            actor = self.core.actors.get(job_id)
             # A stale answer (a replay, an attempt given up) decides nothing: not even checked.
             if job is not None and actor is not None and actor.current(job, message.command_id):
-                self.decide(actor, answer_of(self.state_dir, message))
+                self.core.decide(actor, answer_of(self.state_dir, message))
             self.queue.ack(path)
 
     def polled(self, polled: PollResult) -> tuple[list[WorkerLost], TakenBack]:
@@ -106,7 +99,7 @@ class Results:
         backlog = self._backlog
         backlog.events += polled.events
         backlog.taken_back += polled.taken_back
-        self.commit(backlog.events)
+        self.core.commit(backlog.events)
         backlog.events = []
         taken_back, backlog.taken_back = backlog.taken_back, []
         lost = list(backlog.lost) + [e for e in polled.events if isinstance(e, WorkerLost)]
@@ -131,14 +124,14 @@ class Results:
                 continue
             info = beat[1] if beat is not None else {}
             pid = info.get("pid") if isinstance(info.get("pid"), int) else 0
-            if worker not in self.state.workers:
-                self.commit([WorkerStarted(worker=worker, pid=pid, gpu=None)])
+            if worker not in self.core.state.workers:
+                self.core.commit([WorkerStarted(worker=worker, pid=pid, gpu=None)])
             reason = f"external worker: no heartbeat for {age:.1f} s"
             event = WorkerLost(worker=worker, pid=pid, gpu=None, reason=reason)
             found.append(event)
             taken_back += [(event.worker, c) for c in self.queue.take_back(worker)]
             log.warning("daemon.external_worker_lost", worker=worker, silent_s=age)
-        self.commit(list(found))
+        self.core.commit(list(found))
         lost += found
 
     def record_taken_back(self, lost: list[WorkerLost], taken_back: TakenBack) -> None:
@@ -146,10 +139,10 @@ class Results:
         while taken_back:
             worker, command = taken_back[0]
             reason = next((e.reason for e in reversed(lost) if e.worker == worker), "lost")
-            actor = self.actors.get(command.job_id)
-            if command.job_id in self.state.jobs and actor is not None:
+            actor = self.core.actors.get(command.job_id)
+            if command.job_id in self.core.state.jobs and actor is not None:
                 try:
-                    self.decide(actor, self.lost_input(actor, command, reason))
+                    self.core.decide(actor, self.lost_input(actor, command, reason))
                 except (LogWriteFailed, OSError):
                     self._backlog.taken_back = taken_back + self._backlog.taken_back
                     raise
@@ -165,27 +158,27 @@ class Results:
         """
         in_flight = set(self.queue.in_flight())
         self.ingest()
-        for job_id in list(self.actors):
-            job = self.state.jobs[job_id]
-            actor = self.actors[job_id]
+        for job_id in list(self.core.actors):
+            job = self.core.state.jobs[job_id]
+            actor = self.core.actors[job_id]
             for trial in list(job.trials.values()):
                 if trial.status is TrialStatus.RUNNING:
                     command = actor.command(trial.number, trial.model, trial.params, trial.attempt)
                     if command.command_id not in in_flight:
-                        self.decide(actor, self.lost_input(actor, command, UNQUEUED_REASON))
+                        self.core.decide(actor, self.lost_input(actor, command, UNQUEUED_REASON))
 
     def lost_input(self, actor: JobActor, command: TrialCommand, reason: str) -> Lost:
         """The actor's input for ``command``'s worker gone, with its model if one is on disk."""
-        current = actor.current(self.state.jobs[command.job_id], command.command_id)
+        current = actor.current(self.core.state.jobs[command.job_id], command.command_id)
         return Lost(command, reason, saved_model(self.state_dir, command) if current else None)
 
     def recover_saved(self) -> None:
         """At start-up: running attempts whose model is complete on disk, as saved."""
-        for job in self.state.running_jobs():
-            actor = self.actors[job.job_id]
+        for job in self.core.state.running_jobs():
+            actor = self.core.actors[job.job_id]
             for t in list(job.trials.values()):
                 command = actor.command(t.number, t.model, t.params, t.attempt)
                 if not actor.current(job, command.command_id):
                     continue
                 if (found := saved_model(self.state_dir, command)) is not None:
-                    self.decide(actor, Found(command, found))
+                    self.core.decide(actor, Found(command, found))
