@@ -27,7 +27,8 @@ repeats each of them harmlessly. A result can therefore be seen twice (the daemo
 between making its event durable and :meth:`Queue.ack`): ingesting a result again must be
 a no-op, and that idempotency is the daemon's job, through its state (a trial already
 saved ignores a second ``saved``). ``msg_seq`` lets a running daemon drop a replayed
-message cheaply (:class:`ReplayFilter`); it is not a substitute for the state check.
+message cheaply (:class:`~sentinel_daemon.queue.messages.ReplayFilter`); it is not a
+substitute for the state check.
 """
 
 from __future__ import annotations
