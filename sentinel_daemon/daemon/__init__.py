@@ -1,7 +1,8 @@
 """The running service: the core loop and what it drives.
 
 The loop (:mod:`~sentinel_daemon.daemon.service`) owns the log; the inbox
-(:mod:`~sentinel_daemon.daemon.inbox`) brings job files; one job actor per job
+(:mod:`~sentinel_daemon.daemon.inbox`, its decisions pure in
+:mod:`~sentinel_daemon.daemon.inboxdiff`) brings job files; one job actor per job
 (:mod:`~sentinel_daemon.daemon.actor`) decides; stage processes
 (:mod:`~sentinel_daemon.daemon.stages`) prepare and validate; a dispatcher
 (:mod:`~sentinel_daemon.daemon.dispatch`) runs trials on local workers or a Dask cluster;

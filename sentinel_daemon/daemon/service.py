@@ -470,12 +470,8 @@ class Daemon:
         """Append ``events`` (one fsync), fold them in, then act on each; their seqs."""
         if not events:
             return []
-        start = self._store.log.position
         records = self._store.append(events)
-        end = self._store.log.position
-        self.metrics.appended(
-            len(records), end.offset - (start.offset if end.segment == start.segment else 0)
-        )
+        self.metrics.appended(len(records), self._store.appended_bytes)
         self.metrics.observe(events, self._store.state)
         for event in events:
             job_id = getattr(event, "job_id", None)

@@ -33,8 +33,9 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
+from sentinel_daemon.fsutil import atomic_write_bytes, free_name, fsync_dir
 from sentinel_daemon.layout import BEST_DIR, MODEL_CARD
+from sentinel_daemon.signals import signal_name
 
 EXIT_DONE = 0
 EXIT_FAILED = 1
@@ -212,7 +213,7 @@ class StageProcess:
             return StageOutcome(True, dict(result.get("outputs") or {}))
         if isinstance(result, dict) and result.get("error"):
             return StageOutcome(False, {}, str(result["error"]))
-        how = f"exit code {code}" if code >= 0 else f"signal {-code} ({_signal_name(-code)})"
+        how = f"exit code {code}" if code >= 0 else f"signal {-code} ({signal_name(-code)})"
         error = f"the {self.stage} process ended with {how}"
         if code == -signal.SIGKILL:
             error += (
@@ -228,13 +229,6 @@ class StageProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "unknown"
 
 
 # ---- gate and export ------------------------------------------------------------------
@@ -255,7 +249,7 @@ def export_best(
         if _sha256(final) == sha256:
             return final.relative_to(state_dir).as_posix()
         # A best/ that does not hold this model cannot come from us; keep it for a person.
-        os.rename(best, _free(job_dir / ".best.unexpected"))
+        os.rename(best, free_name(job_dir / ".best.unexpected", keep_suffix=False))
     tmp = job_dir / ".best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -280,13 +274,6 @@ def _sha256(path: Path) -> str | None:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return None
-
-
-def _free(path: Path) -> Path:
-    n = 0
-    while os.path.lexists(f"{path}.{n}"):
-        n += 1
-    return Path(f"{path}.{n}")
 
 
 if __name__ == "__main__":
