@@ -93,3 +93,34 @@ def copy_file_durably(src: Path, dst: Path) -> None:
     with open(src, "rb") as fin, atomic_writer(dst) as fout:
         while chunk := fin.read(1 << 20):
             fout.write(chunk)
+
+
+def numbered_names(name: str, *, keep_suffix: bool = True) -> Iterator[str]:
+    """``name``, then ``<stem>.1<suffix>``, ``<stem>.2<suffix>``...: names to try beside it.
+
+    With ``keep_suffix`` the suffix stays last, so that ``job.1.yaml`` is still a YAML
+    file to whoever opens it; without, the number follows the whole name (``x.json.1``), as
+    the queue has always named the files it sets aside in ``dead/`` and ``bad/``.
+    """
+    yield name
+    stem, suffix = os.path.splitext(name) if keep_suffix else (name, "")
+    n = 1
+    while True:
+        yield f"{stem}.{n}{suffix}"
+        n += 1
+
+
+def free_name(path: Path, companion: str = "", *, keep_suffix: bool = True) -> Path:
+    """``path`` if nothing is there, else the first free name of :func:`numbered_names`.
+
+    ``companion`` names a file that goes beside the result (``.reason``): it must be free
+    too. Choosing then renaming is race-free only while one thread of one process moves
+    files into the folder; where others may, link into each candidate instead (a link
+    never replaces a file; a rename silently does).
+    """
+    return next(
+        candidate
+        for candidate in map(path.with_name, numbered_names(path.name, keep_suffix=keep_suffix))
+        if not os.path.lexists(candidate)
+        and not (companion and os.path.lexists(candidate.with_name(candidate.name + companion)))
+    )

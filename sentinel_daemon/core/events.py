@@ -6,8 +6,10 @@ change, bump its version and register an upcaster in :data:`UPCASTERS` that turn
 older record into the newer shape before validation; the golden logs in
 ``events/golden/`` prove that every older log still replays.
 
-The domain never sees bytes or envelopes (``seq``, ``ts``, the checksum): see
-:mod:`sentinel_daemon.log.records` for the mapping to and from log records.
+The domain never sees bytes or envelopes (``seq``, ``ts``, the checksum): :func:`encode`
+and :func:`decode` turn an event into a plain dict and back (upcasting on the way in);
+:mod:`sentinel_daemon.log.records` wraps that dict in its envelope as one checksummed line,
+and :class:`sentinel_daemon.log.store.Store` is where the two meet.
 """
 
 from __future__ import annotations

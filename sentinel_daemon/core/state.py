@@ -7,8 +7,9 @@ that replaying a million events costs a million small updates rather than a mill
 copies; callers that need the value before an event copy it first (:meth:`State.copy_state`).
 
 The state is made of slotted dataclasses, cheap to update during replay; snapshots turn
-it into JSON and back through a pydantic ``TypeAdapter``, so a snapshot is validated when
-it loads (:func:`state_to_json`, :func:`state_from_json`).
+it into JSON-ready data and back through a pydantic ``TypeAdapter``, so a snapshot is
+validated when it loads (:func:`state_as_dict`, :func:`state_from_data`;
+:func:`state_to_json` gives the same as bytes).
 """
 
 from __future__ import annotations

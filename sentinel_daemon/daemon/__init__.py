@@ -13,7 +13,8 @@ append (fsync), fold, then act. Each concern has its module:
   :mod:`~sentinel_daemon.daemon.reports`);
 - :mod:`~sentinel_daemon.daemon.recovery`: start-up after a stop or a crash;
 - :mod:`~sentinel_daemon.daemon.intake`: job files from the inbox
-  (:mod:`~sentinel_daemon.daemon.inbox`) to ``job.submitted`` or ``job.rejected``;
+  (:mod:`~sentinel_daemon.daemon.inbox`, its decisions pure in
+  :mod:`~sentinel_daemon.daemon.inboxdiff`) to ``job.submitted`` or ``job.rejected``;
 - :mod:`~sentinel_daemon.daemon.control`: operators' requests (cancel);
 - :mod:`~sentinel_daemon.daemon.results`: workers' answers, lost and external workers;
 - :mod:`~sentinel_daemon.daemon.health`: ``health.json``, the degraded state, the status line;

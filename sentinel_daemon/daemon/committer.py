@@ -55,12 +55,8 @@ class Committer:
         """Append ``events`` (one fsync), fold them in, then carry out their reactions."""
         if not events:
             return []
-        start = self.store.log.position
         records = self.store.append(events)
-        end = self.store.log.position
-        self.metrics.appended(
-            len(records), end.offset - (start.offset if end.segment == start.segment else 0)
-        )
+        self.metrics.appended(len(records), self.store.appended_bytes)
         self.metrics.observe(events, self.state)
         for event in events:
             job_id = getattr(event, "job_id", None)

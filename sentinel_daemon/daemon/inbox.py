@@ -16,7 +16,8 @@ mtime have stayed the same for ``settle`` seconds. Writers that follow the contr
 
 Each file is reported at most once while it stays in the inbox with the same inode, size
 and mtime; a different file under the same name, or the same one after it left and came
-back, is reported again.
+back, is reported again. Those decisions are pure, in
+:class:`~sentinel_daemon.daemon.inboxdiff.InboxDiff`; this module does the I/O around them.
 """
 
 from __future__ import annotations
@@ -45,15 +46,12 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from sentinel_daemon.daemon.inboxdiff import Identity, InboxDiff
 from sentinel_daemon.errors import InboxError
-from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
+from sentinel_daemon.fsutil import atomic_write_bytes, free_name, fsync_dir, numbered_names
 from sentinel_daemon.layout import REASON_SUFFIX, is_job_name
 
 log = structlog.get_logger(__name__)
-
-
-#: (inode, size, mtime in ns) from lstat: what "the same file" means for de-duplication.
-Identity: TypeAlias = tuple[int, int, int]
 
 
 class InboxFileGone(InboxError):
@@ -151,19 +149,16 @@ class Inbox:
         self.claimed_dir = Path(os.path.abspath(claimed_dir))
         self.rejected_dir = Path(os.path.abspath(rejected_dir))
         self._rescan_interval = rescan_interval
-        self._settle = settle
         self._watch = watch
         self._on_file = on_file
         # Not a SimpleQueue: on Python 3.11 its get(timeout=...) can block forever when a
         # signal lands on this thread near the deadline (see Daemon.files).
         self._queue: queue.Queue[_Item] = queue.Queue()
-        # name -> identity when reported; shared with claim(), hence the lock.
-        self._reported: dict[str, Identity] = {}
-        self._reported_lock = threading.Lock()
-        # Serialises choosing a free name and renaming into it (see _free_name).
+        # What was reported and what waits to settle; claim() updates it too, hence the lock.
+        self._diff = InboxDiff(settle)
+        self._diff_lock = threading.Lock()
+        # Serialises choosing a free name and renaming into it (see _move).
         self._move_lock = threading.Lock()
-        # name -> (identity, monotonic time first seen so); the inbox thread's alone.
-        self._candidates: dict[str, tuple[Identity, float]] = {}
         self._observer: BaseObserver | None = None
         #: Full listings completed so far (for metrics, and for tests to wait on).
         self.rescans = 0
@@ -242,7 +237,9 @@ class Inbox:
         next_rescan = time.monotonic()  # list at once: files that came while we were down
         while True:
             now = time.monotonic()
-            due = min([next_rescan, *(t + self._settle for _, t in self._candidates.values())])
+            with self._diff_lock:
+                settles = self._diff.next_due()
+            due = next_rescan if settles is None else min(next_rescan, settles)
             try:
                 item: _Item | None = self._queue.get(timeout=max(0.0, due - now))
             except queue.Empty:
@@ -261,13 +258,18 @@ class Inbox:
         kind, name = item
         match kind:
             case _Kind.READY:
-                self._report(name)
+                ident = self._identity(name)
+                with self._diff_lock:
+                    report = self._diff.complete(name, ident)
+                if report:
+                    self._report(name)
             case _Kind.CANDIDATE:
-                self._add_candidate(name, time.monotonic())
+                ident = self._identity(name)
+                with self._diff_lock:
+                    self._diff.created(name, ident, time.monotonic())
             case _Kind.GONE:
-                self._candidates.pop(name, None)
-                with self._reported_lock:
-                    self._reported.pop(name, None)
+                with self._diff_lock:
+                    self._diff.removed(name)
             case _Kind.STOP:  # handled by the loop before it gets here
                 pass
             case _:
@@ -282,55 +284,30 @@ class Inbox:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _add_candidate(self, name: str, now: float) -> None:
-        ident = self._identity(name)
-        if ident is None:
-            return
-        with self._reported_lock:
-            if self._reported.get(name) == ident:
-                return
-        known = self._candidates.get(name)
-        if known is None or known[0] != ident:
-            self._candidates[name] = (ident, now)
-
     def _settle_candidates(self, now: float) -> None:
-        for name, (ident, since) in list(self._candidates.items()):
-            if now - since < self._settle:
-                continue
-            current = self._identity(name)
-            if current is None:
-                del self._candidates[name]
-            elif current != ident:
-                self._candidates[name] = (current, now)  # still changing: wait again
-            else:
-                self._report(name)
+        with self._diff_lock:
+            due = self._diff.due(now)
+        if not due:
+            return
+        current = {name: ident for name in due if (ident := self._identity(name)) is not None}
+        with self._diff_lock:
+            ready = self._diff.settled(current, now)
+        for name in ready:
+            self._report(name)
 
     def _rescan(self, now: float) -> None:
         try:
             with os.scandir(self.inbox_dir) as entries:
-                names = sorted(e.name for e in entries if is_job_name(e.name))
+                names = [e.name for e in entries if is_job_name(e.name)]
         except OSError as exc:
             log.error("inbox.list_failed", folder=str(self.inbox_dir), error=str(exc))
             return
-        present = set(names)
-        with self._reported_lock:
-            # Forget files that left, so that one coming back under the name is reported.
-            for name in [n for n in self._reported if n not in present]:
-                del self._reported[name]
-        for name in names:
-            if name not in self._candidates:
-                self._add_candidate(name, now)
+        listing = {name: ident for name in names if (ident := self._identity(name)) is not None}
+        with self._diff_lock:
+            self._diff.listed(listing, now)
         self.rescans += 1
 
     def _report(self, name: str) -> None:
-        self._candidates.pop(name, None)
-        ident = self._identity(name)
-        if ident is None:
-            return
-        with self._reported_lock:
-            if self._reported.get(name) == ident:
-                return
-            self._reported[name] = ident
         try:
             self._on_file(self.inbox_dir / name)
         except Exception:
@@ -352,22 +329,20 @@ class Inbox:
         # (0.5 s) hoping to pair it, and every later inbox event waits behind it. A crash
         # between the two steps leaves twin names of one inode; see drop_claimed_twins.
         with self._move_lock:
-            stem, suffix = os.path.splitext(path.name)
-            n = 0
-            while True:
-                dest = self.claimed_dir / (path.name if n == 0 else f"{stem}.{n}{suffix}")
+            for name in numbered_names(path.name):
+                dest = self.claimed_dir / name
                 try:
                     os.link(path, dest, follow_symlinks=False)
                     break
                 except FileExistsError:
-                    n += 1
+                    continue
                 except FileNotFoundError:
                     raise InboxFileGone(path) from None
             fsync_dir(self.claimed_dir)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        with self._reported_lock:
-            self._reported.pop(path.name, None)
+        with self._diff_lock:
+            self._diff.claimed(path.name)
         fsync_dir(self.inbox_dir)
         return dest
 
@@ -410,7 +385,7 @@ class Inbox:
             # Check-then-rename is race-free here because only the daemon (one per state
             # dir, under its lock) writes claimed/ and rejected/, and this lock covers its
             # threads; os.rename itself would silently replace an existing file.
-            dest = _free_name(folder, src.name, companion)
+            dest = free_name(folder / src.name, companion)
             try:
                 os.rename(src, dest)
             except FileNotFoundError:
@@ -419,19 +394,3 @@ class Inbox:
                 raise
         fsync_dir(folder)
         return dest
-
-
-def _free_name(folder: Path, name: str, companion: str = "") -> Path:
-    """``folder/name``, or ``folder/<stem>.<n><suffix>`` for the first free ``n``.
-
-    ``companion`` names a file that goes beside it (``.reason``); both must be free.
-    """
-    stem, suffix = os.path.splitext(name)
-    candidate = name
-    n = 0
-    while os.path.lexists(folder / candidate) or (
-        companion and os.path.lexists(folder / (candidate + companion))
-    ):
-        n += 1
-        candidate = f"{stem}.{n}{suffix}"
-    return folder / candidate

@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
+from sentinel_daemon.fsutil import atomic_write_bytes, free_name, fsync_dir
 from sentinel_daemon.layout import BEST_DIR, MODEL_CARD
 from sentinel_daemon.ml.artifacts import ChecksumMismatch, read_checked
 from sentinel_daemon.queue.messages import TrialData
 
 if TYPE_CHECKING:
     from sentinel_daemon import ml
+from sentinel_daemon.signals import signal_name
 
 EXIT_DONE = 0
 EXIT_FAILED = 1
@@ -205,7 +206,7 @@ class StageProcess:
             return StageOutcome(True, dict(result.get("outputs") or {}))
         if isinstance(result, dict) and result.get("error"):
             return StageOutcome(False, {}, str(result["error"]))
-        how = f"exit code {code}" if code >= 0 else f"signal {-code} ({_signal_name(-code)})"
+        how = f"exit code {code}" if code >= 0 else f"signal {-code} ({signal_name(-code)})"
         error = f"the {self.stage} process ended with {how}"
         if code == -signal.SIGKILL:
             error += (
@@ -221,13 +222,6 @@ class StageProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "unknown"
 
 
 # ---- gate and export ------------------------------------------------------------------
@@ -249,7 +243,7 @@ def export_best(
             read_checked(final, sha256)
             return final.relative_to(state_dir).as_posix()
         # A best/ that does not hold this model cannot come from us; keep it for a person.
-        os.rename(best, _free(job_dir / ".best.unexpected"))
+        os.rename(best, free_name(job_dir / ".best.unexpected", keep_suffix=False))
     tmp = job_dir / ".best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -270,13 +264,6 @@ def export_best(
     os.rename(tmp, best)
     fsync_dir(job_dir)
     return final.relative_to(state_dir).as_posix()
-
-
-def _free(path: Path) -> Path:
-    n = 0
-    while os.path.lexists(f"{path}.{n}"):
-        n += 1
-    return Path(f"{path}.{n}")
 
 
 if __name__ == "__main__":

@@ -370,8 +370,9 @@ class FileLog:
     """The single writer of a segmented log. Open it with :meth:`open` after a scan.
 
     Its seam is two methods, like Optuna's journal backend: :meth:`append` a batch and
-    :meth:`read` from a seq. :class:`sentinel_daemon.log.memory.MemoryLog` is its in-memory
-    twin with the same semantics, and one contract suite runs against both.
+    :meth:`read` from a seq (with :attr:`position` and :meth:`last_crc`, what a store needs:
+    :class:`~sentinel_daemon.log.store.EventLog`). :class:`~sentinel_daemon.log.memory.MemoryLog`
+    is its in-memory twin with the same semantics, and one contract suite runs against both.
     """
 
     def __init__(
@@ -442,6 +443,11 @@ class FileLog:
     def position(self) -> Position:
         """Where the next record will go: the end of the last acknowledged one."""
         return Position(self._segment, self._size)
+
+    def last_crc(self) -> str | None:
+        """The checksum of the record that ends at :attr:`position` (read back from disk)."""
+        line = line_before(self.events_dir, self.position)
+        return None if line is None else line[-10:-2].decode("ascii")
 
     def append(self, payloads: Sequence[dict[str, Any]]) -> list[Record]:
         """Write a batch of records with one write and one fdatasync, then acknowledge them."""

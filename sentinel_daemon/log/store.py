@@ -4,6 +4,12 @@ Start-up takes the state-directory lock, loads the snapshot (if it can be truste
 replays the log from the snapshot's position, cuts a torn tail (and records that it
 did), and is then ready for :meth:`Store.append`, the only way the state changes:
 the events are appended and fsynced first, and folded into the state only after.
+
+The store reaches its log only through :class:`EventLog`, which the segment log
+(:class:`~sentinel_daemon.log.segments.FileLog`) and its in-memory twin
+(:class:`~sentinel_daemon.log.memory.MemoryLog`) both are, so tests can drive a store
+without a disk. Start-up (:meth:`Store.open`, :func:`recover`) reads segments, and is the
+file log's alone.
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ from __future__ import annotations
 import gc
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 import structlog
 
@@ -24,8 +31,8 @@ from sentinel_daemon.errors import EventDecodeError, LogGap
 from sentinel_daemon.fsutil import fsync_dir
 from sentinel_daemon.layout import EVENTS_DIR, SNAPSHOT_NAME
 from sentinel_daemon.log.lock import StateLock
-from sentinel_daemon.log.records import Record
-from sentinel_daemon.log.segments import FileLog, LogScan, TornTail, line_before
+from sentinel_daemon.log.records import Position, Record
+from sentinel_daemon.log.segments import FileLog, LogScan, TornTail
 from sentinel_daemon.log.snapshot import (
     Snapshot,
     SnapshotInvalid,
@@ -34,6 +41,37 @@ from sentinel_daemon.log.snapshot import (
 )
 
 log = structlog.get_logger(__name__)
+
+
+class EventLog(Protocol):
+    """The log behind a :class:`Store`: a segment log on disk, or its in-memory twin.
+
+    The seam proper is two methods, as in Optuna's journal backend: :meth:`append` a
+    batch (durably, all or nothing) and :meth:`read` from a seq. A store also needs where
+    the log ends, to count the bytes an append wrote and to anchor a snapshot.
+    """
+
+    @property
+    def position(self) -> Position:
+        """Where the next record will go: just past the last acknowledged one."""
+        ...
+
+    def append(self, payloads: Sequence[dict[str, Any]]) -> list[Record]:
+        """Append a batch under one commit and return its records, seq from last + 1."""
+        ...
+
+    def read(self, after_seq: int = 0) -> Iterator[Record]:
+        """Every acknowledged record with seq above ``after_seq``, in order."""
+        ...
+
+    def last_crc(self) -> str | None:
+        """The checksum of the record that ends at :attr:`position`; None for an empty log.
+
+        A snapshot records it, so that one copied from another log is not taken for ours.
+        """
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -81,24 +119,32 @@ def _utcnow() -> datetime:
 
 
 class Store:
-    """The event log, the state folded from it, and its snapshots, under one lock."""
+    """The event log, the state folded from it, and its snapshots, under one lock.
+
+    :meth:`open` recovers a state directory. Built directly, a store folds onto ``state``
+    from wherever ``log_`` stands, writes its snapshots into ``state_dir``, and releases
+    ``lock`` (if given) on :meth:`close`.
+    """
 
     def __init__(
         self,
         state_dir: Path,
-        lock: StateLock,
-        log_: FileLog,
+        log_: EventLog,
         state: State,
-        report: OpenReport,
-        snapshot_every: int,
+        *,
+        lock: StateLock | None = None,
+        report: OpenReport | None = None,
+        snapshot_every: int = 10_000,
     ) -> None:
         self.state_dir = state_dir
         self.lock = lock
         self.log = log_
         self.state = state
-        self.report = report
+        self.report = report or OpenReport(state.last_seq, None, 0, None, None, 0.0)
         self.snapshot_every = snapshot_every
-        self._snapshot_seq = report.snapshot_seq
+        self._snapshot_seq = self.report.snapshot_seq
+        #: Bytes the last :meth:`append` added to the log (for the daemon's metrics).
+        self.appended_bytes = 0
 
     @classmethod
     def open(
@@ -133,7 +179,9 @@ class Store:
                 backup=backup,
                 seconds=time.monotonic() - t0,
             )
-            store = cls(state_dir, lock, log_, state, report, snapshot_every)
+            store = cls(
+                state_dir, log_, state, lock=lock, report=report, snapshot_every=snapshot_every
+            )
         except BaseException:
             lock.release()
             raise
@@ -146,24 +194,19 @@ class Store:
                 backup=backup,
                 reason=torn.reason,
             )
-            store.append(
-                [
-                    LogRepaired(
-                        segment=torn.segment,
-                        offset=torn.offset,
-                        bytes_cut=torn.bytes_cut,
-                        backup=f"{EVENTS_DIR}/{backup}",
-                        reason=torn.reason,
-                    )
-                ]
-            )
+            assert backup is not None  # FileLog.open backs up every tail it cuts
+            store.append([repaired_event(torn, backup)])
         if replayed >= snapshot_every:
             store.snapshot()
         return store
 
     def append(self, events: Sequence[Event]) -> list[Record]:
         """Append ``events`` durably (one fsync), then fold them into the state."""
+        start = self.log.position
         records = self.log.append([encode(e) for e in events])
+        end = self.log.position
+        # A batch never spans segments: the log rotates before writing one, not during.
+        self.appended_bytes = end.offset - (start.offset if end.segment == start.segment else 0)
         for event, record in zip(events, records, strict=True):
             apply(self.state, event)
             self.state.last_seq = record.seq
@@ -178,17 +221,31 @@ class Store:
 
     def snapshot(self) -> None:
         """Write a snapshot of the state as of the last appended record."""
-        position = self.log.position
-        line = line_before(self.log.events_dir, position)
-        last_crc = None if line is None else line[-10:-2].decode("ascii")
-        write_snapshot(self.state_dir / SNAPSHOT_NAME, self.state, position, last_crc)
+        write_snapshot(
+            self.state_dir / SNAPSHOT_NAME, self.state, self.log.position, self.log.last_crc()
+        )
         self._snapshot_seq = self.state.last_seq
 
     def close(self, *, snapshot: bool = True) -> None:
         if snapshot and self.state.last_seq > self._snapshot_seq:
             self.snapshot()
         self.log.close()
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
+
+
+def repaired_event(torn: TornTail, backup: str, reason: str | None = None) -> LogRepaired:
+    """The ``log.repaired`` event for a cut tail; ``backup`` is relative to ``events/``.
+
+    ``reason`` defaults to the tail's own (start-up); ``sentinel log repair`` says it cut.
+    """
+    return LogRepaired(
+        segment=torn.segment,
+        offset=torn.offset,
+        bytes_cut=torn.bytes_cut,
+        backup=f"{EVENTS_DIR}/{backup}",
+        reason=torn.reason if reason is None else reason,
+    )
 
 
 def trusted_snapshot(path: Path) -> tuple[Snapshot | None, str | None]:
@@ -209,25 +266,36 @@ def recover(
     which is what lets ``sentinel status`` call this while a daemon appends.
     """
     if snap is not None:
-        scan = LogScan(
-            events_dir, start=snap.position, expect_seq=snap.seq + 1, start_crc=snap.last_crc
-        )
-        state = snap.state
-        try:
-            if scan.fits_start():
+        scan, problem = snapshot_fit(events_dir, snap)
+        if problem is None:
+            state = snap.state
+            try:
                 return state, scan, replay(scan, state), None
-            problem = (
-                "its position does not match the log (a snapshot from the future, or from "
-                "another state directory?)"
-            )
-        except LogGap as exc:
-            if scan.records_read:
-                raise  # the gap is in the log after the snapshot, not in the snapshot
-            problem = f"its position is not in the log: {exc}"
+            except LogGap as exc:
+                if scan.records_read:
+                    raise  # the gap is in the log after the snapshot, not in the snapshot
+                problem = f"its position is not in the log: {exc}"
         log.warning("snapshot ignored; replaying the whole log", reason=problem)
     state = State()
     scan = LogScan(events_dir)
     return state, scan, replay(scan, state), problem
+
+
+def snapshot_fit(events_dir: Path, snap: Snapshot) -> tuple[LogScan, str | None]:
+    """A scan of the log from just past the snapshot's record, and why it does not fit there.
+
+    None when it fits: the record before the snapshot's position carries its seq (and its
+    checksum, when the snapshot recorded one). Reads only that record.
+    """
+    scan = LogScan(
+        events_dir, start=snap.position, expect_seq=snap.seq + 1, start_crc=snap.last_crc
+    )
+    if scan.fits_start():
+        return scan, None
+    return scan, (
+        "its position does not match the log (a snapshot from the future, from another state "
+        "directory, or the log was restored from an older backup)"
+    )
 
 
 def read_state(state_dir: Path) -> State:

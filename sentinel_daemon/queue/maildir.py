@@ -27,7 +27,8 @@ repeats each of them harmlessly. A result can therefore be seen twice (the daemo
 between making its event durable and :meth:`Queue.ack`): ingesting a result again must be
 a no-op, and that idempotency is the daemon's job, through its state (a trial already
 saved ignores a second ``saved``). ``msg_seq`` lets a running daemon drop a replayed
-message cheaply (:class:`ReplayFilter`); it is not a substitute for the state check.
+message cheaply (:class:`~sentinel_daemon.queue.messages.ReplayFilter`); it is not a
+substitute for the state check.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from pydantic import (
 )
 
 from sentinel_daemon.core.ids import WorkerId
-from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
+from sentinel_daemon.fsutil import atomic_write_bytes, free_name, fsync_dir
 from sentinel_daemon.queue.messages import (
     _WORKER_ID,
     MESSAGE_ADAPTER,
@@ -283,7 +284,8 @@ class Queue:
         wdir = self.workers / wid
         taken: list[TrialCommand] = []
         for name in sorted(self._command_names(wdir)):
-            target = self._free_name(self.dead / f"{name[: -len('.json')]}.{wid}.json")
+            dead = self.dead / f"{name[: -len('.json')]}.{wid}.json"
+            target = free_name(dead, keep_suffix=False)
             try:
                 os.rename(wdir / name, target)
             except FileNotFoundError:
@@ -462,22 +464,13 @@ class Queue:
         return message
 
     def _move_aside(self, path: Path, origin: str, reason: str) -> None:
-        target = self._free_name(self.bad / f"{origin}.{path.name}")
+        target = free_name(self.bad / f"{origin}.{path.name}", ".reason", keep_suffix=False)
         try:
             os.rename(path, target)
         except FileNotFoundError:
             return  # another process moved or claimed it first
         atomic_write_bytes(target.with_name(target.name + ".reason"), reason.encode() + b"\n")
         self.on_bad(BadFile(path, target, reason))
-
-    @staticmethod
-    def _free_name(path: Path) -> Path:
-        n = 1
-        candidate = path
-        while candidate.exists() or candidate.with_name(candidate.name + ".reason").exists():
-            candidate = path.with_name(f"{path.name}.{n}")
-            n += 1
-        return candidate
 
 
 def _listdir(folder: Path) -> list[str]:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentinel_daemon.core.events import LogRepaired, encode
+from sentinel_daemon.core.events import encode
 from sentinel_daemon.errors import LogCorrupt
 from sentinel_daemon.layout import EVENTS_DIR
 from sentinel_daemon.log.lock import StateLock
@@ -18,6 +18,7 @@ from sentinel_daemon.log.segments import (
     cut_torn_tail,
     list_segments,
 )
+from sentinel_daemon.log.store import repaired_event
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,8 @@ def repair(
             pass
         log_, _, _ = FileLog.open(events_dir, rescan, segment_bytes=segment_bytes)
         try:
-            log_.append(
-                [
-                    encode(
-                        LogRepaired(
-                            segment=torn.segment,
-                            offset=torn.offset,
-                            bytes_cut=torn.bytes_cut,
-                            backup=f"{EVENTS_DIR}/{backup}",
-                            reason=f"sentinel log repair: {torn.reason}",
-                        )
-                    )
-                ]
-            )
+            reason = f"sentinel log repair: {torn.reason}"
+            log_.append([encode(repaired_event(torn, backup, reason))])
         finally:
             log_.close()
         return RepairResult(

@@ -1,7 +1,8 @@
-"""Operator tools over the event log: tail (with follow across rotation), verify, repair.
+"""``sentinel tail [-f]``: the last records of the event log, following it across rotation.
 
-Readers never take the state-directory lock, so they work while the daemon runs; only
-``repair`` takes it, because it rewrites the log.
+Like every reader it never takes the state-directory lock, so it works while the daemon
+runs; only ``sentinel log repair`` (:mod:`~sentinel_daemon.tools.repair`) takes it,
+because it rewrites the log. ``sentinel log verify`` is :mod:`~sentinel_daemon.tools.verify`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from sentinel_daemon.log.records import BadRecord, Record, decode_line
 from sentinel_daemon.log.segments import (
     list_segments,
 )
-
-# ---- tail ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from sentinel_daemon.log.segments import (
     list_segments,
 )
 from sentinel_daemon.log.snapshot import SnapshotInvalid, load_snapshot
+from sentinel_daemon.log.store import snapshot_fit
 
 
 @dataclass
@@ -121,17 +122,11 @@ def _snapshot_status(state_dir: Path, last_seq: int) -> dict[str, Any]:
             "seq": snap.seq,
             "reason": "the daemon will ignore it and replay the whole log",
         }
-    scan = LogScan(
-        state_dir / EVENTS_DIR,
-        start=snap.position,
-        expect_seq=snap.seq + 1,
-        start_crc=snap.last_crc,
-    )
-    if not scan.fits_start():
+    _scan, problem = snapshot_fit(state_dir / EVENTS_DIR, snap)
+    if problem is not None:
         return {
             "status": "does not fit the log",
             "seq": snap.seq,
-            "reason": "its record is not this log's (from another state directory, or the log "
-            "was restored from a backup); the daemon will ignore it and replay the whole log",
+            "reason": f"{problem}; the daemon will ignore it and replay the whole log",
         }
     return {"status": "ok", "seq": snap.seq}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
+from sentinel_daemon.log.memory import MemoryLog
 from sentinel_daemon.log.records import Record
 from sentinel_daemon.log.segments import FileLog, LogScan
 
@@ -48,3 +50,40 @@ def write_log(events_dir: Path, n: int, batch: int = 1, segment_bytes: int = 1 <
 
 def segment_files(events_dir: Path) -> list[Path]:
     return sorted(events_dir.glob("*.jsonl"))
+
+
+class FileBackend:
+    """A file log for the contract suite: small segments, so that batches rotate."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "events"
+        self.log = open_log(self.dir, segment_bytes=4096)
+
+    def reopen(self) -> None:
+        self.log.close()
+        self.log = open_log(self.dir, segment_bytes=4096)
+
+    def fail_next_sync(self) -> None:
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        self.log._sync = failing
+
+    def close(self) -> None:
+        self.log.close()
+
+
+class MemoryBackend:
+    """The in-memory twin for the contract suite."""
+
+    def __init__(self, root: Path) -> None:
+        self.log = MemoryLog()
+
+    def reopen(self) -> None:
+        pass
+
+    def fail_next_sync(self) -> None:
+        self.log.fail_sync = True
+
+    def close(self) -> None:
+        self.log.close()

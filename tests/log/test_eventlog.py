@@ -4,54 +4,19 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sentinel_daemon.errors import LogCorrupt, LogFsyncFailed, LogGap
-from sentinel_daemon.log.memory import MemoryLog
+from sentinel_daemon.log.records import Position
 from sentinel_daemon.log.segments import FileLog, LogScan, LogWriteFailed, segment_name
 
 from .logkit import open_log, payload, scan_all, segment_files, write_log
 
-# ---- contract: the same semantics for FileLog and MemoryLog ----------------------------
-
-
-class FileBackend:
-    def __init__(self, root: Path) -> None:
-        self.dir = root / "events"
-        self.log = open_log(self.dir, segment_bytes=4096)
-
-    def reopen(self) -> None:
-        self.log.close()
-        self.log = open_log(self.dir, segment_bytes=4096)
-
-    def fail_next_sync(self) -> None:
-        def failing(fd: int) -> None:
-            raise OSError(errno.EIO, "Input/output error")
-
-        self.log._sync = failing
-
-
-class MemoryBackend:
-    def __init__(self, root: Path) -> None:
-        self.log = MemoryLog()
-
-    def reopen(self) -> None:
-        pass
-
-    def fail_next_sync(self) -> None:
-        self.log.fail_sync = True
-
-
-@pytest.fixture(params=[FileBackend, MemoryBackend], ids=["file", "memory"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    b = request.param(tmp_path)
-    yield b
-    if isinstance(b, FileBackend):
-        b.log.close()
+# ---- contract: the same semantics for FileLog and MemoryLog (the `backend` fixture) ----
 
 
 def test_contract_seq_starts_at_one_and_grows_by_one_per_record(backend: Any) -> None:
@@ -88,6 +53,11 @@ def test_contract_a_failed_fsync_is_fatal_for_every_later_append(backend: Any) -
 def test_contract_envelope_keys_in_an_event_are_refused(backend: Any) -> None:
     with pytest.raises(ValueError, match="envelope"):
         backend.log.append([{"type": "x", "v": 1, "crc": "0"}])
+
+
+def test_contract_an_empty_log_ends_at_the_start_of_its_first_segment(backend: Any) -> None:
+    assert backend.log.position == Position(segment_name(1), 0)
+    assert backend.log.last_crc() is None
 
 
 # ---- file log behaviours ---------------------------------------------------------------

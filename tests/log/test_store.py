@@ -1,18 +1,29 @@
-"""Start-up: lock, snapshot handling, replay, and torn-tail repair recorded as an event."""
+"""Start-up: lock, snapshot handling, replay, and torn-tail repair recorded as an event.
+
+And a store over either log behind its seam (the file log, or the in-memory twin): it
+appends, folds, counts bytes and snapshots the same way over both.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sentinel_daemon.core.events import JobSubmitted, TrialSaved, TrialStarted
-from sentinel_daemon.core.state import fold
+from sentinel_daemon.core.events import JobSubmitted, TrialSaved, TrialStarted, encode
+from sentinel_daemon.core.state import State, fold
 from sentinel_daemon.errors import LogCorrupt, StateDirLocked
-from sentinel_daemon.layout import SNAPSHOT_NAME
-from sentinel_daemon.log.store import Store
+from sentinel_daemon.layout import EVENTS_DIR, SNAPSHOT_NAME
+from sentinel_daemon.log.memory import MemoryLog
+from sentinel_daemon.log.records import encode_batch, encode_line
+from sentinel_daemon.log.segments import FileLog, LogScan
+from sentinel_daemon.log.snapshot import load_snapshot
+from sentinel_daemon.log.store import Store, decode_record
 
 from .logkit import segment_files
 
@@ -147,3 +158,71 @@ def test_corruption_in_the_middle_stops_start_up_and_releases_the_lock(state_dir
     assert err.value.line == 3 and err.value.segment == seg
     with pytest.raises(LogCorrupt):  # still refused, and not because of a stale lock
         Store.open(state_dir)
+
+
+# ---- contract: a store over the file log and over its in-memory twin --------------------
+
+
+def test_contract_a_store_folds_what_it_appends_and_the_log_holds_it(
+    backend: Any, tmp_path: Path
+) -> None:
+    store = Store(tmp_path, backend.log, State())
+    events = job_events(3)
+    records = store.append(events)
+    assert [r.seq for r in records] == list(range(1, 8))
+    assert store.state == fold(events) and store.state.last_seq == 7
+    assert [decode_record(r) for r in backend.log.read()] == events
+
+
+def test_contract_a_store_counts_the_bytes_each_append_wrote(backend: Any, tmp_path: Path) -> None:
+    store = Store(tmp_path, backend.log, State())
+    for batch in (job_events(20), job_events(1)[1:], job_events(30)[1:]):  # rotates on file
+        records = store.append(batch)
+        written = encode_batch(records[0].seq, records[0].ts, [encode(e) for e in batch])
+        assert store.appended_bytes == len(written)
+
+
+def test_contract_a_store_snapshots_every_n_records_at_the_end_of_its_log(
+    backend: Any, tmp_path: Path
+) -> None:
+    store = Store(tmp_path, backend.log, State(), snapshot_every=10)
+    store.append(job_events(2))
+    assert not (tmp_path / SNAPSHOT_NAME).exists()
+    last = store.append(job_events(5)[5:])[-1]  # 11 records in all
+    snap = load_snapshot(tmp_path / SNAPSHOT_NAME)
+    assert snap is not None and snap.seq == 11
+    assert snap.state == fold(job_events(2) + job_events(5)[5:])
+    assert snap.position == backend.log.position
+    assert snap.last_crc == encode_line(last.seq, last.ts, last.payload)[-11:-3].decode()
+
+
+def test_a_store_over_memory_anchors_its_snapshot_where_one_over_files_does(
+    tmp_path: Path,
+) -> None:
+    def ticking() -> Any:
+        ticks = itertools.count()
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        return lambda: start + timedelta(seconds=next(ticks))
+
+    events_dir = tmp_path / "file" / EVENTS_DIR
+    events_dir.mkdir(parents=True)
+    scan = LogScan(events_dir)
+    list(scan)
+    file_log, _, _ = FileLog.open(events_dir, scan, segment_bytes=1 << 20, clock=ticking())
+    (tmp_path / "memory").mkdir()
+    stores = [
+        Store(tmp_path / "file", file_log, State()),
+        Store(tmp_path / "memory", MemoryLog(clock=ticking()), State()),
+    ]
+    for store in stores:
+        for event in job_events(4):
+            store.append([event])
+        store.close()
+    on_file, in_memory = (load_snapshot(tmp_path / s / SNAPSHOT_NAME) for s in ("file", "memory"))
+    assert on_file is not None and in_memory is not None
+    assert (in_memory.seq, in_memory.position, in_memory.last_crc) == (
+        on_file.seq,
+        on_file.position,
+        on_file.last_crc,
+    )
+    assert in_memory.state == on_file.state

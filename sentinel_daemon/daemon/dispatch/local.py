@@ -38,6 +38,7 @@ from sentinel_daemon.core.events import Event, WorkerExited, WorkerLost, WorkerS
 from sentinel_daemon.core.ids import WorkerId
 from sentinel_daemon.daemon.dispatch import PollResult
 from sentinel_daemon.queue.maildir import HEARTBEAT, Queue
+from sentinel_daemon.signals import signal_name
 
 log = structlog.get_logger(__name__)
 
@@ -301,7 +302,7 @@ class Supervisor:
         reason = slot.killed_for or (
             f"exited with code {exit_code}"
             if signum is None
-            else f"killed by signal {signum} ({_signal_name(signum)})"
+            else f"killed by signal {signum} ({signal_name(signum)})"
         )
         result.events.append(
             WorkerLost(
@@ -354,13 +355,6 @@ class Supervisor:
 def _split_status(code: int) -> tuple[int | None, int | None]:
     """``(exit_code, signal)`` from a Popen return code (negative means a signal)."""
     return (None, -code) if code < 0 else (code, None)
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "unknown"
 
 
 def _signal_group(slot: _Slot, signum: int) -> None:
