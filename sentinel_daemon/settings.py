@@ -87,6 +87,8 @@ class TrialSettings(_Section):
 class ShutdownSettings(_Section):
     #: After the first SIGTERM/SIGINT, running trials get this long to finish.
     grace_s: float = Field(default=60.0, ge=0.0, le=86_400.0)
+    #: Then the workers are sent SIGTERM and get this long to exit before SIGKILL.
+    worker_grace_s: float = Field(default=10.0, ge=0.0, le=3_600.0)
 
 
 class MetricsSettings(_Section):

@@ -29,6 +29,7 @@ import psutil
 import structlog
 
 from sentinel_daemon.core.ids import WorkerId
+from sentinel_daemon.daemon.dispatch import Dispatcher
 from sentinel_daemon.settings import ResourceSettings
 
 log = structlog.get_logger(__name__)
@@ -289,3 +290,20 @@ __all__ = [
     "over_ceiling",
     "sample_tree",
 ]
+
+
+def sample_round(
+    monitor: ResourceMonitor, admission: AdmissionGate, dispatcher: Dispatcher, ceiling: int
+) -> Readings:
+    """One round of the monitor: read, update admission, kill workers over ``ceiling``."""
+    readings = monitor.sample(dispatcher.worker_pids())
+    admission.update(readings, dispatcher.gpus_in_use())
+    for worker, rss in over_ceiling(readings, ceiling).items():
+        if dispatcher.kill(worker, ceiling_reason(rss, ceiling)):
+            log.warning(
+                "daemon.worker_over_memory_ceiling",
+                worker=worker,
+                rss_bytes=rss,
+                ceiling_bytes=ceiling,
+            )
+    return readings

@@ -10,14 +10,14 @@ is reported by :class:`StageProcess` from the exit status. Both stages are idemp
 after a crash the daemon simply runs the stage again (prepare then hits the cache).
 
 :func:`export_best` promotes a model: it builds ``jobs/<job>/.best.tmp/`` and renames it
-to ``best/`` in one step, so ``best/`` is either absent or complete.
+to ``best/`` in one step, so ``best/`` is either absent or complete; the model is copied
+only once its bytes pass :func:`~sentinel_daemon.ml.artifacts.read_checked`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -28,13 +28,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from sentinel_daemon.fsutil import atomic_write_bytes, free_name, fsync_dir
 from sentinel_daemon.layout import BEST_DIR, MODEL_CARD
+from sentinel_daemon.ml.artifacts import ChecksumMismatch, read_checked
+from sentinel_daemon.queue.messages import TrialData
+
+if TYPE_CHECKING:
+    from sentinel_daemon import ml
 from sentinel_daemon.signals import signal_name
 
 EXIT_DONE = 0
@@ -48,14 +53,6 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataRequest(_Request):
-    transactions: Path
-    identity: Path | None
-    cache_dir: Path
-    test_fraction: float = Field(gt=0, lt=1)
-    valid_fraction: float = Field(gt=0, lt=1)
-
-
 class Candidate(_Request):
     trial: int
     artifact: str  # relative to STATE
@@ -64,12 +61,12 @@ class Candidate(_Request):
 
 class PrepareRequest(_Request):
     stage: str = "prepare"
-    data: DataRequest
+    data: TrialData
 
 
 class ValidateRequest(_Request):
     stage: str = "validate"
-    data: DataRequest
+    data: TrialData
     #: model -> the best saved trial of that model
     candidates: dict[str, Candidate]
     #: The model last promoted under the same job name, scored on this test split too.
@@ -79,17 +76,20 @@ class ValidateRequest(_Request):
 # ---- the child ------------------------------------------------------------------------
 
 
-def run_prepare(request: PrepareRequest) -> dict[str, Any]:
+def _prepared(d: TrialData) -> ml.Prepared:
     from sentinel_daemon import ml
 
-    d = request.data
-    prepared = ml.prepare(
+    return ml.prepare(
         d.transactions,
         d.identity,
         d.cache_dir,
         test_fraction=d.test_fraction,
         valid_fraction=d.valid_fraction,
     )
+
+
+def run_prepare(request: PrepareRequest) -> dict[str, Any]:
+    prepared = _prepared(request.data)
     _, y_train = prepared.rows("train")
     _, y_valid = prepared.rows("valid")
     _, y_test = prepared.rows("test")
@@ -107,14 +107,7 @@ def run_prepare(request: PrepareRequest) -> dict[str, Any]:
 def run_validate(request: ValidateRequest, state_dir: Path) -> dict[str, Any]:
     from sentinel_daemon import ml
 
-    d = request.data
-    prepared = ml.prepare(
-        d.transactions,
-        d.identity,
-        d.cache_dir,
-        test_fraction=d.test_fraction,
-        valid_fraction=d.valid_fraction,
-    )
+    prepared = _prepared(request.data)
     test: dict[str, dict[str, float]] = {}
     for model, cand in request.candidates.items():
         loaded = ml.load_model(state_dir / cand.artifact, cand.sha256)  # refuses a bad checksum
@@ -246,17 +239,21 @@ def export_best(
     best = job_dir / BEST_DIR
     final = best / src.name
     if best.exists():
-        if _sha256(final) == sha256:
+        with contextlib.suppress(OSError, ChecksumMismatch):
+            read_checked(final, sha256)
             return final.relative_to(state_dir).as_posix()
         # A best/ that does not hold this model cannot come from us; keep it for a person.
         os.rename(best, free_name(job_dir / ".best.unexpected", keep_suffix=False))
     tmp = job_dir / ".best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    data = src.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha256:
+    try:
+        data = read_checked(src, sha256)
+    except ChecksumMismatch as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ValueError(f"{src} does not match its recorded sha256 {sha256}; not promoted")
+        raise ValueError(
+            f"{src} does not match its recorded sha256 {sha256}; not promoted"
+        ) from exc
     atomic_write_bytes(tmp / src.name, data)
     meta = src.with_name("meta.json")
     if meta.exists():
@@ -267,13 +264,6 @@ def export_best(
     os.rename(tmp, best)
     fsync_dir(job_dir)
     return final.relative_to(state_dir).as_posix()
-
-
-def _sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":

@@ -1,9 +1,16 @@
 """Model artifacts: XGBoost UBJSON or LightGBM text beside a ``meta.json``, written crash-safely.
 
 The sha256 returned by :func:`save_model` is computed over the exact bytes written, and
-:func:`load_model` refuses a file whose bytes do not hash to the expected value before
-parsing anything, so a torn, corrupted or swapped file is never used. No pickle: both
-formats are the libraries' own portable ones.
+:func:`read_checked` is the one check of a model file against its sha256: :func:`load_model`
+refuses a file whose bytes do not hash to the expected value before parsing anything, so a
+torn, corrupted or swapped file is never used; the daemon checks a worker's saved model and
+the promoted copy in ``best/`` with it too. :func:`find_saved` finds a complete model of one
+trial attempt on disk (a worker, or a restarted daemon, never trains it twice). No pickle:
+both formats are the libraries' own portable ones.
+
+The checks and :func:`find_saved` need neither XGBoost nor LightGBM: those (and NumPy,
+pyarrow, scikit-learn) are imported by the functions that build or parse a model, so the
+daemon and a worker's start-up import this module cheaply.
 """
 
 from __future__ import annotations
@@ -12,23 +19,95 @@ import hashlib
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
-import numpy as np
 import orjson
-import pyarrow as pa
-import sklearn
-import xgboost as xgb
 
 import sentinel_daemon
 from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
 from sentinel_daemon.ml.errors import ArtifactError, MLError
-from sentinel_daemon.ml.training import Booster, TrainResult, predict
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sentinel_daemon.ml.training import Booster, TrainResult
 
 ARTIFACT_FORMAT = 1
 MODEL_FILES = {"xgboost": "model.ubj", "lightgbm": "model.txt"}
 META_FILE = "meta.json"
+
+
+class ChecksumMismatch(ArtifactError):
+    """A model file whose bytes do not hash to the sha256 recorded for it."""
+
+    def __init__(self, path: Path, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(path, f"sha256 mismatch: expected {expected}, the file hashes to {actual}")
+
+
+def read_checked(path: Path, sha256: str) -> bytes:
+    """The bytes of the model file ``path``, once they hash to ``sha256`` (either case).
+
+    OSError when the file cannot be read (callers say what that means for them);
+    :class:`ChecksumMismatch` when its bytes are not the ones recorded.
+    """
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256.lower():
+        raise ChecksumMismatch(Path(path), sha256, digest)
+    return data
+
+
+@dataclass(frozen=True)
+class FoundModel:
+    """A complete model of one trial attempt on disk: the fields of a ``saved`` answer."""
+
+    artifact: str  # relative to the state directory
+    sha256: str
+    metrics: dict[str, float]
+    value: float
+    train_seconds: float
+    duration_s: float
+
+
+def find_saved(
+    state_dir: Path, artifact_dir: str, job_id: str, trial: int, attempt: int
+) -> FoundModel | None:
+    """A complete model of attempt ``attempt`` of ``job_id``'s trial ``trial``, if one is on disk.
+
+    A model folder of the attempt (``<artifact_dir>/<attempt>-*/``, relative to
+    ``state_dir``) whose ``meta.json`` names this job, trial and attempt and whose model
+    file matches its sha256; None when there is none (the usual case: one glob).
+    """
+    folder = Path(state_dir) / artifact_dir
+    for meta_path in sorted(folder.glob(f"{attempt}-*/meta.json")):
+        try:
+            meta = orjson.loads(meta_path.read_bytes())
+            model = meta_path.with_name(str(meta["model_file"]))
+            fits = (meta.get("job_id"), meta.get("trial"), meta.get("attempt")) == (
+                job_id,
+                trial,
+                attempt,
+            )
+            metrics = {str(k): float(v) for k, v in meta["metrics"]["valid"].items()}
+            if not fits or "roc_auc" not in metrics:
+                continue
+            sha256 = str(meta["sha256"]).lower()
+            read_checked(model, sha256)
+            artifact = model.relative_to(state_dir).as_posix()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ArtifactError):
+            continue  # not a complete model of this attempt
+        seconds = round(float(meta.get("train_seconds", 0.0)), 6)
+        return FoundModel(
+            artifact=artifact,
+            sha256=sha256,
+            metrics=metrics,
+            value=metrics["roc_auc"],
+            train_seconds=seconds,
+            duration_s=seconds,
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -50,10 +129,18 @@ class LoadedModel:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Fraud probabilities; identical to those of the model before it was saved."""
+        from sentinel_daemon.ml.training import predict
+
         return predict(self.model_kind, self.model, X)
 
 
 def library_versions() -> dict[str, str]:
+    import lightgbm as lgb
+    import numpy as np
+    import pyarrow as pa
+    import sklearn
+    import xgboost as xgb
+
     return {
         "python": platform.python_version(),
         "sentinel": sentinel_daemon.__version__,
@@ -67,6 +154,9 @@ def library_versions() -> dict[str, str]:
 
 def model_bytes(model_kind: str, model: Booster) -> bytes:
     """The portable serialisation of a booster (what :func:`save_model` writes)."""
+    import lightgbm as lgb
+    import xgboost as xgb
+
     if model_kind == "xgboost" and isinstance(model, xgb.Booster):
         return bytes(model.save_raw(raw_format="ubj"))
     if model_kind == "lightgbm" and isinstance(model, lgb.Booster):
@@ -86,6 +176,8 @@ def save_model(
     feature list, data hash, feature version, best iteration); ``meta`` adds to it or
     overrides it, except the fields that describe the file itself.
     """
+    from sentinel_daemon.ml.training import TrainResult
+
     if model_kind not in MODEL_FILES:
         raise MLError(f"unknown model kind {model_kind!r}; one of {sorted(MODEL_FILES)}")
     info: dict[str, Any] = {}
@@ -148,14 +240,10 @@ def load_model(path: Path, expected_sha256: str) -> LoadedModel:
     """Read a model file, verify its sha256, then parse it; ArtifactError on any mismatch."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_checked(path, expected_sha256)
     except OSError as exc:
         raise ArtifactError(path, f"cannot be read ({exc.strerror or exc})") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != expected_sha256.lower():
-        raise ArtifactError(
-            path, f"sha256 mismatch: expected {expected_sha256}, the file hashes to {digest}"
-        )
+    digest = expected_sha256.lower()
     meta = _read_meta(path, digest)
     kind = meta.get("model_kind") or _kind_from_name(path)
     booster = _parse(path, kind, data)
@@ -189,6 +277,9 @@ def _kind_from_name(path: Path) -> str:
 
 
 def _parse(path: Path, kind: str, data: bytes) -> Booster:
+    import lightgbm as lgb
+    import xgboost as xgb
+
     try:
         if kind == "xgboost":
             booster = xgb.Booster()
@@ -202,6 +293,8 @@ def _parse(path: Path, kind: str, data: bytes) -> Booster:
 
 
 def _n_features(kind: str, booster: Booster) -> int:
+    import xgboost as xgb
+
     if isinstance(booster, xgb.Booster):
         return int(booster.num_features())
     return int(booster.num_feature())

@@ -158,7 +158,3 @@ def distributions(
         else:
             out[name] = optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log)
     return out
-
-
-#: Trial numbers are recorded in Optuna's user attributes under this key.
-TRIAL_ATTR = "sentinel_trial"

@@ -47,7 +47,11 @@ def _inside_state(value: str) -> str:
 
 
 class TrialData(_Message):
-    """Where a trial's data set comes from and how it is split; the worker caches it."""
+    """Where a job's data set comes from and how it is split.
+
+    In every trial command (the worker prepares it and keeps it across trials) and in the
+    requests of the job's ``prepare`` and ``validate`` stage processes.
+    """
 
     transactions: Path
     identity: Path | None

@@ -5,7 +5,8 @@ running work only), so reports and exports read the log itself. :func:`read_hist
 scans ``STATE/events/`` read-only, without the daemon's lock (as ``sentinel status``
 does); a torn last record, which a running daemon may be writing, is where it stops.
 :func:`frozen_trials` rebuilds a model's trials as Optuna ``FrozenTrial`` objects, with
-the distributions the search sampled from, for Optuna's own tools.
+the distributions the search sampled from, for Optuna's own tools (through
+:func:`sentinel_daemon.ml.study.frozen_trial`, as the daemon's job actor rebuilds its studies).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from sentinel_daemon.errors import UnknownJob
 from sentinel_daemon.layout import EVENTS_DIR
 from sentinel_daemon.log.segments import LogScan
 from sentinel_daemon.log.store import decode_record
-from sentinel_daemon.ml.space import TRIAL_ATTR, ParamSpec, distributions, resolve_space
+from sentinel_daemon.ml.space import ParamSpec, distributions, resolve_space
+from sentinel_daemon.ml.study import frozen_trial as optuna_trial
 
 
 class Outcome(StrEnum):
@@ -188,14 +190,6 @@ def optuna_quiet() -> Iterator[None]:
         optuna.logging.set_verbosity(verbosity)
 
 
-_STATES = {
-    Outcome.SAVED: optuna.trial.TrialState.COMPLETE,
-    Outcome.PRUNED: optuna.trial.TrialState.PRUNED,
-    Outcome.FAILED: optuna.trial.TrialState.FAIL,
-    Outcome.RUNNING: optuna.trial.TrialState.RUNNING,
-}
-
-
 Distribution = optuna.distributions.BaseDistribution
 Distributions = dict[str, Distribution]
 
@@ -252,18 +246,14 @@ def frozen_trial(
     """
     if dists is None:
         dists = model_distributions(history, trial.model)
-    state = _STATES[trial.outcome]
-    if trial.outcome is Outcome.RUNNING and history.status != "running":
+    outcome = trial.outcome
+    if outcome is Outcome.RUNNING and history.status != "running":
         # It never ended: its job failed or was cancelled around it. No value: a failure.
-        state = optuna.trial.TrialState.FAIL
-    value: float | None = None
-    if state is optuna.trial.TrialState.COMPLETE:
-        value = trial.value
-    elif state is optuna.trial.TrialState.PRUNED:
-        value = trial.value
-        if value is None and trial.intermediate:
-            value = trial.intermediate[-1][1]
-    user_attrs: dict[str, Any] = {TRIAL_ATTR: trial.number, "attempts": trial.attempts}
+        outcome = Outcome.FAILED
+    value = trial.value
+    if outcome is Outcome.PRUNED and value is None and trial.intermediate:
+        value = trial.intermediate[-1][1]
+    user_attrs: dict[str, Any] = {"attempts": trial.attempts}
     if trial.outcome is Outcome.SAVED:
         user_attrs |= {"artifact": trial.artifact, "sha256": trial.sha256}
         user_attrs |= {f"valid_{k}": v for k, v in trial.metrics.items()}
@@ -271,19 +261,19 @@ def frozen_trial(
         user_attrs["error"] = trial.error[:2000]
     if trial.outcome is Outcome.RUNNING and history.status != "running":
         user_attrs["error"] = f"never ended: the job {history.status} first"
-    frozen = optuna.trial.create_trial(
-        state=state,
+    started = parse_ts(trial.started)
+    end = trial.ended or history.ended
+    return optuna_trial(
+        trial.number,
+        outcome,
+        params=trial.params,
+        distributions=dists,
         value=value,
-        params=dict(trial.params),
-        distributions={name: dists[name] for name in trial.params},
         user_attrs=user_attrs,
-        intermediate_values={step: v for step, v in trial.intermediate},
+        intermediate=trial.intermediate,
+        started=started,
+        completed=parse_ts(end) if end is not None else started,
     )
-    frozen.datetime_start = parse_ts(trial.started)
-    if state.is_finished():
-        end = trial.ended or history.ended
-        frozen.datetime_complete = parse_ts(end) if end is not None else frozen.datetime_start
-    return frozen
 
 
 def frozen_trials(history: JobHistory, model: str) -> list[optuna.trial.FrozenTrial]:

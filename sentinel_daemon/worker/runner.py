@@ -8,7 +8,7 @@ atomically, and the answer (``saved``, ``pruned`` or ``failed``).
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import os
 import threading
 import time
@@ -16,10 +16,10 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import orjson
 import structlog
 
 from sentinel_daemon.errors import SentinelError
+from sentinel_daemon.ml.artifacts import find_saved
 from sentinel_daemon.queue.maildir import Outbox, Queue
 from sentinel_daemon.queue.messages import (
     Failed,
@@ -143,12 +143,14 @@ class TrialRunner:
         tlog.info("worker.trial_started")
         # (step, value) of every progress report, for the result (and so the event log).
         intermediate: list[tuple[int, float]] = []
-        saved = find_saved(self.state_dir, command)
+        saved = find_saved(
+            self.state_dir, command.artifact_dir, command.job_id, command.trial, command.attempt
+        )
         if saved is not None:
             # Given again after its answer was lost (a daemon restart, a scheduler that went
             # away): the model of this very attempt is complete on disk. Never train it twice.
-            tlog.info("worker.trial_found_saved", artifact=saved["artifact"])
-            channel.send(Saved, cid, **saved)
+            tlog.info("worker.trial_found_saved", artifact=saved.artifact)
+            channel.send(Saved, cid, **dataclasses.asdict(saved))
             self.command_id = None
             return "saved"
         try:
@@ -333,42 +335,6 @@ class TrialRunner:
                 time.sleep(0.2)
             # Orphaned while hung: the test that made it is gone; leave no process behind.
             os._exit(EXIT_ORPHANED)
-
-
-def find_saved(state_dir: Path, command: TrialCommand) -> dict[str, Any] | None:
-    """The ``saved`` answer for ``command`` from a complete model of its attempt on disk.
-
-    A model folder of the attempt (``<artifact_dir>/<attempt>-*/``) whose ``meta.json``
-    names this job, trial and attempt and whose model file matches its sha256; None when
-    there is none (the usual case: one glob).
-    """
-    folder = Path(state_dir) / command.artifact_dir
-    for meta_path in sorted(folder.glob(f"{command.attempt}-*/meta.json")):
-        try:
-            meta = orjson.loads(meta_path.read_bytes())
-            model = meta_path.with_name(str(meta["model_file"]))
-            digest = hashlib.sha256(model.read_bytes()).hexdigest()
-            fits = (meta.get("job_id"), meta.get("trial"), meta.get("attempt")) == (
-                command.job_id,
-                command.trial,
-                command.attempt,
-            )
-            metrics = {str(k): float(v) for k, v in meta["metrics"]["valid"].items()}
-            if not fits or digest != meta["sha256"] or "roc_auc" not in metrics:
-                continue
-            artifact = model.relative_to(state_dir).as_posix()
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue  # not a complete model of this attempt
-        seconds = round(float(meta.get("train_seconds", 0.0)), 6)
-        return {
-            "artifact": artifact,
-            "sha256": digest,
-            "metrics": metrics,
-            "value": metrics["roc_auc"],
-            "train_seconds": seconds,
-            "duration_s": seconds,
-        }
-    return None
 
 
 def _device_lost(exc: BaseException) -> bool:

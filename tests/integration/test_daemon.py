@@ -527,6 +527,29 @@ def test_a_trial_still_running_when_the_grace_period_ends_is_rerun_after_a_resta
     assert daemon.stop() == EXIT_OK
 
 
+def test_a_worker_that_ignores_sigterm_is_killed_after_shutdown_worker_grace_s(
+    daemons: MakeDaemon, workspace: Path
+) -> None:
+    settings = {
+        **SLOW,
+        "SENTINEL_SHUTDOWN__GRACE_S": "0.5",
+        "SENTINEL_SHUTDOWN__WORKER_GRACE_S": "1.5",
+    }
+    daemon = daemons(settings=settings, faults={"0@1": "hang"}).start()
+    job_id = daemon.submit(write_job(workspace / "jobs", "stubborn"))
+    worker = claimed(daemon, f"{job_id}.0.1")
+    wait_for(
+        lambda: any(r.get("event") == "worker.injected_fault" for r in daemon.log_records()),
+        timeout=120,
+        what="the worker to hang in trial 0 (it ignores SIGTERM then)",
+    )
+    assert daemon.stop(signal.SIGTERM) == EXIT_OK
+    killed = [r for r in daemon.log_records() if r.get("event") == "supervisor.worker_killed"]
+    assert [(r["worker"], r["grace_s"]) for r in killed] == [(worker, 1.5)]
+    (exited,) = of_type(daemon.events(), "worker.exited", worker=worker)
+    assert exited["signal"] == signal.SIGKILL
+
+
 def test_a_second_sigterm_during_the_grace_period_kills_the_workers_and_exits_forced(
     daemons: MakeDaemon, workspace: Path
 ) -> None:

@@ -6,18 +6,14 @@ import os
 import signal
 from pathlib import Path
 
-from sentinel_daemon.daemon.stages import (
-    DataRequest,
-    PrepareRequest,
-    StageOutcome,
-    StageProcess,
-)
+from sentinel_daemon.daemon.stages import PrepareRequest, StageOutcome, StageProcess
+from sentinel_daemon.queue.messages import TrialData
 from tests.helpers import wait_for
 
 
 def _start(tmp_path: Path) -> StageProcess:
     missing = tmp_path / "never-written.csv"  # the child is killed before it reads anything
-    data = DataRequest(
+    data = TrialData(
         transactions=missing,
         identity=None,
         cache_dir=tmp_path / "cache",

@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from sentinel_daemon.core.events import Event, WorkerExited, WorkerLost, WorkerStarted
-from sentinel_daemon.daemon.dispatch.local import PollResult, Supervisor, default_worker_count
+from sentinel_daemon.daemon.dispatch import PollResult
+from sentinel_daemon.daemon.dispatch.local import Supervisor, default_worker_count
 from sentinel_daemon.ml import synth
 from sentinel_daemon.ml.devices import _visible, discover_gpus
 from sentinel_daemon.queue.maildir import Queue

@@ -8,7 +8,13 @@ import orjson
 import pytest
 
 from sentinel_daemon import ml
-from sentinel_daemon.ml.artifacts import load_model, save_model
+from sentinel_daemon.ml.artifacts import (
+    ChecksumMismatch,
+    find_saved,
+    load_model,
+    read_checked,
+    save_model,
+)
 from sentinel_daemon.ml.errors import ArtifactError
 
 from .helpers import SMALL
@@ -85,3 +91,35 @@ def test_a_raw_booster_can_be_saved_without_a_result(
     assert np.array_equal(loaded.predict(prepared.X_test), trained.predict(prepared.X_test))
     with pytest.raises(ml.MLError):
         save_model(trained.model, "catboost", tmp_path, {})
+
+
+def test_read_checked_returns_the_bytes_only_when_they_hash_to_the_recorded_sha256(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "model.ubj"
+    path.write_bytes(b"model bytes")
+    digest = hashlib.sha256(b"model bytes").hexdigest()
+    assert read_checked(path, digest) == b"model bytes"
+    assert read_checked(path, digest.upper()) == b"model bytes"
+    with pytest.raises(ChecksumMismatch, match="sha256 mismatch") as caught:
+        read_checked(path, "0" * 64)
+    assert (caught.value.path, caught.value.actual) == (path, digest)
+    with pytest.raises(FileNotFoundError):
+        read_checked(tmp_path / "gone.ubj", digest)
+
+
+def test_find_saved_finds_a_complete_model_of_that_attempt_only(
+    trained: ml.TrainResult, tmp_path: Path
+) -> None:
+    job, artifact_dir = "fraud-0123abcd", "jobs/fraud-0123abcd/trials/4"
+    meta = {"job_id": job, "trial": 4, "attempt": 2}
+    folder = tmp_path / artifact_dir / "2-w0-1-1"
+    saved = save_model(trained, trained.model_kind, folder, meta)
+    found = find_saved(tmp_path, artifact_dir, job, 4, 2)
+    assert found is not None
+    assert found.artifact == saved.path.relative_to(tmp_path).as_posix()
+    assert (found.sha256, found.value) == (saved.sha256, trained.metrics["roc_auc"])
+    assert find_saved(tmp_path, artifact_dir, job, 4, 1) is None  # another attempt's folder
+    assert find_saved(tmp_path, artifact_dir, "other-0123abcd", 4, 2) is None
+    saved.path.write_bytes(saved.path.read_bytes()[:-1])  # torn: not the model meta.json names
+    assert find_saved(tmp_path, artifact_dir, job, 4, 2) is None

@@ -144,8 +144,7 @@ def test_the_job_actor_records_a_results_intermediate_values(tmp_path: Path) -> 
     model.write_bytes(b"model bytes")
     job = h.state.jobs[JOB]
     saved_trial, pruned_trial = sorted(job.trials)
-    (saved,) = h.actor.ingest(
-        job,
+    (saved,) = h.ingest(
         Saved(
             worker_id="w",
             msg_seq=1,
@@ -159,8 +158,7 @@ def test_the_job_actor_records_a_results_intermediate_values(tmp_path: Path) -> 
             intermediate=CURVE,
         ),
     )
-    (pruned,) = h.actor.ingest(
-        job,
+    (pruned,) = h.ingest(
         Pruned(
             worker_id="w",
             msg_seq=2,

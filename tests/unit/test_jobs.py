@@ -1,8 +1,9 @@
-"""The job actor's decisions: events in, events out, against a real queue folder."""
+"""The job actor's decisions: events in, events out, carried out against a real queue folder."""
 
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,16 @@ from sentinel_daemon.core.gate import quality_gate
 from sentinel_daemon.core.jobspec import JobSpec
 from sentinel_daemon.core.state import State, TrialStatus, apply
 from sentinel_daemon.daemon.actor import ActorContext, JobActor
+from sentinel_daemon.daemon.decisions import Found, Input, Lost, Tick
+from sentinel_daemon.daemon.effects import Effector
+from sentinel_daemon.daemon.reports import ReportRunner
+from sentinel_daemon.daemon.results import answer_of, saved_model
 from sentinel_daemon.daemon.stages import export_best
 from sentinel_daemon.queue.maildir import Queue
-from sentinel_daemon.queue.messages import Failed, Saved
+from sentinel_daemon.queue.messages import Failed, Saved, TrialCommand, WorkerMessage
 
 JOB = "fraud-0123abcd"
+NOW = datetime(2025, 6, 2, 8, 0, tzinfo=UTC)
 
 
 def make_spec(**search: Any) -> dict[str, Any]:
@@ -47,12 +53,14 @@ def make_spec(**search: Any) -> dict[str, Any]:
 
 
 class Harness:
-    """A state, an actor and a queue; ``run`` appends what the actor decides, then acts."""
+    """A state, an actor and a queue; ``step`` appends what the actor decides, then acts."""
 
     def __init__(self, tmp: Path, max_attempts: int = 2, **search: Any) -> None:
+        self.tmp = tmp
         self.state = State()
         self.queue = Queue(tmp / "queue")
-        self.ctx = ActorContext(tmp, self.queue, max_attempts=max_attempts, report_every=5)
+        self.effector = Effector(tmp, self.queue, ReportRunner(tmp))
+        self.ctx = ActorContext(tmp, max_attempts=max_attempts, report_every=5)
         self.append(
             JobSubmitted(
                 job_id=JOB, name="fraud", spec=make_spec(**search), file="f", file_sha256="0" * 64
@@ -66,10 +74,31 @@ class Harness:
             self.state.last_seq += 1
 
     def step(self, dispatching: bool = True) -> list[Event]:
-        events = self.actor.step(self.state, dispatching)
+        running = self.effector.stage_running(JOB)
+        events, effects = self.actor.decide(self.state, Tick(dispatching, True, running), NOW)
         self.append(*events)
         for event in events:
-            self.actor.act(event)
+            self.actor.fold(event)
+        self.effector.carry_out(effects)
+        return events
+
+    def decide(self, inp: Input) -> list[Event]:
+        """What the actor decides on ``inp`` (not appended)."""
+        return self.actor.decide(self.state, inp, NOW).events
+
+    def ingest(self, message: WorkerMessage) -> list[Event]:
+        return self.decide(answer_of(self.tmp, message))
+
+    def lost(self, command: TrialCommand, reason: str) -> list[Event]:
+        return self.decide(Lost(command, reason, saved_model(self.tmp, command)))
+
+    def recover_saved(self) -> list[Event]:
+        """At start-up: the running attempts whose model is complete on disk."""
+        events: list[Event] = []
+        for t in self.state.jobs[JOB].trials.values():
+            command = self.actor.command(t.number, t.model, t.params, t.attempt)
+            if t.status is TrialStatus.RUNNING and (found := saved_model(self.tmp, command)):
+                events += self.decide(Found(command, found))
         return events
 
     def searching(self) -> list[Event]:
@@ -100,7 +129,7 @@ class Harness:
             duration_s=1.0,
         )
         self.append(event)
-        self.actor.act(event)
+        self.actor.fold(event)
         return event
 
 
@@ -149,9 +178,8 @@ def test_a_failed_attempt_is_retried_with_the_same_params_until_max_attempts(
     h = Harness(tmp_path, max_attempts=2, n_trials=1, parallelism=1)
     (first,) = h.searching()
     assert isinstance(first, TrialStarted)
-    job = h.state.jobs[JOB]
     msg = Failed(worker_id="w0-1-1", msg_seq=1, command_id=f"{JOB}.0.1", error="boom")
-    (failed,) = h.actor.ingest(job, msg)
+    (failed,) = h.ingest(msg)
     assert isinstance(failed, TrialFailed) and failed.retry
     h.append(failed)
     (retry,) = h.step()
@@ -159,29 +187,27 @@ def test_a_failed_attempt_is_retried_with_the_same_params_until_max_attempts(
     assert (retry.trial, retry.attempt, retry.params) == (0, 2, first.params)
     assert f"{JOB}.0.2" in h.queue.in_flight()
     # The first attempt's result, seen again, is stale now.
-    assert h.actor.ingest(job, msg) == []
+    assert h.ingest(msg) == []
     msg2 = Failed(worker_id="w0-1-1", msg_seq=2, command_id=f"{JOB}.0.2", error="boom again")
-    (last,) = h.actor.ingest(job, msg2)
+    (last,) = h.ingest(msg2)
     assert isinstance(last, TrialFailed) and not last.retry
     h.append(last)
-    h.actor.act(last)
+    h.actor.fold(last)
     assert h.state.jobs[JOB].trials[0].status is TrialStatus.FAILED
 
 
 def test_a_job_whose_trials_all_fail_fails_and_names_the_last_error(tmp_path: Path) -> None:
     h = Harness(tmp_path, max_attempts=1, n_trials=1, parallelism=2)
     h.searching()
-    job = h.state.jobs[JOB]
     for number in (0, 1):
         cid = f"{JOB}.{number}.1"
-        (ev,) = h.actor.ingest(
-            job,
+        (ev,) = h.ingest(
             Failed(
                 worker_id="w", msg_seq=number + 1, command_id=cid, error=f"ValueError: bad {number}"
             ),
         )
         h.append(ev)
-        h.actor.act(ev)
+        h.actor.fold(ev)
     events = h.step()
     assert isinstance(events[-1], JobFailed)
     assert "ValueError: bad 1" in events[-1].reason
@@ -194,7 +220,6 @@ def test_a_saved_result_is_checked_against_its_file_and_recorded_once(tmp_path: 
     model.parent.mkdir(parents=True)
     model.write_bytes(b"model bytes")
     good = hashlib.sha256(b"model bytes").hexdigest()
-    job = h.state.jobs[JOB]
 
     def saved(sha: str, seq: int) -> Saved:
         return Saved(
@@ -209,12 +234,12 @@ def test_a_saved_result_is_checked_against_its_file_and_recorded_once(tmp_path: 
             duration_s=0.6,
         )
 
-    (bad,) = h.actor.ingest(job, saved("c" * 64, 1))
+    (bad,) = h.ingest(saved("c" * 64, 1))
     assert isinstance(bad, TrialFailed) and "does not match" in bad.error
-    (ok,) = h.actor.ingest(job, saved(good, 2))
+    (ok,) = h.ingest(saved(good, 2))
     assert isinstance(ok, TrialSaved) and ok.sha256 == good
     h.append(ok)
-    assert h.actor.ingest(job, saved(good, 3)) == []  # a replayed result is a no-op
+    assert h.ingest(saved(good, 3)) == []  # a replayed result is a no-op
 
 
 def test_rebuilt_studies_hold_the_recorded_trials_and_reask_the_ones_in_flight(
@@ -324,19 +349,16 @@ def test_promotion_is_recorded_before_best_is_written(tmp_path: Path) -> None:
 def test_a_model_saved_but_never_reported_is_recorded_not_retrained(tmp_path: Path) -> None:
     import json
 
-    from sentinel_daemon.queue.messages import TrialCommand
-
     h = Harness(tmp_path, n_trials=1, parallelism=1)
     (first,) = h.searching()
     assert isinstance(first, TrialStarted)
-    job = h.state.jobs[JOB]
     command = TrialCommand.model_validate_json(
         (tmp_path / "queue" / "pending" / f"{JOB}.0.1.json").read_bytes()
     )
     folder = tmp_path / "jobs" / JOB / "trials" / "0" / "1-w0-1-1"
     folder.mkdir(parents=True)
     (folder / "model.ubj").write_bytes(b"half")  # the meta is missing: not complete
-    (lost,) = h.actor.lost(job, command, "killed by signal 9")
+    (lost,) = h.lost(command, "killed by signal 9")
     assert isinstance(lost, TrialFailed)
     (folder / "model.ubj").write_bytes(b"whole model")
     meta = {
@@ -349,18 +371,18 @@ def test_a_model_saved_but_never_reported_is_recorded_not_retrained(tmp_path: Pa
         "train_seconds": 0.4,
     }
     (folder / "meta.json").write_text(json.dumps(meta))
-    (saved,) = h.actor.lost(job, command, "killed by signal 9")
+    (saved,) = h.lost(command, "killed by signal 9")
     assert isinstance(saved, TrialSaved)
     assert (saved.value, saved.sha256) == (0.81, meta["sha256"])
     assert saved.artifact == f"jobs/{JOB}/trials/0/1-w0-1-1/model.ubj"
-    assert h.actor.recover_saved(job) == [saved]
+    assert h.recover_saved() == [saved]
 
 
 @pytest.mark.parametrize("bulk", [True, False])
 def test_a_rebuilt_study_holds_every_recorded_trial_and_samples_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk: bool
 ) -> None:
-    from sentinel_daemon.daemon import actor as jobs
+    from sentinel_daemon.ml import study as jobs
 
     if not bulk:  # the public path, taken when Optuna's internals look different
         monkeypatch.setattr(jobs.RecordedTrialsStorage, "_INTERNALS", ("_no_such_internal",))
@@ -399,13 +421,12 @@ def suggest_params(trial: optuna.Trial, model: str, actor: JobActor) -> dict[str
 def test_a_trial_that_cannot_read_the_jobs_data_fails_the_job_at_once(tmp_path: Path) -> None:
     h = Harness(tmp_path, max_attempts=3, n_trials=2, parallelism=2)
     h.searching()
-    job = h.state.jobs[JOB]
     msg = Failed(
         worker_id="w",
         msg_seq=1,
         command_id=f"{JOB}.0.1",
         error="DataError: /data/t.csv: not a UTF-8 text (CSV) file",
     )
-    failed, stopped = h.actor.ingest(job, msg)
+    failed, stopped = h.ingest(msg)
     assert isinstance(failed, TrialFailed) and failed.retry is False
     assert isinstance(stopped, JobFailed) and "/data/t.csv" in stopped.reason

@@ -9,6 +9,7 @@ from structlog.testing import capture_logs
 
 from sentinel_daemon.core.events import StageCompleted, StageStarted, TrialFailed, TrialStarted
 from sentinel_daemon.core.ids import WorkerId
+from sentinel_daemon.daemon.decisions import Tick
 from sentinel_daemon.daemon.monitor import (
     MIB,
     AdmissionGate,
@@ -131,22 +132,22 @@ def test_a_blocked_job_starts_no_trial_and_no_retry_but_still_moves_between_stag
     tmp_path: Path,
 ) -> None:
     h = Harness(tmp_path, max_attempts=2, n_trials=1, parallelism=2)
-    assert h.actor.step(h.state, True, admit=False) == [StageStarted(job_id=JOB, stage="prepare")]
+    assert h.decide(Tick(True, admit=False)) == [StageStarted(job_id=JOB, stage="prepare")]
     h.append(
         StageStarted(job_id=JOB, stage="prepare"),
         StageCompleted(job_id=JOB, stage="prepare", outputs={}),
         StageStarted(job_id=JOB, stage="search"),
     )
-    assert h.actor.step(h.state, True, admit=False) == []  # no new trial
+    assert h.decide(Tick(True, admit=False)) == []  # no new trial
     first = h.fill()
     assert [type(e) for e in first] == [TrialStarted, TrialStarted]
     failed = TrialFailed(job_id=JOB, trial=0, model="xgboost", error="x", attempt=1, retry=True)
     h.append(failed)
-    h.actor.act(failed)
-    assert h.actor.step(h.state, True, admit=False) == []  # no retry either
+    h.actor.fold(failed)
+    assert h.decide(Tick(True, admit=False)) == []  # no retry either
     (retry,) = h.step()  # admitted again: the retry starts
     assert isinstance(retry, TrialStarted) and retry.attempt == 2
     h.save(0, 0.8)
     h.save(1, 0.7)
-    (done,) = h.actor.step(h.state, True, admit=False)  # the search still completes
+    (done,) = h.decide(Tick(True, admit=False))  # the search still completes
     assert isinstance(done, StageCompleted) and done.stage == "search"

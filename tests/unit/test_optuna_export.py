@@ -16,7 +16,7 @@ from sentinel_daemon.core.events import JobCancelled, JobSubmitted, TrialStarted
 from sentinel_daemon.layout import EVENTS_DIR
 from sentinel_daemon.log.segments import LogScan
 from sentinel_daemon.log.store import Store
-from sentinel_daemon.ml.space import TRIAL_ATTR
+from sentinel_daemon.ml.study import TRIAL_ATTR
 from sentinel_daemon.tools.export import ExportError, export_optuna, study_name
 from tests.jobkit import JOB, MODELS, BuiltJob, build_job, job_spec, make_data
 

@@ -30,7 +30,7 @@ is False, ``sentinel status`` and the log say why); the commands held in slots g
 it returns. A restarted daemon takes back the commands its predecessor's slots held, with
 the same attempt, like any dead worker's. A resubmitted command never trains a finished
 trial twice: a task first looks for a complete model of its attempt on disk
-(:func:`sentinel_daemon.worker.runner.find_saved`) and answers with it; and the same key on the
+(:func:`sentinel_daemon.ml.artifacts.find_saved`) and answers with it; and the same key on the
 same Dask worker joins the execution still running there.
 
 Before the first command of a job is submitted, every Dask worker is asked to check that
@@ -62,7 +62,7 @@ from pydantic import ValidationError
 
 from sentinel_daemon.core.events import Event, JobFailed, WorkerLost, WorkerStarted
 from sentinel_daemon.core.ids import JobId, WorkerId
-from sentinel_daemon.daemon.dispatch.local import PollResult
+from sentinel_daemon.daemon.dispatch import PollResult
 from sentinel_daemon.fsutil import atomic_write_bytes
 from sentinel_daemon.queue.maildir import Outbox, Queue
 from sentinel_daemon.queue.messages import MESSAGE_ADAPTER, Progress, TrialCommand
@@ -285,7 +285,10 @@ class DaskDispatcher:
         self._inbound: deque[dict[str, Any]] = deque()  # filled by the client's thread
         self._stopping = False
 
-    # -- the supervisor's interface ---------------------------------------------------------
+    #: :meth:`describe` carries the cluster's counts, which change while the daemon runs.
+    describe_changes = True
+
+    # -- the Dispatcher interface -----------------------------------------------------------
 
     def start(self, now: float | None = None) -> None:
         self._connect(time.monotonic() if now is None else now)

@@ -29,15 +29,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from sentinel_daemon.core.events import Event, WorkerExited, WorkerLost, WorkerStarted
 from sentinel_daemon.core.ids import WorkerId
+from sentinel_daemon.daemon.dispatch import PollResult
 from sentinel_daemon.queue.maildir import HEARTBEAT, Queue
-from sentinel_daemon.queue.messages import TrialCommand
 from sentinel_daemon.signals import signal_name
 
 log = structlog.get_logger(__name__)
@@ -46,18 +46,6 @@ WorkerArgv = Callable[[str, int | None], list[str]]
 #: How long :meth:`Supervisor.stop` waits for processes after SIGKILL before giving up.
 KILL_WAIT_S = 10.0
 _REAP_POLL_S = 0.02
-
-
-@dataclass(frozen=True)
-class PollResult:
-    """What one :meth:`Supervisor.poll` saw: events to append, and commands taken back.
-
-    ``taken_back`` holds ``(worker_id, command)`` for every command a lost worker had
-    claimed; those commands are now in ``queue/dead`` and the daemon decides what to do.
-    """
-
-    events: list[Event] = field(default_factory=list)
-    taken_back: list[tuple[WorkerId, TrialCommand]] = field(default_factory=list)
 
 
 @dataclass
@@ -194,6 +182,8 @@ class Supervisor:
 
     #: Whether trials can be dispatched (the Dask backend's may pause; local ones never do).
     available = True
+    #: :meth:`describe` is written into ``health.json`` when something else changes.
+    describe_changes = False
 
     def status_note(self) -> str | None:
         """Why dispatching is paused, for the status line; never, for local workers."""
@@ -381,7 +371,6 @@ def default_worker_count(gpus: list[int]) -> int:
 
 
 __all__ = [
-    "PollResult",
     "Supervisor",
     "WorkerArgv",
     "default_worker_count",

@@ -1,0 +1,116 @@
+"""What a worker's answer, or its loss, means for a trial: the events, from the state.
+
+Pure functions for the job actor (:mod:`sentinel_daemon.daemon.actor`). An answer counts
+only for the attempt that is running (:func:`current_trial`): a replayed result, or one
+for an attempt already given up, decides nothing. A ``saved`` answer whose model file
+cannot be trusted (the loop checked it) fails the attempt; a model found complete on disk
+(its worker died after saving it, before answering) counts as saved. A failed attempt is retried
+while attempts are left; one that could not read the job's data fails the job.
+"""
+
+from __future__ import annotations
+
+from sentinel_daemon.core.events import (
+    Event,
+    JobFailed,
+    TrialFailed,
+    TrialPruned,
+    TrialSaved,
+)
+from sentinel_daemon.core.ids import JobId, TrialNumber
+from sentinel_daemon.core.state import JobState, JobStatus, TrialState, TrialStatus
+from sentinel_daemon.ml.artifacts import FoundModel
+from sentinel_daemon.queue.messages import Failed, Pruned, Saved, WorkerMessage, split_command_id
+
+#: How a worker's Failed message starts when the trial's data could not be read.
+DATA_ERROR = "DataError"
+
+
+def current_trial(job: JobState, command_id: str) -> TrialState | None:
+    """The trial of ``command_id`` while that command is its running attempt, else None."""
+    _, number, attempt = split_command_id(command_id)
+    trial = job.trials.get(number)
+    if (
+        job.status is not JobStatus.RUNNING
+        or trial is None
+        or trial.attempt != attempt
+        or trial.status is not TrialStatus.RUNNING
+    ):
+        return None
+    return trial
+
+
+def answered(
+    trial: TrialState, message: WorkerMessage, problem: str | None, max_attempts: int
+) -> list[Event]:
+    """The events of ``trial``'s running attempt ending with ``message`` (not ``progress``).
+
+    ``problem``: why the model file of a ``saved`` answer cannot be trusted, if it cannot.
+    """
+    job_id = JobId(message.command_id.rsplit(".", 2)[0])
+    number = TrialNumber(trial.number)
+    match message:
+        case Saved() if problem is not None:
+            return [failed(job_id, trial, problem, max_attempts)]
+        case Saved():
+            return [
+                TrialSaved(
+                    job_id=job_id,
+                    trial=number,
+                    model=trial.model,
+                    value=message.value,
+                    metrics=message.metrics,
+                    artifact=message.artifact,
+                    sha256=message.sha256,
+                    duration_s=round(message.duration_s, 6),
+                    intermediate=message.intermediate,
+                )
+            ]
+        case Pruned():
+            return [
+                TrialPruned(
+                    job_id=job_id,
+                    trial=number,
+                    model=trial.model,
+                    step=message.step,
+                    value=message.value,
+                    intermediate=message.intermediate,
+                )
+            ]
+        case Failed():
+            attempt_failed = failed(job_id, trial, message.error, max_attempts)
+            if message.error.startswith(DATA_ERROR):
+                # The job's own data no longer reads (deleted, replaced by garbage): every
+                # other attempt would fail the same way, so the job stops here.
+                return [
+                    attempt_failed.model_copy(update={"retry": False}),
+                    JobFailed(job_id=job_id, reason=f"its data: {message.error}"),
+                ]
+            return [attempt_failed]
+    return []
+
+
+def saved_on_disk(job_id: JobId, trial: TrialState, found: FoundModel) -> TrialSaved:
+    """``trial.saved`` for a model a worker saved whole but never reported, from its metadata."""
+    return TrialSaved(
+        job_id=job_id,
+        trial=TrialNumber(trial.number),
+        model=trial.model,
+        value=found.value,
+        metrics=found.metrics,
+        artifact=found.artifact,
+        sha256=found.sha256,
+        duration_s=found.duration_s,
+    )
+
+
+def failed(job_id: JobId, trial: TrialState, error: str, max_attempts: int) -> TrialFailed:
+    """The running attempt of ``trial`` failed with ``error``; retried while attempts remain."""
+    return TrialFailed(
+        job_id=job_id,
+        trial=TrialNumber(trial.number),
+        model=trial.model,
+        error=error[:2000],
+        attempt=trial.attempt,
+        retry=trial.attempt < max_attempts,
+    )

@@ -1,0 +1,93 @@
+"""The core loop's one way to the log: append, fold, then act.
+
+:meth:`Committer.commit` appends events (one fsync for the batch), folds them into the state
+and into their job's actor, then carries out their reactions (a job that ended early has its
+trials withdrawn; an ended job gets its report). :meth:`Committer.decide` has a job actor
+decide on an input, commits the events, and only then carries out the effects. Every part
+of the loop that records something (intake, control requests, workers' answers, start-up)
+goes through here, so nothing acts before its event is durable.
+
+Once a turn, :meth:`Committer.step` lets every job actor decide until it has nothing more to
+decide: a stage process that ended first, then ticks (a stage ends, the next one starts,
+trials are dispatched one by one), :data:`DECISIONS_PER_TURN` at most.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sentinel_daemon.core.events import Event
+from sentinel_daemon.core.state import JobStatus, State
+from sentinel_daemon.daemon.actor import ActorContext, JobActor
+from sentinel_daemon.daemon.decisions import Input, Tick, reactions
+from sentinel_daemon.daemon.effects import Effector
+from sentinel_daemon.daemon.metrics import DaemonMetrics
+from sentinel_daemon.log.store import Store
+
+#: Decisions a job actor may make in one turn (a stage ends, the next one starts...).
+DECISIONS_PER_TURN = 8
+
+
+class Committer:
+    """Appends to ``store``'s log for the loop, and keeps one job actor per running job."""
+
+    def __init__(
+        self, store: Store, effector: Effector, metrics: DaemonMetrics, ctx: ActorContext
+    ) -> None:
+        self.store = store
+        self.effector = effector
+        self.metrics = metrics
+        self.ctx = ctx
+        self.actors: dict[str, JobActor] = {}
+
+    @property
+    def state(self) -> State:
+        return self.store.state
+
+    def actor(self, job_id: str) -> JobActor:
+        """The actor of ``job_id`` (a job of the state), made on first use."""
+        actor = self.actors.get(job_id)
+        if actor is None:
+            actor = self.actors[job_id] = JobActor(self.state.jobs[job_id], self.ctx)
+        return actor
+
+    def commit(self, events: list[Event]) -> list[int]:
+        """Append ``events`` (one fsync), fold them in, then carry out their reactions."""
+        if not events:
+            return []
+        records = self.store.append(events)
+        self.metrics.appended(len(records), self.store.appended_bytes)
+        self.metrics.observe(events, self.state)
+        for event in events:
+            job_id = getattr(event, "job_id", None)
+            if job_id is not None and job_id in self.actors:
+                self.actors[job_id].fold(event)
+            self.effector.carry_out(reactions(event, self.state))
+        return [r.seq for r in records]
+
+    def decide(self, actor: JobActor, inp: Input) -> tuple[list[Event], list[Input]]:
+        """``actor`` decides on ``inp``; the events are appended, then the effects carried out.
+
+        Returns the events, and what the effects tell the actor next (``best/`` written).
+        """
+        decision = actor.decide(self.state, inp, datetime.now(UTC))
+        self.commit(decision.events)
+        return decision.events, self.effector.carry_out(decision.effects)
+
+    def step(self, dispatching: bool, admit: bool) -> None:
+        """Every job actor decides on its turn (see the module doc); ended jobs' go."""
+        for job_id in list(self.actors):
+            actor = self.actors[job_id]
+            pending: list[Input] = []
+            if (ended := self.effector.stage_ended(job_id)) is not None:
+                pending.append(ended)
+            for _ in range(DECISIONS_PER_TURN):
+                running = self.effector.stage_running(job_id)
+                inp = pending.pop(0) if pending else Tick(dispatching, admit, running)
+                events, follow = self.decide(actor, inp)
+                pending += follow
+                if not events and not follow:
+                    break
+            if self.state.jobs[job_id].status is not JobStatus.RUNNING:
+                self.effector.stop_stage(job_id)
+                del self.actors[job_id]
