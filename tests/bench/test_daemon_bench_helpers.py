@@ -49,7 +49,11 @@ def test_daemon_and_workers_skips_a_zombie_child(monkeypatch: pytest.MonkeyPatch
         def settled() -> bool:
             kids = me.children()
             statuses = sorted(k.status() for k in kids)
-            return len(kids) == 2 and statuses.count(psutil.STATUS_ZOMBIE) == 1
+            # The live child must have exec'd: until then it runs the parent's command
+            # line, which names the worker module inside the script (a flake under load).
+            live = [k for k in kids if k.status() != psutil.STATUS_ZOMBIE]
+            execd = len(live) == 1 and live[0].cmdline()[-1:] == ["sentinel_daemon.worker"]
+            return len(kids) == 2 and statuses.count(psutil.STATUS_ZOMBIE) == 1 and execd
 
         wait_for(settled, what="one zombie child and one live child")
         main, workers = bench.daemon_and_workers(SimpleNamespace(proc=parent))
