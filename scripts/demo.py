@@ -53,6 +53,7 @@ def main() -> int:
         stderr=subprocess.STDOUT,
     )
     try:
+        ready(daemon, state / "health.json")
         step("sentinel submit demo.yaml")
         job_id = run("submit", "demo.yaml", cwd=root, env=env).strip().splitlines()[-1].split()[-1]
         print(f"    job id: {job_id}")
@@ -107,6 +108,19 @@ def leaderboard(state: Path, job_id: str) -> None:
             print(f"    model card: {card}")
         if r["type"] in ("job.failed", "job.cancelled"):
             print(f"    {r['type']}: {r['reason']}")
+
+
+def ready(daemon: subprocess.Popen[bytes], health: Path, timeout: float = 120.0) -> None:
+    """Wait until the daemon has started (it writes health.json once it holds the state
+    directory): only `sentinel run` creates the state directory, and `submit` warns when no
+    daemon runs."""
+    deadline = time.monotonic() + timeout
+    while not health.exists():
+        if daemon.poll() is not None:
+            raise SystemExit(f"the daemon exited with {daemon.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the daemon wrote no {health} within {timeout:g} s")
+        time.sleep(0.05)
 
 
 def run(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:

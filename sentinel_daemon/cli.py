@@ -1,27 +1,34 @@
 """The ``sentinel`` command line.
 
 Every subcommand takes ``--state-dir`` (env ``SENTINEL_STATE_DIR``) and ``--config`` (env
-``SENTINEL_CONFIG``); ``--json`` gives output for scripts. Exit codes: 0 success, 1 the
-command ran and found a problem (damage, failure, a job that failed or was cancelled, a
-refused request), 2 bad usage or settings, 4 ``wait`` timed out, 130 interrupted (Ctrl-C).
+``SENTINEL_CONFIG``); ``--json`` gives output for scripts, errors included (``{"error":
+{"kind", "message", "exit_code"}}`` on stdout, the same exit code). Exit codes: 0 success,
+1 the command ran and found a problem (damage, failure, a job that failed or was
+cancelled, an unknown job, a refused request), 2 bad usage or settings (a state directory
+that does not exist included), 4 ``wait`` timed out, 130 interrupted (Ctrl-C).
+
+Only ``run`` creates the state directory; every other command that reads or writes one
+refuses a missing one (``doctor`` reports it as a check, ``gen-data`` uses none).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import orjson
 
-from sentinel_daemon import __version__
-from sentinel_daemon.errors import LogError, SentinelError, StateDirLocked
+from sentinel_daemon.errors import SentinelError, StateDirMissing
 from sentinel_daemon.logs import configure_logging
 from sentinel_daemon.settings import Settings, load_settings
+from sentinel_daemon.tools.cliargs import UsageError, build_parser
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -29,138 +36,9 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 4
 EXIT_INTERRUPTED = 130
 
-
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        help="state directory (env SENTINEL_STATE_DIR; default from settings)",
-    )
-    common.add_argument(
-        "--config",
-        type=Path,
-        default=os.environ.get("SENTINEL_CONFIG") or None,
-        help="settings file layered over the defaults (env SENTINEL_CONFIG)",
-    )
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    return common
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = _common()
-    parser = argparse.ArgumentParser(
-        prog="sentinel", description="Crash-safe training daemon for fraud-detection models."
-    )
-    parser.add_argument("--version", action="version", version=f"sentinel {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = sub.add_parser("run", parents=[common], help="the daemon, in the foreground")
-    run.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="local worker processes (default: workers.count, else one per GPU, else 1)",
-    )
-
-    submit = sub.add_parser(
-        "submit", parents=[common], help="validate a job file and place it in the inbox"
-    )
-    submit.add_argument("file", type=Path, metavar="FILE", help="job file (.yaml, .yml, .json)")
-    status = sub.add_parser(
-        "status", parents=[common], help="jobs, stages, trials, best scores, workers, GPUs"
-    )
-    status.add_argument("job", nargs="?", default=None, metavar="JOB", help="only this job")
-    wait = sub.add_parser(
-        "wait",
-        parents=[common],
-        help="block until a job ends; exit 0 completed, 1 failed or cancelled, 4 timeout",
-    )
-    wait.add_argument("job", metavar="JOB")
-    wait.add_argument(
-        "--timeout", type=_seconds, default=None, metavar="S", help="give up after S seconds"
-    )
-    cancel = sub.add_parser(
-        "cancel", parents=[common], help="ask the daemon to cancel a running job"
-    )
-    cancel.add_argument("job", metavar="JOB")
-
-    tail = sub.add_parser("tail", parents=[common], help="show (and follow) the event log")
-    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
-    tail.add_argument("-n", "--lines", type=int, default=20, help="how many past records (20)")
-    tail.add_argument("--all", action="store_true", help="every past record")
-    tail.add_argument(
-        "--type",
-        action="append",
-        default=[],
-        metavar="T",
-        help="only these types; shell patterns such as 'trial.*' (repeatable)",
-    )
-    tail.add_argument("--job", default=None, metavar="J", help="only records of job J")
-
-    logp = sub.add_parser("log", help="check or repair the event log")
-    logsub = logp.add_subparsers(dest="log_command", required=True, metavar="ACTION")
-    logsub.add_parser("verify", parents=[common], help="check every record; non-zero on damage")
-    rep = logsub.add_parser(
-        "repair",
-        parents=[common],
-        help="cut a torn tail after a backup (the daemon must be stopped)",
-    )
-    rep.add_argument(
-        "--truncate-corrupt",
-        action="store_true",
-        help="also cut from a corrupt record in the middle on (records after it "
-        "are lost; they stay in the backup)",
-    )
-
-    # `sentinel worker ...` is handed whole to sentinel_daemon.worker.loop.main (see main()); it
-    # is listed here for --help.
-    sub.add_parser("worker", add_help=False, help="one worker process (`sentinel worker --help`)")
-
-    gen = sub.add_parser(
-        "gen-data", parents=[common], help="write a synthetic data set in the IEEE-CIS file layout"
-    )
-    gen.add_argument("--rows", type=int, required=True)
-    gen.add_argument("--out", type=Path, required=True)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--fraud-rate", type=float, default=0.035)
-
-    sub.add_parser(
-        "doctor",
-        parents=[common],
-        help="check this host for the daemon: state dir, inbox, disk, file system, inotify, "
-        "GPUs, lock, systemd; exit 1 on any failure",
-    )
-
-    report = sub.add_parser(
-        "report",
-        parents=[common],
-        help="write an ended job's HTML report (if missing) and print its path",
-    )
-    report.add_argument("job", metavar="JOB")
-    report.add_argument("--force", action="store_true", help="rewrite an existing report")
-
-    export = sub.add_parser(
-        "export-optuna",
-        parents=[common],
-        help="write a job's studies to an Optuna journal file (for optuna-dashboard)",
-    )
-    export.add_argument("job", metavar="JOB")
-    export.add_argument("--out", type=Path, required=True, metavar="FILE", help="journal file")
-    export.add_argument("--force", action="store_true", help="replace an existing FILE")
-    return parser
+#: Commands that need no existing state directory: ``run`` creates it, ``doctor`` says
+#: whether it exists as one of its checks, ``gen-data`` writes elsewhere.
+NO_STATE_DIR = frozenset({"run", "doctor", "gen-data"})
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -219,20 +97,14 @@ def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
     from sentinel_daemon.tools.verify import verify
 
     if args.log_command == "verify":
+        from sentinel_daemon.tools.verify import render
+
         report = verify(settings.state_dir)
         if args.json:
             _print_json(report.as_dict())
         else:
-            for s in report.segments:
-                print(
-                    f"{s.name}  seq {s.first_seq}..{s.last_seq}  {s.records} records  "
-                    f"{s.bytes} bytes"
-                )
-            print(f"snapshot: {report.snapshot}")
-            if report.ok:
-                print(f"ok: {report.records} records, last seq {report.last_seq}")
-            else:
-                assert report.problem is not None
+            print(render(report))
+            if report.problem is not None:
                 print(f"DAMAGED: {report.problem['message']}", file=sys.stderr)
         return EXIT_OK if report.ok else EXIT_PROBLEM
     result = repair(
@@ -265,20 +137,23 @@ def cmd_gen_data(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from sentinel_daemon.core.jobspec import JobSpecError
     from sentinel_daemon.tools.submit import submit
 
-    try:
-        done = submit(args.file, settings)
-    except JobSpecError as exc:
-        print(f"sentinel: {exc}", file=sys.stderr)
-        return EXIT_PROBLEM
+    done = submit(args.file, settings)
     if args.json:
         _print_json(
-            {"job_id": done.job_id, "file": str(done.file), "inbox_path": str(done.inbox_path)}
+            {
+                "job_id": done.job_id,
+                "file": str(done.file),
+                "inbox_path": str(done.inbox_path),
+                "daemon_running": done.daemon.running,
+                "warnings": list(done.warnings),
+            }
         )
     else:
         print(done.job_id)
+        for warning in done.warnings:
+            print(f"sentinel: warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -305,31 +180,65 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
-    from sentinel_daemon.tools.wait import progress_line, terminal_width, wait_for_job
+    from sentinel_daemon.tools.wait import (
+        DEFAULT_GRACE_S,
+        Outcome,
+        Pending,
+        progress_line,
+        terminal_width,
+        wait_for_job,
+    )
 
     tty = sys.stderr.isatty()
     drawn = False
 
-    def draw(job: dict[str, object] | None) -> None:
+    def draw(job: dict[str, Any] | None, pending: Pending | None) -> None:
         nonlocal drawn
         if tty:
-            line = progress_line(args.job, job, terminal_width() - 1)
+            line = progress_line(args.job, job, terminal_width() - 1, pending)
             sys.stderr.write(f"\r{line}\x1b[K")
             sys.stderr.flush()
             drawn = True
 
+    grace = DEFAULT_GRACE_S if args.grace is None else args.grace
     try:
-        ended, job = wait_for_job(settings.state_dir, args.job, timeout=args.timeout, on_poll=draw)
+        result = wait_for_job(
+            settings.state_dir, args.job, timeout=args.timeout, grace=grace, on_poll=draw
+        )
     except KeyboardInterrupt:
         if drawn:
             sys.stderr.write("\n")
         return EXIT_INTERRUPTED
     if drawn:
         sys.stderr.write("\n")
+    job = result.job
+    if result.outcome is Outcome.UNKNOWN:
+        return _error(
+            args,
+            EXIT_PROBLEM,
+            "unknown_job",
+            f"no job {args.job!r} in {settings.state_dir}: not in the event log, and no file "
+            f"of it in inbox/ or claimed/ for {grace:g}s; check the id with `sentinel status` "
+            f"(a job's id is the one `sentinel submit` printed)",
+            job_id=args.job,
+        )
+    if result.outcome is Outcome.REJECTED:
+        return _error(
+            args,
+            EXIT_PROBLEM,
+            "rejected",
+            f"job {args.job} was rejected: {result.detail}",
+            job_id=args.job,
+        )
     if args.json:
-        _print_json(job if job is not None else {"job_id": args.job, "status": "unknown"})
-    if not ended:
-        where = "still " + job["status"] if job else "not in the log yet"
+        _print_json(job if job is not None else {"job_id": args.job, "status": "pending"})
+    if result.outcome is Outcome.TIMED_OUT:
+        if job:
+            where = "still " + job["status"]
+        elif result.detail:
+            where = f"its file is still waiting: {result.detail}"
+        else:
+            where = "not in the log yet"
         print(
             f"sentinel: timed out after {args.timeout:g}s waiting for job {args.job} ({where})",
             file=sys.stderr,
@@ -426,34 +335,80 @@ COMMANDS = {
 }
 
 
+def _kind(exc: BaseException) -> str:
+    """``UnknownJob`` -> ``unknown_job``: the ``kind`` of a JSON error."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+def _error(
+    args: argparse.Namespace | None, code: int, kind: str, message: str, **facts: Any
+) -> int:
+    """Report an error: as JSON on stdout under ``--json``, always as a line on stderr."""
+    if args is not None and getattr(args, "json", False):
+        _print_json({"error": {"kind": kind, "message": message, "exit_code": code, **facts}})
+    print(f"sentinel: {message}", file=sys.stderr)
+    return code
+
+
+def _state_dir_source(args: argparse.Namespace) -> str:
+    """Where the state directory setting came from, for an error that names it."""
+    if args.state_dir is not None:
+        return "--state-dir"
+    if os.environ.get("SENTINEL_STATE_DIR"):
+        return "SENTINEL_STATE_DIR"
+    if args.config is not None:
+        return f"state_dir in {args.config}, or its default"
+    return "the default state_dir; set --state-dir or SENTINEL_STATE_DIR"
+
+
+def _require_state_dir(args: argparse.Namespace, settings: Settings) -> None:
+    state_dir = Path(settings.state_dir)
+    if not state_dir.is_dir():
+        raise StateDirMissing(state_dir, _state_dir_source(args), not_a_dir=state_dir.exists())
+
+
+def _facts(exc: BaseException) -> dict[str, Any]:
+    """The attributes of an error worth a field of its own in JSON."""
+    keys = ("job_id", "state_dir", "path", "field", "where", "holder_pid", "segment", "line")
+    return {k: str(v) if isinstance(v, Path) else v for k in keys if (v := getattr(exc, k, None))}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         from sentinel_daemon.worker.loop import main as worker_main
 
         return worker_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        if "--json" in argv:
+            _print_json(
+                {"error": {"kind": "usage", "message": exc.message, "exit_code": EXIT_USAGE}}
+            )
+        sys.stderr.write(exc.usage + exc.message + "\n")
+        return EXIT_USAGE
     try:
         settings = _settings(args)
     except SentinelError as exc:
-        print(f"sentinel: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error(args, EXIT_USAGE, "settings", str(exc))
     configure_logging(settings.logging.level, settings.logging.format)
     try:
+        if args.command not in NO_STATE_DIR:
+            _require_state_dir(args, settings)
         return COMMANDS[args.command](args, settings)
-    except (LogError, StateDirLocked) as exc:
-        print(f"sentinel: {exc}", file=sys.stderr)
-        return EXIT_PROBLEM
+    except StateDirMissing as exc:
+        return _error(args, EXIT_USAGE, "state_dir_missing", str(exc), **_facts(exc))
     except SentinelError as exc:
-        print(f"sentinel: {exc}", file=sys.stderr)
-        return EXIT_PROBLEM
+        return _error(args, EXIT_PROBLEM, _kind(exc), str(exc), **_facts(exc))
     except PermissionError as exc:
-        print(
-            f"sentinel: {exc.filename or 'a file'}: permission denied; the state directory is "
+        return _error(
+            args,
+            EXIT_PROBLEM,
+            "permission_denied",
+            f"{exc.filename or 'a file'}: permission denied; the state directory is "
             f"readable by the daemon's operators group only (see docs/install.md)",
-            file=sys.stderr,
         )
-        return EXIT_PROBLEM
     except BrokenPipeError:
         # `sentinel tail | head` closes the pipe early; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -104,6 +104,19 @@ class OperatorError(SentinelError):
     """An operator command cannot do what was asked; the message says what to do instead."""
 
 
+class StateDirMissing(OperatorError):
+    """The state directory a command was pointed at does not exist (only ``run`` creates it)."""
+
+    def __init__(self, state_dir: Path, source: str, *, not_a_dir: bool = False) -> None:
+        self.state_dir = state_dir
+        self.source = source
+        what = "is not a directory" if not_a_dir else "no such state directory"
+        super().__init__(
+            f"{state_dir}: {what} (from {source}); check the path, or start the daemon on "
+            f"it first (`sentinel run --state-dir {state_dir}` creates it)"
+        )
+
+
 class BadJobId(OperatorError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id

@@ -1,4 +1,5 @@
-"""Shared fixtures: temporary state directories, and a guard against leaked children/threads."""
+"""Shared fixtures: temporary state directories, a ``jq`` command, and a guard against leaked
+children/threads."""
 
 from __future__ import annotations
 
@@ -18,6 +19,18 @@ def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir()
     return path
+
+
+@pytest.fixture(params=["libjq", "jq binary"])
+def jq_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A folder holding a ``jq`` command, to put first on ``PATH``: libjq behind
+    ``tests/jqcli.py`` (always: a machine without jq runs the recipes too), then a jq
+    binary where the machine has one."""
+    from tests.jqcli import has_jq_binary, jq_bin_dir
+
+    if request.param == "jq binary" and not has_jq_binary():
+        pytest.skip("no jq binary here; the libjq run covers the same recipes")
+    return jq_bin_dir(request.param, tmp_path / "bin")
 
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,14 @@
 """A job's searches as an Optuna journal file, for ``optuna-dashboard FILE`` and Optuna's API.
 
-One study per model, named ``<job>/<model>``, direction ``maximize`` (validation ROC
-AUC), holding every trial the log recorded: its parameters with the distributions they
-were sampled from, its state (``COMPLETE``, ``PRUNED`` or ``FAIL``), its value, its
-intermediate values (recorded since ``trial.saved``/``trial.pruned`` v2) and its start
-and end times from the log. User attributes carry Sentinel's trial number
-(``sentinel_trial``), the attempts, and, for a saved trial, its artifact, sha256 and
-validation metrics; study attributes name the job.
+One study per model, named ``<job>/<model>``, direction ``maximize``, its objective named
+:data:`METRIC_NAME` (Optuna's metric names, shown by optuna-dashboard), holding every trial
+the log recorded: its parameters with the distributions they were sampled from, its state
+(``COMPLETE``, ``PRUNED`` or ``FAIL``), its value, its intermediate values (recorded since
+``trial.saved``/``trial.pruned`` v2) and its start and end times from the log. User
+attributes carry Sentinel's trial number (``sentinel_trial``), the attempts, and, for a
+saved trial, its artifact, sha256 and validation metrics; study attributes name the job.
+The other way round, :func:`optuna_numbers` gives each Sentinel trial its number in the
+export, which the job report shows beside Sentinel's.
 
 The file is written through ``optuna.storages.JournalStorage`` with a
 ``JournalFileBackend`` under a temporary name beside ``out``, fsynced, then linked (or,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import optuna
@@ -39,8 +42,21 @@ class ExportError(SentinelError):
         super().__init__(f"{path}: {reason}")
 
 
+#: The objective's name in the export: what each trial's value is.
+METRIC_NAME = "valid_roc_auc"
+
+
 def study_name(job_id: str, model: str) -> str:
     return f"{job_id}/{model}"
+
+
+def optuna_numbers(history: JobHistory) -> dict[int, int]:
+    """Sentinel's trial number -> its ``number`` in its model's exported study.
+
+    :func:`write_journal` adds each model's trials, in Sentinel's order, to a new study,
+    and Optuna numbers a study's trials 0, 1, 2... in the order they are added.
+    """
+    return {t.number: i for model in history.models for i, t in enumerate(history.trials_of(model))}
 
 
 def export_optuna(
@@ -88,6 +104,9 @@ def write_journal(history: JobHistory, path: Path) -> dict[str, int]:
         for model in history.models:
             name = study_name(history.job_id, model)
             study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2, still so in 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([METRIC_NAME])
             study.set_user_attr("sentinel_job_id", history.job_id)
             study.set_user_attr("sentinel_job_name", history.name)
             study.set_user_attr("sentinel_model", model)

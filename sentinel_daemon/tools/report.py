@@ -1,15 +1,19 @@
-"""The report of an ended job: ``STATE/jobs/<job>/report/index.html`` and its PNG charts.
+"""The report of an ended job: ``STATE/jobs/<job>/report/index.html``, one self-contained file.
 
-One self-contained folder: plain HTML and CSS, charts as PNG files beside it linked by
-relative path, no script and nothing fetched from a network, so it opens from disk, from
-a copy, or from a ticket attachment. It shows, from the event log:
+Plain HTML and CSS with every chart inline (``data:`` URIs), no script and nothing
+fetched from a network: the file alone opens from disk, from a copy, or from a ticket
+attachment. It shows, from the event log and the job's models:
 
 - the optimisation history of each model (trial value against trial number, running best);
 - each model's parameter importances (fANOVA, on an Optuna study rebuilt from the
   recorded trials), once at least two of its trials completed;
-- the promoted model's ROC and precision-recall curves on the held-out test split (the
-  data prepared again through the job's cache) and its top features by gain;
-- a table of the best trials.
+- each model's best trial on the held-out test split, ROC AUC and PR AUC with bootstrap
+  intervals, its operating point at 1% false-positive rate (threshold, recall, precision,
+  confusion matrix), and whether the validation margin that chose the winner is within
+  noise (:mod:`~sentinel_daemon.tools.families`);
+- the promoted model's ROC and precision-recall curves on the test split (the data
+  prepared again through the job's cache) and its top features by gain;
+- a table of the best trials, with each one's number in the Optuna export.
 
 A job that ended without a promoted model gets everything but the curves and features,
 with a note saying why. :func:`write_report` builds the folder under a temporary name and
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import html
 import os
 import re
 import shutil
@@ -35,8 +38,10 @@ import optuna
 
 from sentinel_daemon.errors import SentinelError
 from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
-from sentinel_daemon.layout import CACHE_DIR, JOBS_DIR, REPORT_DIR, REPORT_INDEX, report_index
-from sentinel_daemon.tools import plots
+from sentinel_daemon.layout import JOBS_DIR, REPORT_DIR, REPORT_INDEX, report_index
+from sentinel_daemon.tools import families, plots
+from sentinel_daemon.tools import reportkit as rk
+from sentinel_daemon.tools.export import optuna_numbers
 from sentinel_daemon.tools.history import (
     JobHistory,
     Outcome,
@@ -136,46 +141,66 @@ def _replace_dir(new: Path, final: Path) -> None:
 class _Page:
     """What the HTML page shows, section by section (already escaped HTML fragments)."""
 
-    files: dict[str, bytes] = field(default_factory=dict)
     sections: list[str] = field(default_factory=list)
+    #: Sentinel's trial number -> its number in the Optuna export.
+    optuna: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Data:
+    """The job's data and the candidates' scores, or why they are missing."""
+
+    prepared: Any = None
+    scoring: families.Scoring | None = None
+    problem: str = ""
 
 
 def build_report(state_dir: Path, history: JobHistory) -> dict[str, bytes]:
-    """The report's files by name: ``index.html`` and the PNGs it links."""
-    page = _Page()
+    """The report's files by name: ``index.html`` alone (its charts are inline)."""
+    page = _Page(optuna=optuna_numbers(history))
+    data = _score(state_dir, history)
     importances: dict[str, dict[str, float]] = {}
     page.sections.append(_section("Summary", _summary(history)))
     history_html = []
     importance_html = []
     for model in history.models:
-        history_html.append(_history_figure(page, history, model))
-        html_part, found = _importance_figure(page, history, model)
+        history_html.append(_history_figure(history, model))
+        html_part, found = _importance_figure(history, model)
         importance_html.append(html_part)
         importances[model] = found
     page.sections.append(_section("Optimisation history", "".join(history_html)))
     page.sections.append(_section("Parameter importances", "".join(importance_html)))
-    page.sections.append(_section("Promoted model", _promoted(page, state_dir, history)))
-    page.sections.append(_section("Best trials", _best_trials(history, importances)))
-    page.files[REPORT_INDEX] = _page(history, page.sections).encode("utf-8")
-    return page.files
+    page.sections.append(_section("Models on the test split", _families(history, data, page)))
+    page.sections.append(_section("Promoted model", _promoted(state_dir, history, data)))
+    page.sections.append(_section("Best trials", _best_trials(history, importances, page)))
+    return {REPORT_INDEX: _page(history, page.sections).encode("utf-8")}
 
 
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+def _score(state_dir: Path, h: JobHistory) -> _Data:
+    """Prepare the job's data and score the candidates, once for every section."""
+    from sentinel_daemon import ml  # the ML stack is heavy; only the scored sections need it
+
+    if families.best_saved(h.trials.values()) is None:
+        return _Data(problem="no trial was saved")
+    try:
+        prepared = families.prepare(state_dir, h)
+    except (ml.MLError, OSError, ValueError) as exc:
+        return _Data(problem=f"the job's data could not be prepared again ({exc})")
+    try:
+        return _Data(prepared, families.score(state_dir, h, prepared))
+    except (ml.MLError, OSError, ValueError) as exc:
+        return _Data(prepared, problem=f"a candidate's model could not score the data ({exc})")
 
 
-def _section(title: str, body: str) -> str:
-    return f"<section>\n<h2>{_esc(title)}</h2>\n{body}\n</section>\n"
+_esc = rk.esc
+_section = rk.section
+_note = rk.note
 
 
-def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>\n'
-
-
-def _figure(page: _Page, name: str, png: bytes, alt: str, caption: str = "") -> str:
-    page.files[name] = png
-    cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="{_esc(name)}" alt="{_esc(alt)}">{cap}</figure>\n'
+def _families(h: JobHistory, data: _Data, page: _Page) -> str:
+    if data.scoring is None:
+        return _note(f"Not scored: {data.problem}.") + _recorded_test(h)
+    return families.families_html(data.scoring, page.optuna)
 
 
 def _fmt(value: Any) -> str:
@@ -234,16 +259,9 @@ def _validation(h: JobHistory) -> str:
     outputs = h.stages.get("validate")
     if not outputs:
         return ""
-    test: dict[str, dict[str, float]] = outputs.get("test") or {}
-    names = sorted({k for metrics in test.values() for k in metrics})
-    head = "".join(f"<th>{_esc(n)}</th>" for n in names)
-    rows = [f"<tr><th>model (its best trial)</th>{head}</tr>"]
-    for model, metrics in test.items():
-        cells = "".join(f"<td>{_esc(_fmt(metrics.get(n, '-')))}</td>" for n in names)
-        rows.append(f"<tr><td>{_esc(model)}</td>{cells}</tr>")
     winner = outputs.get("winner") or {}
     gate = outputs.get("gate") or {}
-    lines = [f"<h3>Test split</h3>\n<table>{''.join(rows)}</table>\n"]
+    lines = []
     if winner:
         lines.append(
             f"<p>Winner on validation: trial {_esc(winner.get('trial'))} "
@@ -255,7 +273,22 @@ def _validation(h: JobHistory) -> str:
     return "".join(lines)
 
 
-def _history_figure(page: _Page, h: JobHistory, model: str) -> str:
+def _recorded_test(h: JobHistory) -> str:
+    """The test metrics the validate stage recorded (when the report cannot score again)."""
+    test: dict[str, dict[str, float]] = (h.stages.get("validate") or {}).get("test") or {}
+    if not test:
+        return ""
+    names = sorted({k for metrics in test.values() for k in metrics})
+    rows = [
+        [_esc(model), *(rk.nowrap(_fmt(metrics.get(n, "-"))) for n in names)]
+        for model, metrics in test.items()
+    ]
+    return "<h3>As recorded by the validate stage</h3>\n" + rk.table(
+        ["model (its best trial)", *names], rows
+    )
+
+
+def _history_figure(h: JobHistory, model: str) -> str:
     trials = h.trials_of(model)
     completed = [(t.number, t.value) for t in trials if t.outcome is Outcome.SAVED]
     pruned = [(t.number, v) for t in trials if (v := _pruned_value(t)) is not None]
@@ -267,9 +300,7 @@ def _history_figure(page: _Page, h: JobHistory, model: str) -> str:
         pruned,
     )
     caption = f"{len(completed)} completed, {len(pruned)} pruned of {len(trials)} trials"
-    return f"<h3>{_esc(model)}</h3>\n" + _figure(
-        page, f"history-{model}.png", png, f"{model} optimisation history", caption
-    )
+    return f"<h3>{_esc(model)}</h3>\n" + rk.figure(png, f"{model} optimisation history", caption)
 
 
 def _pruned_value(t: TrialRecord) -> float | None:
@@ -280,7 +311,7 @@ def _pruned_value(t: TrialRecord) -> float | None:
     return t.intermediate[-1][1] if t.intermediate else None
 
 
-def _importance_figure(page: _Page, h: JobHistory, model: str) -> tuple[str, dict[str, float]]:
+def _importance_figure(h: JobHistory, model: str) -> tuple[str, dict[str, float]]:
     head = f"<h3>{_esc(model)}</h3>\n"
     done = sum(1 for t in h.trials_of(model) if t.outcome is Outcome.SAVED)
     if done < MIN_TRIALS_FOR_IMPORTANCE:
@@ -298,7 +329,7 @@ def _importance_figure(page: _Page, h: JobHistory, model: str) -> tuple[str, dic
     png = plots.bars(f"{model}: parameter importances (fANOVA)", items, "importance")
     alt = f"{model} parameter importances"
     caption = f"from {done} completed trials; importances sum to 1"
-    return head + _figure(page, f"importance-{model}.png", png, alt, caption), found
+    return head + rk.figure(png, alt, caption), found
 
 
 def param_importances(h: JobHistory, model: str) -> dict[str, float]:
@@ -311,7 +342,7 @@ def param_importances(h: JobHistory, model: str) -> dict[str, float]:
     return {str(k): float(v) for k, v in found.items()}
 
 
-def _promoted(page: _Page, state_dir: Path, h: JobHistory) -> str:
+def _promoted(state_dir: Path, h: JobHistory, data: _Data) -> str:
     p = h.promoted
     if p is None:
         if h.status == "completed":
@@ -324,42 +355,29 @@ def _promoted(page: _Page, state_dir: Path, h: JobHistory) -> str:
     lines = [
         f"<p>Trial {_esc(p.trial)} ({_esc(p.model)}), validation ROC AUC "
         f"{p.value:.4f}; model file <code>{_esc(p.artifact)}</code>, "
-        f"sha256 <code>{_esc(p.sha256)}</code>.</p>\n"
+        f'sha256 <code class="hash">{_esc(p.sha256)}</code>.</p>\n'
     ]
     try:
         loaded = ml.load_model(state_dir / p.artifact, p.sha256)  # refuses a changed file
     except ml.MLError as exc:
         return "".join(lines) + _note(f"The promoted model cannot be loaded: {exc}")
     names = loaded.meta.get("feature_names")
-    try:
-        prepared = _prepare(state_dir, h)
-        X, y = prepared.rows("test")
-        scores = loaded.predict(X)
-        if names is None:
-            names = list(prepared.feature_names)
-        lines.append(_curves(page, y, scores, f"trial {p.trial} ({p.model})"))
-    except (ml.MLError, OSError, ValueError) as exc:
-        lines.append(_note(f"No curves: the test split could not be scored ({exc})."))
-    lines.append(_features(page, loaded, names))
+    if data.prepared is None:
+        lines.append(_note(f"No curves: {data.problem}."))
+    else:
+        try:
+            X, y = data.prepared.rows("test")
+            scores = loaded.predict(X)
+            if names is None:
+                names = list(data.prepared.feature_names)
+            lines.append(_curves(y, scores, f"trial {p.trial} ({p.model})"))
+        except (ml.MLError, OSError, ValueError) as exc:
+            lines.append(_note(f"No curves: the test split could not be scored ({exc})."))
+    lines.append(_features(loaded, names))
     return "".join(lines)
 
 
-def _prepare(state_dir: Path, h: JobHistory) -> Any:
-    """The job's data prepared as its trials saw it (a cache hit after the job's prepare)."""
-    from sentinel_daemon import ml
-
-    spec = h.job_spec()
-    identity = spec.data.identity
-    return ml.prepare(
-        state_dir / spec.data.transactions,  # an absolute path wins over the state dir
-        state_dir / identity if identity else None,
-        state_dir / CACHE_DIR,
-        test_fraction=spec.validation.test_fraction,
-        valid_fraction=spec.validation.valid_fraction,
-    )
-
-
-def _curves(page: _Page, y: Any, scores: Any, what: str) -> str:
+def _curves(y: Any, scores: Any, what: str) -> str:
     from sklearn.metrics import (
         average_precision_score,
         precision_recall_curve,
@@ -377,8 +395,8 @@ def _curves(page: _Page, y: Any, scores: Any, what: str) -> str:
     caption = f"{len(y)} test rows, {int(y.sum())} fraud"
     return (
         '<div class="pair">\n'
-        + _figure(page, "roc.png", roc_png, "ROC curve on the test split", caption)
-        + _figure(page, "precision-recall.png", pr_png, "precision-recall curve", caption)
+        + rk.figure(roc_png, "ROC curve on the test split", caption)
+        + rk.figure(pr_png, "precision-recall curve", caption)
         + "</div>\n"
     )
 
@@ -407,33 +425,44 @@ def feature_gains(loaded: Any, names: list[str] | None) -> list[tuple[str, float
     return sorted(gains.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def _features(page: _Page, loaded: Any, names: list[str] | None) -> str:
+def _features(loaded: Any, names: list[str] | None) -> str:
     top = feature_gains(loaded, names)[:TOP_FEATURES]
     if not top:
         return _note("The model used no feature (a single leaf): no importances to show.")
     png = plots.bars(f"Top {len(top)} features by gain", top, "gain")
-    return "<h3>Features</h3>\n" + _figure(
-        page, "features.png", png, "top features by gain", "total gain of each feature's splits"
+    return "<h3>Features</h3>\n" + rk.figure(
+        png, "top features by gain", "total gain of each feature's splits"
     )
 
 
-def _best_trials(h: JobHistory, importances: dict[str, dict[str, float]]) -> str:
+def _best_trials(h: JobHistory, importances: dict[str, dict[str, float]], page: _Page) -> str:
     saved = [t for t in h.trials.values() if t.outcome is Outcome.SAVED and t.value is not None]
     saved.sort(key=lambda t: (-(t.value or 0.0), t.number))
     if not saved:
         return _note("No trial completed.")
-    head = "<tr><th>trial</th><th>model</th><th>value</th><th>key params</th><th>duration</th></tr>"
-    rows = [head]
+    rows = []
     for t in saved[:TOP_TRIALS]:
         rank = list(importances.get(t.model, {})) or list(t.params)
         shown = [n for n in rank if n in t.params][:KEY_PARAMS]
-        params = ", ".join(f"{n}={_fmt(t.params[n])}" for n in shown)
+        # Each name=value is kept whole: a line may break between them, never inside one.
+        params = ", ".join(rk.nowrap(f"{n}={_fmt(t.params[n])}") for n in shown)
+        optuna_number = page.optuna.get(t.number)
         rows.append(
-            f"<tr><td>{t.number}</td><td>{_esc(t.model)}</td><td>{t.value:.4f}</td>"
-            f"<td><code>{_esc(params)}</code></td><td>{_esc(_duration(t.duration_s))}</td></tr>"
+            [
+                str(t.number),
+                "-" if optuna_number is None else str(optuna_number),
+                _esc(t.model),
+                f"{t.value:.4f}",
+                f'<span class="params">{params}</span>',
+                rk.nowrap(_duration(t.duration_s)),
+            ]
         )
-    note = "Validation ROC AUC; key params are the most important ones (or the first) of each."
-    return f'<table>{"".join(rows)}</table>\n<p class="hint">{_esc(note)}</p>\n'
+    head = ["trial", "Optuna #", "model", "value", "key params", "duration"]
+    return rk.table(head, rows, "trials") + rk.hint(
+        "Validation ROC AUC; key params are the most important ones (or the first) of each. "
+        "Optuna # is the trial's number in its model's study of sentinel export-optuna, "
+        "whose user attribute sentinel_trial holds the trial number here."
+    )
 
 
 _CSS = """
@@ -447,7 +476,10 @@ figure { margin: .5em 0 1.5em; } figure img { max-width: 100%; height: auto; }
 figcaption, .hint { color: #666; font-size: .9em; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .5em .8em; }
 .pair { display: flex; flex-wrap: wrap; gap: 1em; }
-code { font-size: .9em; word-break: break-all; }
+code { font-size: .9em; }
+code.hash { overflow-wrap: anywhere; }
+.nb { white-space: nowrap; }
+.params { font-family: ui-monospace, monospace; font-size: .9em; }
 """
 
 

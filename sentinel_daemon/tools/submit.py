@@ -1,11 +1,21 @@
-"""``sentinel submit``: validate a job file as the daemon would, then place it in the inbox."""
+"""``sentinel submit``: validate a job file as the daemon would, then place it in the inbox.
+
+Besides validating, it refuses a duplicate: a file whose content is already waiting in
+``inbox/`` or ``claimed/``, or whose job id is already in the event log (the daemon would
+reject it as "already submitted"). Two submitters racing with the same file take turns
+under an ``flock`` on the inbox folder itself (no lock file to leave behind), so the second
+one sees the first one's file and is told it is a duplicate. A file dropped by hand takes
+no lock; the daemon still rejects a duplicate of it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +26,26 @@ from sentinel_daemon.core.jobspec import (
     parse_job_file,
     read_job_bytes,
 )
-from sentinel_daemon.errors import InboxError
+from sentinel_daemon.errors import InboxError, LogError, OperatorError, StateDirMissing
 from sentinel_daemon.fsutil import fsync_dir
-from sentinel_daemon.layout import INBOX_DIR, JOB_SUFFIXES, is_job_name
+from sentinel_daemon.layout import CLAIMED_DIR, INBOX_DIR, JOB_SUFFIXES, is_job_name
+from sentinel_daemon.log.store import read_state
 from sentinel_daemon.settings import Settings
+from sentinel_daemon.tools.liveness import Liveness, daemon_liveness
 from sentinel_daemon.tools.status import _health
+
+
+class DuplicateJob(OperatorError):
+    """The same job file is already waiting to be read, or its job was already submitted."""
+
+    def __init__(self, path: Path, job_id: str, where: str) -> None:
+        self.path = path
+        self.job_id = job_id
+        self.where = where
+        super().__init__(
+            f"{path}: duplicate: job {job_id} is already {where}; nothing was submitted. "
+            f"To run it again, change the file (or its name: field)"
+        )
 
 
 def submit_file(
@@ -79,10 +104,17 @@ def submit_file(
 
 
 def _ensure_dir(path: Path) -> None:
-    """Create ``path`` if missing, and make its entry durable in its parent."""
+    """Create ``path`` if missing, and make its entry durable in its parent.
+
+    Only ``path`` itself: a missing parent (the state directory) raises
+    :class:`~sentinel_daemon.errors.StateDirMissing`, so that a mistyped ``--state-dir`` is
+    an error, never a new state directory.
+    """
     if path.is_dir():
         return
-    path.mkdir(mode=0o750, parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise StateDirMissing(path.parent, "the command's settings")
+    path.mkdir(mode=0o750, exist_ok=True)
     fsync_dir(path.parent)
 
 
@@ -91,26 +123,103 @@ class Submitted:
     job_id: str
     file: Path
     inbox_path: Path
+    #: Whether a daemon holds the state directory: without one, the job waits in the inbox.
+    daemon: Liveness
+    #: Why the job may not start soon (no daemon, a degraded one), for the operator.
+    warnings: tuple[str, ...] = ()
 
 
 def submit(path: Path, settings: Settings, *, cwd: Path | None = None) -> Submitted:
     """Validate the job file at ``path`` and place it in the inbox; write nothing if invalid.
 
-    Raises :class:`~sentinel_daemon.core.jobspec.JobSpecError` for a bad file, and
-    :class:`~sentinel_daemon.errors.InboxError` if it changed while being submitted.
+    Raises :class:`~sentinel_daemon.core.jobspec.JobSpecError` for a bad file,
+    :class:`DuplicateJob` for a file already waiting or a job already submitted,
+    :class:`~sentinel_daemon.errors.StateDirMissing` when the state directory does not
+    exist, and :class:`~sentinel_daemon.errors.InboxError` if it changed while being
+    submitted.
     """
     cwd = Path.cwd() if cwd is None else cwd
+    state_dir = settings.state_dir
     max_bytes = settings.inbox.max_job_bytes
     parsed = parse_job_file(
         path, data_roots=settings.resolved_data_roots(cwd), base_dir=cwd, max_bytes=max_bytes
     )
-    _check_relative_data(path, parsed, cwd, settings.state_dir)
+    _check_relative_data(path, parsed, cwd, state_dir)
     if not is_job_name(Path(path).name):
         raise JobSpecError(path, "-", "the inbox ignores names beginning with '.'; rename it")
-    inbox_dir = settings.state_dir / INBOX_DIR
+    inbox_dir = state_dir / INBOX_DIR
     _ensure_dir(inbox_dir)
-    dest = submit_file(path, inbox_dir, expected_sha256=parsed.sha256, max_bytes=max_bytes)
-    return Submitted(parsed.job_id, Path(path), dest)
+    with _inbox_locked(inbox_dir):
+        _refuse_duplicate(Path(path), parsed, state_dir, max_bytes)
+        dest = submit_file(path, inbox_dir, expected_sha256=parsed.sha256, max_bytes=max_bytes)
+    daemon = daemon_liveness(state_dir)
+    return Submitted(parsed.job_id, Path(path), dest, daemon, _warnings(state_dir, daemon))
+
+
+@contextlib.contextmanager
+def _inbox_locked(inbox_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the inbox folder (the daemon takes none there)."""
+    fd = os.open(inbox_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel drops it if this process dies
+        yield
+    finally:
+        os.close(fd)
+
+
+def _refuse_duplicate(path: Path, parsed: ParsedJob, state_dir: Path, max_bytes: int) -> None:
+    """Raise :class:`DuplicateJob` if the file is waiting already or its job is in the log.
+
+    The folders are looked at in the order a file moves (``inbox/``, ``claimed/``, then
+    the log, where the daemon records it before removing it from ``claimed/``), so a file
+    moving meanwhile is seen in one of them.
+    """
+    for folder in (INBOX_DIR, CLAIMED_DIR):
+        found = same_content(state_dir / folder, parsed.sha256, max_bytes)
+        if found is not None:
+            where = "waiting in the inbox" if folder == INBOX_DIR else "claimed by the daemon"
+            raise DuplicateJob(path, parsed.job_id, f"{where} as {found}")
+    try:
+        job = read_state(state_dir).jobs.get(parsed.job_id)
+    except LogError:
+        return  # a damaged log is for `sentinel log verify`; the daemon still refuses twins
+    if job is not None:
+        raise DuplicateJob(path, parsed.job_id, f"in the event log ({job.status})")
+
+
+def same_content(folder: Path, sha256: str, max_bytes: int) -> Path | None:
+    """A job file in ``folder`` whose bytes hash to ``sha256``, if there is one."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for entry in entries:
+        if not is_job_name(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_size > max_bytes:
+                continue
+            data = Path(entry.path).read_bytes()
+        except OSError:  # gone meanwhile (claimed), or unreadable: not ours to judge
+            continue
+        if hashlib.sha256(data).hexdigest() == sha256:
+            return Path(entry.path)
+    return None
+
+
+def _warnings(state_dir: Path, daemon: Liveness) -> tuple[str, ...]:
+    if not daemon.running:
+        return (
+            f"no daemon is running on {state_dir} ({daemon.how}): the job waits in the inbox "
+            f"until one starts (`systemctl start sentinel` or `sentinel run`)",
+        )
+    health = _health(state_dir) or {}
+    if health.get("status") == "degraded":
+        return (
+            f"the daemon (pid {daemon.pid}) is degraded: {health.get('reason', '?')}; it "
+            f"dispatches no trial until that is fixed (`sentinel status`)",
+        )
+    return ()
 
 
 def _check_relative_data(path: Path, parsed: ParsedJob, cwd: Path, state_dir: Path) -> None:

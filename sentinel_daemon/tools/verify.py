@@ -130,3 +130,29 @@ def _snapshot_status(state_dir: Path, last_seq: int) -> dict[str, Any]:
             "reason": f"{problem}; the daemon will ignore it and replay the whole log",
         }
     return {"status": "ok", "seq": snap.seq}
+
+
+def render(report: VerifyReport) -> str:
+    """``sentinel log verify`` for people: one line per segment, the snapshot, the verdict."""
+    lines = []
+    for s in report.segments:
+        seqs = "no records" if s.first_seq is None else f"seq {s.first_seq}..{s.last_seq}"
+        lines.append(f"{s.name}  {seqs}  {s.records:,} records  {s.bytes:,} bytes")
+    if not report.segments:
+        lines.append("no segments: the log is empty")
+    lines.append(f"snapshot: {_snapshot_text(report.snapshot)}")
+    if report.ok:
+        lines.append(f"ok: {report.records:,} records, last seq {report.last_seq}")
+    return "\n".join(lines)
+
+
+def _snapshot_text(snapshot: dict[str, Any]) -> str:
+    status = snapshot.get("status", "?")
+    if status == "none":
+        return "none (start-up replays the whole log)"
+    if status == "ok":
+        return f"ok, at seq {snapshot['seq']}"
+    if status == "invalid":
+        return f"invalid: {snapshot.get('reason', '?')}; start-up ignores it and replays the log"
+    at = f" (seq {snapshot['seq']})" if "seq" in snapshot else ""
+    return f"{status}{at}: {snapshot.get('reason', '')}"

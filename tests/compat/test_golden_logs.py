@@ -253,18 +253,18 @@ def readme_recipes() -> list[tuple[str, str]]:
     ]
 
 
-@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
-def test_readme_jq_recipes_print_what_the_readme_shows(tmp_path: Path) -> None:
+def test_readme_jq_recipes_print_what_the_readme_shows(tmp_path: Path, jq_dir: Path) -> None:
     recipes = readme_recipes()
     assert len(recipes) >= 10
     state_dir = copy_to_state_dir(V1, tmp_path)
+    path = f"{jq_dir}{os.pathsep}{os.environ['PATH']}"
     for command, expected in recipes:
         done = subprocess.run(
             ["bash", "-c", "set -o pipefail\n" + command],
             capture_output=True,
             text=True,
             timeout=30,
-            env={**os.environ, "STATE": str(state_dir)},
+            env={**os.environ, "STATE": str(state_dir), "PATH": path},
         )
         assert done.returncode == 0 and not done.stderr, f"{command}\n{done.stderr}"
         assert done.stdout == expected, command

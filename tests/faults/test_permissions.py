@@ -306,6 +306,7 @@ def _warm_imports(scratch: Path, job: Path) -> None:
     /root, so every module they use must already be loaded.
     """
     state = scratch / "warm-state"
+    state.mkdir(exist_ok=True)  # only `sentinel run` creates a state directory
     saved = structlog.get_config()  # cli.main configures logging; the session keeps its own
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

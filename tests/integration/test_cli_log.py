@@ -243,6 +243,21 @@ def test_bad_settings_exit_2_naming_the_key(state_dir: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("args", [["tail"], ["log", "verify"]])
-def test_readers_work_on_a_missing_or_empty_state_dir(tmp_path: Path, args: list[str]) -> None:
-    result = run(*args, state_dir=tmp_path / "nothing-here")
+def test_readers_work_on_an_empty_state_dir(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run(*args, state_dir=tmp_path / "empty")
     assert result.returncode == 0, result.stderr
+
+
+def test_verify_prints_readable_lines_for_people(state_dir: Path) -> None:
+    fill(state_dir)
+    result = run("log", "verify", state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "{" not in result.stdout and "'" not in result.stdout  # no Python dict
+    assert lines[0].startswith("00000000000000000001.jsonl  seq 1..")
+    assert "snapshot: ok, at seq 14" in lines
+    assert lines[-1] == "ok: 14 records, last seq 14"
+    (state_dir / "snapshot.json").unlink()
+    again = run("log", "verify", state_dir=state_dir)
+    assert "snapshot: none (start-up replays the whole log)" in again.stdout.splitlines()

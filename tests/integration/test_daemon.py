@@ -196,7 +196,8 @@ def test_a_dropped_job_file_runs_to_completion_and_promotes_a_verified_model(
     wait_for(index.is_file, timeout=120, what="the job's report")
     page = index.read_text()
     images = re.findall(r'<img[^>]+src="([^"]+)"', page)
-    assert images and all((index.parent / src).is_file() for src in images)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
+    assert [p.name for p in index.parent.iterdir()] == ["index.html"]  # one file, charts inline
     assert daemon.stop() == EXIT_OK
 
 

@@ -3,12 +3,16 @@ lock-free state reader they share."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import select
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -171,11 +175,25 @@ def test_wait_times_out_with_exit_4_on_a_running_or_unknown_job(state_dir: Path)
     assert unknown.returncode == 4 and "not in the log yet" in unknown.stderr
 
 
+def test_wait_on_an_unknown_id_exits_1_after_its_grace_naming_the_id(state_dir: Path) -> None:
+    write_log(state_dir, running("j1"))
+    started = time.monotonic()
+    result = run("wait", "j1-typo", "--grace", "1", "--json", state_dir=state_dir)
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "unknown_job" and error["job_id"] == "j1-typo"
+    assert error["exit_code"] == 1 and "'j1-typo'" in error["message"]
+    assert "sentinel status" in result.stderr
+    assert 1.0 <= took < 30, took  # the grace, plus an interpreter's start-up
+
+
 class Terminal:
     """The master side of a pseudo-terminal: everything the child draws on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, columns: int = 200) -> None:
         self.master, self.slave = pty.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         self.text = ""
 
     def read(self) -> str:
@@ -222,6 +240,29 @@ def test_wait_draws_progress_on_a_terminal_and_sees_the_job_appear_and_complete(
     assert proc.returncode == 0
     assert out == "job j1 completed; best 0.9000 (trial 1)\n"
     assert "\rj1 running search [##########..........] 2/4 trials best 0.9000" in term.text
+
+
+def test_wait_fits_its_progress_line_to_a_narrow_terminal_without_cutting_numbers(
+    state_dir: Path,
+) -> None:
+    write_log(state_dir, running("j1"))
+    term = Terminal(columns=30)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # the terminal's own size
+    proc = subprocess.Popen(
+        [*SENTINEL, "wait", "j1", "--timeout", "1", "--state-dir", str(state_dir)],
+        stdout=subprocess.DEVNULL,  # not a terminal: the width must come from stderr's
+        stderr=term.slave,
+        env=env,
+    )
+    os.close(term.slave)
+    try:
+        assert proc.wait(timeout=60) == 4
+        drawn = [line.removesuffix("\x1b[K") for line in term.read().split("\r") if line]
+    finally:
+        os.close(term.master)
+    bars = [line for line in drawn if line.startswith("j1")]
+    assert bars and all(len(line) <= 29 for line in bars), drawn
+    assert "j1 running 2/4 best 0.9000" in bars  # no room for the bar, the stage, "trials"
 
 
 # ---- cancel ---------------------------------------------------------------------------
@@ -283,26 +324,26 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def test_submit_places_the_validated_file_in_the_inbox_and_prints_its_id(
-    workdir: Path, tmp_path: Path
+    workdir: Path, state_dir: Path
 ) -> None:
-    state_dir = tmp_path / "state"
     expected = parse_job_file(workdir / "job.yaml", data_roots=[workdir], base_dir=workdir).job_id
     result = run("submit", "job.yaml", state_dir=state_dir, cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{expected}\n"
     assert (state_dir / "inbox" / "job.yaml").read_text() == JOB_FILE
+    # Another job under the same file name: never replaces the file waiting there.
+    (workdir / "job.yaml").write_text(JOB_FILE.replace("n_trials: 3", "n_trials: 4"))
     again = run("submit", "job.yaml", "--json", state_dir=state_dir, cwd=workdir)
-    assert json.loads(again.stdout) == {
-        "job_id": expected,
-        "file": "job.yaml",
-        "inbox_path": str(state_dir / "inbox" / "job.1.yaml"),  # never replaces a file
-    }
+    out = json.loads(again.stdout)
+    assert out["inbox_path"] == str(state_dir / "inbox" / "job.1.yaml")
+    assert out["file"] == "job.yaml" and out["job_id"].startswith("fraud-demo-")
 
 
 def test_submit_rejects_a_bad_job_file_naming_the_field_and_writes_nothing(
     workdir: Path, tmp_path: Path
 ) -> None:
     state_dir = tmp_path / "state"
+    state_dir.mkdir()
     (workdir / "bad.yaml").write_text(JOB_FILE.replace("n_trials: 3", "n_trials: many"))
     result = run("submit", "bad.yaml", state_dir=state_dir, cwd=workdir)
     assert result.returncode == 1 and result.stdout == ""
@@ -311,7 +352,7 @@ def test_submit_rejects_a_bad_job_file_naming_the_field_and_writes_nothing(
     (workdir / "outside.yaml").write_text(outside)
     result = run("submit", "outside.yaml", state_dir=state_dir, cwd=workdir)
     assert result.returncode == 1 and "data.transactions" in result.stderr
-    assert not state_dir.exists()
+    assert list(state_dir.iterdir()) == []
 
 
 def _daemon_health(state_dir: Path, cwd: Path) -> None:

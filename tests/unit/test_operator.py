@@ -1,8 +1,9 @@
 """The operator commands' pure parts: job summaries, the status table, the progress line,
-job-id checks and the cancel request, on states folded from events."""
+job-id checks, the cancel request and ``wait``'s grace, on states folded from events."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from sentinel_daemon.errors import BadJobId, JobAlreadyEnded, UnknownJob
 from sentinel_daemon.layout import CONTROL_DIR
 from sentinel_daemon.tools.cancel import cancel_request_path, request_cancel
 from sentinel_daemon.tools.status import job_summary, render_status, status_report
-from sentinel_daemon.tools.wait import progress_line, wait_for_job
+from sentinel_daemon.tools.wait import Outcome, find_pending, progress_line, wait_for_job
 from tests.jobevents import failed, finish, running, worker
 
 
@@ -120,8 +121,24 @@ def test_the_progress_line_shows_stage_bar_trials_and_best_within_the_width() ->
     summary = job_summary(fold(running("j1")).jobs["j1"])
     line = progress_line("j1", summary)
     assert line == "j1 running search [##########..........] 2/4 trials best 0.9000"
-    assert len(progress_line("j1", summary, width=20)) == 20
     assert "not in the log yet" in progress_line("j1", None)
+
+
+def test_the_progress_line_fits_any_width_and_never_cuts_a_number() -> None:
+    job_id = "ieee-fraud-1a2b3c4d"
+    summary = job_summary(fold(running(job_id)).jobs[job_id]) | {"best_value": 0.9419}
+    full = progress_line(job_id, summary, width=500)
+    assert full.endswith("2/4 trials best 0.9419")
+    whole_words = set(full.split(" "))
+    for width in range(4, 120):
+        line = progress_line(job_id, summary, width)
+        assert len(line) <= width, (width, line)
+        for word in line.split(" "):
+            # Every word is one of the full line's, or a narrower bar: nothing cut short.
+            assert word in whole_words or set(word) <= set("[#.]"), (width, line)
+        if width >= len("2/4 best 0.9419"):
+            assert "0.9419" in line and "2/4" in line, (width, line)
+    assert progress_line(job_id, summary, 75).startswith(f"{job_id} running search [")
 
 
 @pytest.mark.parametrize("bad", ["", "../etc", "a/b", ".hidden", "-x", "x" * 129, "a\nb"])
@@ -164,15 +181,74 @@ def test_cancelling_an_ended_or_unknown_job_is_refused_and_writes_nothing(tmp_pa
     assert not (tmp_path / "control").exists()
 
 
+class FakeClock:
+    """A clock that moves only when ``wait_for_job`` sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_waiting_for_a_job_never_submitted_gives_up_at_the_deadline(tmp_path: Path) -> None:
-    now = [0.0]
+    clock = FakeClock()
     polls: list[object] = []
-
-    def sleep(seconds: float) -> None:
-        now[0] += seconds
-
-    ended, job = wait_for_job(
-        tmp_path, "j1", timeout=1.0, clock=lambda: now[0], sleep=sleep, on_poll=polls.append
+    result = wait_for_job(
+        tmp_path,
+        "j1",
+        timeout=1.0,
+        grace=5.0,
+        clock=clock,
+        sleep=clock.sleep,
+        on_poll=lambda job, pending: polls.append(job),
     )
-    assert (ended, job) == (False, None)
-    assert now[0] == pytest.approx(1.0) and len(polls) == 6  # at 0, 0.2, ..., 1.0
+    assert (result.outcome, result.job) == (Outcome.TIMED_OUT, None)
+    assert clock.now == pytest.approx(1.0) and len(polls) == 6  # at 0, 0.2, ..., 1.0
+
+
+def test_an_id_found_nowhere_ends_the_wait_as_unknown_after_the_grace(tmp_path: Path) -> None:
+    clock = FakeClock()
+    result = wait_for_job(
+        tmp_path, "j1-0badc0de", timeout=None, grace=2.0, clock=clock, sleep=clock.sleep
+    )
+    assert result.outcome is Outcome.UNKNOWN
+    assert clock.now == pytest.approx(2.0)
+
+
+def job_file(folder: Path, text: str) -> tuple[Path, str]:
+    """A job file in ``folder`` and the id the daemon will give it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.yaml"
+    path.write_text(text)
+    return path, f"fraud-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+@pytest.mark.parametrize("folder", ["inbox", "claimed"])
+def test_a_job_whose_file_waits_in_the_inbox_or_claimed_is_waited_for_past_the_grace(
+    tmp_path: Path, folder: str
+) -> None:
+    path, job_id = job_file(tmp_path / folder, "name: fraud\n")
+    (tmp_path / folder / "other.yaml").write_text("name: other\n")
+    pending = find_pending(tmp_path, job_id)
+    assert pending is not None and (pending.where, pending.path) == (folder, path)
+    clock = FakeClock()
+    result = wait_for_job(tmp_path, job_id, timeout=30.0, grace=1.0, clock=clock, sleep=clock.sleep)
+    assert result.outcome is Outcome.TIMED_OUT and result.detail == str(path)
+    assert clock.now == pytest.approx(30.0)
+    line = progress_line(job_id, None, 80, pending)
+    assert line.startswith(job_id) and "job.yaml" in line
+
+
+def test_a_rejected_job_file_ends_the_wait_at_once_with_its_reason(tmp_path: Path) -> None:
+    path, job_id = job_file(tmp_path / "rejected", "name: fraud\nmodels: [svm]\n")
+    path.with_name("job.yaml.reason").write_text("models: 'svm' is not a model\n")
+    clock = FakeClock()
+    result = wait_for_job(
+        tmp_path, job_id, timeout=None, grace=10.0, clock=clock, sleep=clock.sleep
+    )
+    assert result.outcome is Outcome.REJECTED and clock.now == 0.0
+    assert result.detail == f"{path}: models: 'svm' is not a model"

@@ -17,7 +17,14 @@ from sentinel_daemon.layout import EVENTS_DIR
 from sentinel_daemon.log.segments import LogScan
 from sentinel_daemon.log.store import Store
 from sentinel_daemon.ml.study import TRIAL_ATTR
-from sentinel_daemon.tools.export import ExportError, export_optuna, study_name
+from sentinel_daemon.tools.export import (
+    METRIC_NAME,
+    ExportError,
+    export_optuna,
+    optuna_numbers,
+    study_name,
+)
+from sentinel_daemon.tools.history import read_history
 from tests.jobkit import JOB, MODELS, BuiltJob, build_job, job_spec, make_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +71,21 @@ def test_each_models_study_holds_the_logged_trials_params_values_and_intermediat
         saved = {n: t for n, t in built.trials.items() if t["outcome"] == "saved"}
         best = max((n for n in saved if MODELS[n] == model), key=lambda n: saved[n]["value"])
         assert study.best_trial.user_attrs[TRIAL_ATTR] == best
+
+
+def test_the_objective_is_named_and_trial_numbers_map_both_ways(
+    built: BuiltJob, tmp_path: Path
+) -> None:
+    out = tmp_path / "fraud.journal"
+    export_optuna(built.state_dir, JOB, out)
+    numbers = optuna_numbers(read_history(built.state_dir, JOB))
+    assert sorted(numbers) == sorted(built.trials)
+    for model in ("xgboost", "lightgbm"):
+        study = load(out, study_name(JOB, model))
+        assert study.metric_names == [METRIC_NAME] == ["valid_roc_auc"]
+        for trial in study.trials:
+            # Optuna -> Sentinel: the user attribute; Sentinel -> Optuna: what the report shows.
+            assert numbers[trial.user_attrs[TRIAL_ATTR]] == trial.number
 
 
 def test_the_values_match_the_log_record_for_record(built: BuiltJob, tmp_path: Path) -> None:
