@@ -1,16 +1,11 @@
-"""What the operator commands do: ``submit``, ``status``, ``wait`` and ``cancel``.
+"""``sentinel status``: jobs, stages, trials ended per model, best values, workers, GPUs.
 
-None of them writes the event log; the daemon is its only writer. ``submit`` places a
-validated job file in ``STATE/inbox/``; ``cancel`` leaves a request file in
-``STATE/control/`` that the daemon turns into ``job.cancelled``; ``status`` and ``wait``
-read the state with :func:`~sentinel_daemon.log.store.read_state`, which takes no lock.
-The command line (``cli.py``) parses arguments, prints and picks exit codes; the summaries
-and renderings here are pure functions of a :class:`~sentinel_daemon.core.state.State`.
-
-Cancel request contract (the daemon's side imports :data:`CONTROL_DIR` and
-:func:`cancel_request_path`): ``STATE/control/cancel.<job id>``, written atomically, holding
-a JSON object ``{"job_id", "requested_at" (RFC 3339 UTC), "pid"}``. Writing it again
-replaces it; the daemon appends ``job.cancelled`` for a running job and then removes it.
+Like every operator command it never writes the event log (the daemon is its only writer):
+it reads the state with :func:`~sentinel_daemon.log.store.read_state`, which takes no lock,
+and ``health.json`` for the daemon's own view. The summaries and renderings here are pure
+functions of a :class:`~sentinel_daemon.core.state.State`; ``sentinel wait``
+(:mod:`~sentinel_daemon.tools.wait`) reuses them. The command line parses, prints and picks
+exit codes.
 """
 
 from __future__ import annotations
