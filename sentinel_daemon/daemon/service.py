@@ -55,6 +55,7 @@ from sentinel_daemon.core.events import (
 from sentinel_daemon.core.ids import WorkerId
 from sentinel_daemon.core.jobspec import JobSpecError, parse_job_file
 from sentinel_daemon.core.state import JobStatus, TrialStatus, WorkerStatus
+from sentinel_daemon.daemon import journal
 from sentinel_daemon.daemon.actor import ActorContext, JobActor
 from sentinel_daemon.daemon.dispatch.dask import DaskDispatcher
 from sentinel_daemon.daemon.dispatch.local import Supervisor, default_worker_count
@@ -84,7 +85,7 @@ from sentinel_daemon.ml.devices import discover_gpus
 from sentinel_daemon.queue.maildir import Queue
 from sentinel_daemon.queue.messages import TrialCommand, split_command_id
 from sentinel_daemon.sdnotify import Notifier
-from sentinel_daemon.settings import Settings
+from sentinel_daemon.settings import Settings, exported, settings_digest
 from sentinel_daemon.worker.faults import FAULTS_ENV
 
 log = structlog.get_logger(__name__)
@@ -171,7 +172,7 @@ class Daemon:
         self._next_orphan_check = 0.0
         self._next_sample = 0.0
         self.notifier = Notifier()
-        self.metrics = DaemonMetrics()
+        self.metrics = DaemonMetrics(self.state_dir)
         self.metrics.gpus.set(len(self.gpus))
         self.monitor = ResourceMonitor(self.gpus, daemon_pid=os.getpid())
         self.admission = AdmissionGate(settings.resources)
@@ -185,6 +186,10 @@ class Daemon:
 
     def run(self) -> int:
         """Recover, serve until a signal, stop; returns the exit code."""
+        with exported(self.settings):  # workers, stages and reports inherit the settings
+            return self._run()
+
+    def _run(self) -> int:
         self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         for sub in (INBOX_DIR, CONTROL_DIR):
             if not make_drop_dir(self.state_dir / sub):
@@ -308,6 +313,7 @@ class Daemon:
             workers=self.worker_count,
             gpus=self.gpus,
             dispatch=self.settings.dispatch.backend,
+            settings=settings_digest(self.settings),
             seconds=round(time.monotonic() - t0 + store.report.seconds, 3),
         )
 
@@ -322,7 +328,7 @@ class Daemon:
                     scheduler=dispatch.scheduler,
                 )
             self.worker_count = 0
-            return DaskDispatcher(self.state_dir, dispatch)
+            return DaskDispatcher(self.state_dir, dispatch, queue=self.settings.queue)
         return Supervisor(
             self.state_dir,
             count=self.worker_count,
@@ -477,6 +483,7 @@ class Daemon:
             len(records), end.offset - (start.offset if end.segment == start.segment else 0)
         )
         self.metrics.observe(events, self._store.state)
+        journal.write(events, self._store.state)
         for event in events:
             job_id = getattr(event, "job_id", None)
             if job_id is not None and job_id in self.actors:
@@ -578,7 +585,6 @@ class Daemon:
                 reason=f"external worker: no heartbeat for {age:.1f} s",
             )
             found[event] = self.queue.take_back(worker)
-            log.warning("daemon.external_worker_lost", worker=worker, silent_s=age)
         return found
 
     # ---- inbox ---------------------------------------------------------------------------
@@ -636,7 +642,6 @@ class Daemon:
         os.rename(claimed, job_dir / f"job{claimed.suffix.lower()}")
         fsync_dir(job_dir)
         fsync_dir(claimed.parent)
-        log.info("daemon.job_submitted", job=parsed.job_id, file=rel)
 
     def _reconsider_claimed(self) -> None:
         """Record every job file left in ``claimed/`` (claimed, then a crash or failed write)."""
@@ -647,7 +652,6 @@ class Daemon:
     def _reject(self, claimed: Path, rel: str, reason: str, sha256: str | None = None) -> None:
         assert self.inbox is not None
         self.commit([JobRejected(file=rel, reason=reason, file_sha256=sha256)])
-        log.warning("daemon.job_rejected", file=rel, reason=reason)
         self.inbox.reject(claimed, reason)
 
     # ---- control requests ----------------------------------------------------------------
@@ -745,11 +749,13 @@ class Daemon:
                 action="dispatching stopped until writes succeed again",
             )
         self.notifier.status(f"DEGRADED (writes failing, not dispatching): {reason}"[:200])
+        self.metrics.degraded.set(1)
         self._write_health({"status": "degraded", "reason": reason, "pid": os.getpid()})
 
     def _recovered(self) -> None:
         log.warning("daemon.resumed", after=self.degraded)
         self.degraded = None
+        self.metrics.degraded.set(0)
         self._write_health(None)  # ok again
         self._reconsider_claimed()  # a file claimed during a failed turn was never recorded
 

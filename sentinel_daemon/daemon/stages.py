@@ -35,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sentinel_daemon.fsutil import atomic_write_bytes, fsync_dir
 from sentinel_daemon.layout import BEST_DIR, MODEL_CARD
+from sentinel_daemon.logs import configure_logging
+from sentinel_daemon.settings import CONFIG_ENV, load_settings
 
 EXIT_DONE = 0
 EXIT_FAILED = 1
@@ -137,6 +139,9 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
+    config = os.environ.get(CONFIG_ENV)  # the daemon's settings come through the environment
+    settings = load_settings(Path(config) if config else None)
+    configure_logging(settings.logging.level, settings.logging.format)
     if args.parent_pid is not None:
         _exit_with_parent(args.parent_pid)
     from sentinel_daemon.ml.errors import MLError
