@@ -258,26 +258,32 @@ def _sets_a_setting(name: str, fields: set[str]) -> bool:
 
 @contextlib.contextmanager
 def exported(settings: Settings, environ: MutableMapping[str, str] | None = None) -> Iterator[None]:
-    """Put ``settings`` into this process's environment (for its children), then restore it.
+    """Put ``settings`` into this process's environment (for its children), then take them out.
 
-    Call it before any thread that might read the environment starts: ``setenv`` is not
-    safe against a concurrent ``getenv`` in C code.
+    Only what this changed is undone: a variable set meanwhile by someone else stays. Call
+    it before any thread that might read the environment starts: ``setenv`` is not safe
+    against a concurrent ``getenv`` in C code.
     """
     environ = os.environ if environ is None else environ
     before = dict(environ)
-    _replace(environ, settings_environment(settings, before))
+    after = settings_environment(settings, before)
+    for name in [k for k in before if k not in after]:
+        del environ[name]
+    for name, value in after.items():
+        if before.get(name) != value:
+            environ[name] = value
     try:
         yield
     finally:
-        _replace(environ, before)
-
-
-def _replace(environ: MutableMapping[str, str], new: Mapping[str, str]) -> None:
-    for name in [k for k in environ if k not in new]:
-        del environ[name]
-    for name, value in new.items():
-        if environ.get(name) != value:
-            environ[name] = value
+        for name, value in after.items():
+            if before.get(name) != value and environ.get(name) == value:
+                if name in before:
+                    environ[name] = before[name]
+                else:
+                    del environ[name]
+        for name, value in before.items():
+            if name not in after and name not in environ:
+                environ[name] = value
 
 
 def settings_digest(settings: Settings) -> str:

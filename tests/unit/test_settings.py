@@ -173,3 +173,16 @@ def test_exported_settings_are_in_the_environment_only_while_inside(
         assert '"seq_block":7' in os.environ["SENTINEL_QUEUE"]
         assert load_settings(None) == settings
     assert dict(os.environ) == before
+
+
+def test_leaving_exported_settings_keeps_what_others_set_meanwhile() -> None:
+    environ = {"PATH": "/bin", "SENTINEL_QUEUE__SEQ_BLOCK": "11"}
+    with exported(Settings(), environ):
+        environ["OMP_NUM_THREADS"] = "2"  # a library, say, while the daemon ran
+        environ["SENTINEL_LOGGING"] = '{"level":"debug"}'  # replaced by someone: theirs now
+    assert environ == {
+        "PATH": "/bin",
+        "SENTINEL_QUEUE__SEQ_BLOCK": "11",
+        "OMP_NUM_THREADS": "2",
+        "SENTINEL_LOGGING": '{"level":"debug"}',
+    }
