@@ -33,6 +33,7 @@ refreshed by the core loop every ``resources.sample_every_s``.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import threading
@@ -52,7 +53,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from sentinel_daemon import __version__
 from sentinel_daemon.core.events import (
@@ -133,7 +133,8 @@ class _TrialDurations(Collector):
         running = 0
         for bound, n in zip((*map(float, TRIAL_BUCKETS), float("inf")), counts, strict=True):
             running += n
-            buckets.append((floatToGoString(bound), running))
+            # Prometheus's text form of a bound, as prometheus_client's own histograms write it.
+            buckets.append(("+Inf" if math.isinf(bound) else repr(bound), running))
         yield HistogramMetricFamily(self.NAME, self.HELP, buckets=buckets, sum_value=total)
 
     def describe(self) -> Iterator[Metric]:
