@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install demo test test-slow test-faults bench lint clean report-check
+.PHONY: install demo test test-slow test-faults bench lint clean report-check ops-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,17 @@ report-check: $(STAMP)
 	for job in $(DEMO)/state/jobs/*/; do \
 	  $(BIN)/sentinel report --force --state-dir $(DEMO)/state "$$(basename "$$job")" || exit 1; done
 	$(BIN)/python scripts/check_report.py $(DEMO)/state/jobs/*/report/index.html --screenshot $(DEMO)/report.png
+
+# Alert rules, their promtool tests and a live scrape of a real daemon (installs promtool
+# into .venv/bin if it is missing: ops/install-promtool.sh).
+$(BIN)/promtool: | $(STAMP)
+	sh ops/install-promtool.sh $@
+
+ops-check: $(STAMP) $(BIN)/promtool
+	$(BIN)/promtool check rules ops/prometheus/sentinel-rules.yml
+	$(BIN)/promtool test rules ops/prometheus/sentinel-rules.test.yml
+	$(BIN)/promtool check config ops/prometheus/prometheus.example.yml
+	$(BIN)/python scripts/ops_check.py --promtool $(BIN)/promtool
 
 lint: $(STAMP)
 	$(BIN)/ruff check sentinel_daemon tests bench scripts events/golden

@@ -1,13 +1,24 @@
 """Settings: defaults in code (mirrored by ``config/default.yaml``), a YAML file on top, then
 environment variables ``SENTINEL_<KEY>`` and ``SENTINEL_<SECTION>__<KEY>`` over both.
+
+Every process loads them the same way, with :func:`load_settings`: the daemon, the
+workers it starts, its stage and report processes, and workers that systemd runs on their
+own. The daemon hands its *effective* settings to its children through the environment
+(:func:`exported`): while it runs, each setting is one ``SENTINEL_<FIELD>`` variable in its
+environment, which every child inherits, so a child's :func:`load_settings` gives back the
+daemon's settings exactly, however they were made (file, environment, command line).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -15,6 +26,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sentinel_daemon.errors import ConfigError
 
 ENV_PREFIX = "SENTINEL_"
+#: The settings file of every command (``--config`` wins over it).
+CONFIG_ENV = "SENTINEL_CONFIG"
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -217,6 +230,68 @@ def load_settings(config: Path | None = None) -> Settings:
             else str(config or "defaults")
         )
         raise ConfigError(source, key, f"{err['msg']} (got {err.get('input')!r})") from None
+
+
+def settings_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with ``settings`` in it, whole: the environment of a child process.
+
+    Every variable that sets a setting (``SENTINEL_CONFIG``, ``SENTINEL_<FIELD>`` and
+    ``SENTINEL_<FIELD>__<KEY>``) is replaced by one ``SENTINEL_<FIELD>`` a field, holding
+    its value (JSON for sections and lists, as pydantic-settings reads them). So
+    :func:`load_settings` without a file, under this environment, returns ``settings``;
+    other variables (``SENTINEL_TEST_FAULTS``, ``JOURNAL_STREAM``...) pass unchanged.
+    """
+    fields = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in environ.items() if not _sets_a_setting(k, fields)}
+    for name, value in settings.model_dump(mode="json").items():
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        env[ENV_PREFIX + name.upper()] = text
+    return env
+
+
+def _sets_a_setting(name: str, fields: set[str]) -> bool:
+    upper = name.upper()
+    if upper == CONFIG_ENV:
+        return True
+    if not upper.startswith(ENV_PREFIX):
+        return False
+    return upper[len(ENV_PREFIX) :].split("__", 1)[0] in fields
+
+
+@contextlib.contextmanager
+def exported(settings: Settings, environ: MutableMapping[str, str] | None = None) -> Iterator[None]:
+    """Put ``settings`` into this process's environment (for its children), then take them out.
+
+    Only what this changed is undone: a variable set meanwhile by someone else stays. Call
+    it before any thread that might read the environment starts: ``setenv`` is not safe
+    against a concurrent ``getenv`` in C code.
+    """
+    environ = os.environ if environ is None else environ
+    before = dict(environ)
+    after = settings_environment(settings, before)
+    for name in [k for k in before if k not in after]:
+        del environ[name]
+    for name, value in after.items():
+        if before.get(name) != value:
+            environ[name] = value
+    try:
+        yield
+    finally:
+        for name, value in after.items():
+            if before.get(name) != value and environ.get(name) == value:
+                if name in before:
+                    environ[name] = before[name]
+                else:
+                    del environ[name]
+        for name, value in before.items():
+            if name not in after and name not in environ:
+                environ[name] = value
+
+
+def settings_digest(settings: Settings) -> str:
+    """A short digest of every setting: equal digests, equal settings (logged at start-up)."""
+    data = orjson.dumps(settings.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(data).hexdigest()[:12]
 
 
 def defaults_as_yaml_data() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -84,6 +85,8 @@ def in_process_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Daemon
 
 
 ENDED_TYPES = ("trial.saved", "trial.pruned", "trial.failed")
+#: The syslog priority a line starts with when stderr is the journal (sentinel_daemon/logs.py).
+JOURNAL_PREFIX = re.compile(r"^<([0-7])>")
 
 
 # ---- data and job files -----------------------------------------------------------------
@@ -422,9 +425,14 @@ class DaemonProcess:
             return ""
 
     def log_records(self) -> list[dict[str, Any]]:
-        """The JSON lines of the daemon's (and workers') structured log."""
+        """The JSON lines of the daemon's (and workers') structured log.
+
+        A journald priority prefix (``<6>{...}``, written when ``JOURNAL_STREAM`` names the
+        log file) is left out, as journald leaves it out; :func:`priority` reads it.
+        """
         out = []
         for line in self.log_text().splitlines():
+            line = JOURNAL_PREFIX.sub("", line, count=1)
             if line.startswith("{"):
                 with contextlib.suppress(orjson.JSONDecodeError):
                     out.append(orjson.loads(line))

@@ -15,6 +15,8 @@ validated when it loads (:func:`state_as_dict`, :func:`state_from_data`;
 from __future__ import annotations
 
 import copy
+import math
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, assert_never
@@ -49,7 +51,15 @@ from sentinel_daemon.core.events import (
 
 #: Bump when the shape of State changes; a snapshot of another version is ignored
 #: (with a warning) and the log is replayed from the start.
-STATE_VERSION = 2  # 2: only the latest ended workers stay in ``workers``; ``workers_ended``
+STATE_VERSION = 3  # 2: only the latest ended workers stay in ``workers``; ``workers_ended``
+# 3: ``trial_durations``
+
+#: Upper bounds, in seconds, of the histogram of saved trials' durations that the state
+#: keeps (:class:`DurationTally`; Prometheus's ``sentinel_trial_duration_seconds``): trials
+#: last from seconds to hours. Changing them changes the state's shape: bump STATE_VERSION.
+TRIAL_DURATION_BUCKETS: tuple[float, ...] = (
+    1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400,
+)  # fmt: skip
 
 #: Ended workers kept in ``State.workers`` besides the live ones. The daemon asks whether a
 #: worker holding commands is one of its own (a predecessor's, whose commands go back to
@@ -166,6 +176,25 @@ class JobState:
 
 
 @dataclass(slots=True)
+class DurationTally:
+    """Durations as a histogram: how many fell in each bucket, and their sum.
+
+    ``counts[i]`` counts durations up to ``TRIAL_DURATION_BUCKETS[i]`` (and above the bucket
+    before it); the last one counts those above every bound. Not cumulative: the metrics
+    add them up as Prometheus's ``le`` buckets need.
+    """
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(TRIAL_DURATION_BUCKETS) + 1))
+    sum_s: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        if not (math.isfinite(seconds) and seconds >= 0):
+            return  # a duration no clock gives; summing it would spoil every later value
+        self.counts[bisect_left(TRIAL_DURATION_BUCKETS, seconds)] += 1
+        self.sum_s += seconds
+
+
+@dataclass(slots=True)
 class WorkerState:
     worker: str
     pid: int
@@ -196,6 +225,8 @@ class State:
     #: Events that name a job, trial or worker the log never introduced. A correct
     #: daemon never writes one; counting them keeps replay total instead of crashing.
     orphans: int = 0
+    #: The durations of every ``trial.saved`` in the log (an ended job keeps no trials).
+    trial_durations: DurationTally = field(default_factory=DurationTally)
 
     def copy_state(self) -> State:
         """A deep copy, for callers that must keep the value from before an :func:`apply`."""
@@ -240,6 +271,7 @@ def apply(state: State, event: Event) -> State:
                     attempt=event.attempt,
                 )
         case TrialSaved():
+            state.trial_durations.add(event.duration_s)
             if (trial := _trial(state, event.job_id, event.trial)) is not None:
                 trial.status = TrialStatus.SAVED
                 trial.value = event.value
@@ -370,6 +402,8 @@ def _trial(state: State, job_id: str, number: int) -> TrialState | None:
 
 __all__ = [
     "STATE_VERSION",
+    "TRIAL_DURATION_BUCKETS",
+    "DurationTally",
     "JobState",
     "JobStatus",
     "Promotion",

@@ -21,7 +21,8 @@ append (fsync), fold, then act. Each concern has its module:
 - :mod:`~sentinel_daemon.daemon.dispatch`: the ``Dispatcher`` Protocol, with local workers
   or a Dask cluster behind it;
 - :mod:`~sentinel_daemon.daemon.monitor` and :mod:`~sentinel_daemon.daemon.metrics`:
-  resources, admission control and Prometheus metrics.
+  resources, admission control and Prometheus metrics;
+- :mod:`~sentinel_daemon.daemon.journal`: each recorded event as a log line at its level.
 
 May import every layer but the tools and the CLI.
 """

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from sentinel_daemon.core.events import Event
 from sentinel_daemon.core.state import JobStatus, State
+from sentinel_daemon.daemon import journal
 from sentinel_daemon.daemon.actor import ActorContext, JobActor
 from sentinel_daemon.daemon.decisions import Input, Tick, reactions
 from sentinel_daemon.daemon.effects import Effector
@@ -58,6 +59,7 @@ class Committer:
         records = self.store.append(events)
         self.metrics.appended(len(records), self.store.appended_bytes)
         self.metrics.observe(events, self.state)
+        journal.write(events, self.state)
         for event in events:
             job_id = getattr(event, "job_id", None)
             if job_id is not None and job_id in self.actors:

@@ -122,10 +122,8 @@ class Intake:
         os.rename(claimed, folder / f"job{claimed.suffix.lower()}")
         fsync_dir(folder)
         fsync_dir(claimed.parent)
-        log.info("daemon.job_submitted", job=parsed.job_id, file=rel)
 
     def _reject(self, claimed: Path, rel: str, reason: str, sha256: str | None = None) -> None:
         assert self.inbox is not None
         self.core.commit([JobRejected(file=rel, reason=reason, file_sha256=sha256)])
-        log.warning("daemon.job_rejected", file=rel, reason=reason)
         self.inbox.reject(claimed, reason)

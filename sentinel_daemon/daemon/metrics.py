@@ -2,33 +2,59 @@
 
 Only the daemon serves metrics (DESIGN.md, "Operations"); workers report through the queue
 and the log. Names start with ``sentinel_``, use base units (seconds, bytes, ratios) and
-end in ``_total`` on counters. No label carries a trial id; one gauge,
-``sentinel_job_best_value``, has a ``job`` label for each *running* job, removed when the
-job ends, so its cardinality is bounded by the work in flight.
+end in ``_total`` on counters. No label carries a trial id, and none is called ``job`` or
+``instance`` (Prometheus's own target labels: a scraped ``job`` label arrives renamed
+``exported_job``). One gauge, ``sentinel_job_best_value``, has a ``job_id`` label for each
+*running* job, removed when the job ends, so its cardinality is bounded by the work in
+flight.
 
-Counters that the log can answer equal the log, not this process's life:
-:meth:`DaemonMetrics.initialise` sets them from the state replayed at start-up, then
-:meth:`DaemonMetrics.observe` adds every appended event. So after a restart
-``sentinel_trials_ended_total`` and ``sentinel_eventlog_records_total`` still count the
-whole log. The rest (durations, fsync times, bytes written, batches, CPU) count since
-the daemon started, as Prometheus counters usually do; their ``_created`` sample says when.
+Counters and histograms that the log can answer equal the log, not this process's life:
+:meth:`DaemonMetrics.initialise` sets them from the state replayed at start-up (and the
+log's size on disk), then :meth:`DaemonMetrics.observe` and :meth:`DaemonMetrics.appended`
+add every appended event. So after a restart ``sentinel_trials_ended_total``,
+``sentinel_trial_duration_seconds`` (the state keeps the histogram: ``State.trial_durations``),
+``sentinel_eventlog_records_total``, ``sentinel_eventlog_written_bytes_total`` and
+``sentinel_workers_lost_total`` still count the whole log.
+
+Three count since the daemon started, because the log cannot answer them:
+``sentinel_eventlog_batches_total`` (batch boundaries are not events, and the fold sees
+only events), ``sentinel_eventlog_fsync_duration_seconds`` (no fsync time is recorded) and
+``sentinel_cpu_seconds_total`` (processes that are gone); nor can the process collector's
+``process_*`` series. Their ``_created`` sample (or ``process_start_time_seconds``) says
+when they started; ``rate()`` and ``increase()`` treat the drop at a restart as a reset.
 
 Everything is written from the daemon's core thread; the HTTP thread only reads the
-registry (prometheus_client's values are locked), never the daemon's state or files.
-Sampled values (processes, GPUs, the queue) come from the monitor's readings, refreshed
-by the core loop every ``resources.sample_every_s``.
+registry (prometheus_client's values are locked, and the collectors here read an immutable
+tuple swapped in whole), never the daemon's state. The state directory's file system is
+read at scrape time (``statvfs``), in the HTTP thread: a slow disk delays a scrape, never
+the core loop. Sampled values (processes, GPUs, the queue) come from the monitor's readings,
+refreshed by the core loop every ``resources.sample_every_s``.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import platform
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from sentinel_daemon import __version__
 from sentinel_daemon.core.events import (
     Event,
     JobCancelled,
@@ -41,13 +67,22 @@ from sentinel_daemon.core.events import (
     TrialSaved,
     WorkerLost,
 )
-from sentinel_daemon.core.state import JobStatus, State, TrialStatus, WorkerStatus
+from sentinel_daemon.core.state import (
+    TRIAL_DURATION_BUCKETS,
+    DurationTally,
+    JobStatus,
+    State,
+    TrialStatus,
+    WorkerStatus,
+)
 from sentinel_daemon.daemon.monitor import ProcessKey, ProcessReading, Readings
+from sentinel_daemon.layout import EVENTS_DIR
+from sentinel_daemon.log.segments import list_segments
 
 log = structlog.get_logger(__name__)
 
-#: Trials last from seconds to hours.
-TRIAL_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+#: Trials last from seconds to hours (the state keeps the histogram: see core/state.py).
+TRIAL_BUCKETS = TRIAL_DURATION_BUCKETS
 #: fdatasync: tens of microseconds on a fast disk, seconds on a struggling one.
 FSYNC_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -76,10 +111,79 @@ class _CpuAccount:
         return total
 
 
-class DaemonMetrics:
-    """The daemon's series (see the module doc); :attr:`registry` is its own."""
+class _TrialDurations(Collector):
+    """``sentinel_trial_duration_seconds`` from the state's tally of the whole log.
+
+    The core thread swaps in a copy of ``State.trial_durations`` after each saved trial;
+    a scrape reads whichever copy is current (one attribute read: no lock needed).
+    """
+
+    NAME = "sentinel_trial_duration_seconds"
+    HELP = "Wall time of saved trials, as their workers measured it (trial.saved duration_s)"
 
     def __init__(self) -> None:
+        self._tally: tuple[tuple[int, ...], float] = ((0,) * (len(TRIAL_BUCKETS) + 1), 0.0)
+
+    def set(self, tally: DurationTally) -> None:
+        self._tally = (tuple(tally.counts), tally.sum_s)
+
+    def collect(self) -> Iterator[Metric]:
+        counts, total = self._tally
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*map(float, TRIAL_BUCKETS), float("inf")), counts, strict=True):
+            running += n
+            # Prometheus's text form of a bound, as prometheus_client's own histograms write it.
+            buckets.append(("+Inf" if math.isinf(bound) else repr(bound), running))
+        yield HistogramMetricFamily(self.NAME, self.HELP, buckets=buckets, sum_value=total)
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.NAME, self.HELP)
+
+
+class _StateFilesystem(Collector):
+    """Free and total bytes of the file system that holds the state directory (statvfs)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "sentinel_state_filesystem_avail_bytes",
+                "Bytes the daemon may still write on the state directory's file system "
+                "(statvfs f_bavail; the log stops accepting writes at 0)",
+            ),
+            GaugeMetricFamily(
+                "sentinel_state_filesystem_size_bytes",
+                "Size of the state directory's file system in bytes (statvfs)",
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            st = os.statvfs(self.state_dir)
+        except OSError:
+            return  # not there yet, or unreadable: no sample rather than a wrong one
+        avail, size = self._families()
+        avail.add_metric([], st.f_bavail * st.f_frsize)
+        size.add_metric([], st.f_blocks * st.f_frsize)
+        yield avail
+        yield size
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+
+class DaemonMetrics:
+    """The daemon's series (see the module doc); :attr:`registry` is its own.
+
+    ``state_dir`` adds the state file system's gauges and lets :meth:`initialise` count
+    the bytes already in the log; without it (unit tests) both are left out.
+    """
+
+    def __init__(self, state_dir: Path | None = None) -> None:
+        self.state_dir = state_dir
         self.registry = r = CollectorRegistry()
         self.trials_ended = Counter(
             "sentinel_trials_ended_total",
@@ -87,16 +191,12 @@ class DaemonMetrics:
             ["model", "outcome"],
             registry=r,
         )
-        self.trial_duration = Histogram(
-            "sentinel_trial_duration_seconds",
-            "Wall time of saved trials, as their workers measured it (trial.saved duration_s)",
-            buckets=TRIAL_BUCKETS,
-            registry=r,
-        )
+        self.trial_duration = _TrialDurations()
+        r.register(self.trial_duration)
         self.job_best = Gauge(
             "sentinel_job_best_value",
             "Best validation value (ROC AUC) of each running job's saved trials",
-            ["job"],
+            ["job_id"],
             registry=r,
         )
         self.jobs = Gauge("sentinel_jobs", "Jobs in the log, by state", ["state"], registry=r)
@@ -107,12 +207,13 @@ class DaemonMetrics:
         )
         self.log_batches = Counter(
             "sentinel_eventlog_batches_total",
-            "Batches appended to the event log since the daemon started (one fsync each)",
+            "Batches appended to the event log since the daemon started (one fsync each; "
+            "the log does not record batch boundaries as events)",
             registry=r,
         )
         self.log_bytes = Counter(
             "sentinel_eventlog_written_bytes_total",
-            "Bytes appended to the event log since the daemon started",
+            "Bytes in the event log: its segments' size at start-up, plus every append since",
             registry=r,
         )
         self.fsync = Histogram(
@@ -173,6 +274,22 @@ class DaemonMetrics:
             "the reason is logged), else 0",
             registry=r,
         )
+        self.degraded = Gauge(
+            "sentinel_degraded",
+            "1 while writes to the state directory fail (a full disk) and nothing new is "
+            "dispatched (daemon.degraded in the journal says why), else 0",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "sentinel_build_info",
+            "Always 1; the labels say which Sentinel and Python the daemon runs",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, _resident_memory_bytes...
+        if state_dir is not None:
+            r.register(_StateFilesystem(state_dir))
         for model in ModelKind:
             for outcome in OUTCOMES:
                 self.trials_ended.labels(str(model), str(outcome))
@@ -192,6 +309,9 @@ class DaemonMetrics:
         Call once, on a fresh object, before anything is appended.
         """
         self.log_records.inc(state.last_seq)  # seqs run 1, 2, 3...: the last is the count
+        if self.state_dir is not None:
+            self.log_bytes.inc(_log_size(self.state_dir / EVENTS_DIR))
+        self.trial_duration.set(state.trial_durations)
         for job in state.jobs.values():
             for model, counts in job.trial_counts.items():  # an ended job's trials
                 for status, n in counts.items():
@@ -207,12 +327,12 @@ class DaemonMetrics:
     def observe(self, events: Iterable[Event], state: State) -> None:
         """Count ``events``, just appended; ``state`` already includes them."""
         touched: list[str] = []
-        jobs_changed = False
+        jobs_changed = saved = False
         for event in events:
             match event:
                 case TrialSaved():
                     self.trials_ended.labels(str(event.model), "saved").inc()
-                    self.trial_duration.observe(event.duration_s)
+                    saved = True
                     touched.append(event.job_id)
                 case TrialPruned():
                     self.trials_ended.labels(str(event.model), "pruned").inc()
@@ -225,6 +345,8 @@ class DaemonMetrics:
                     touched.append(event.job_id)
                 case _:
                     pass
+        if saved:
+            self.trial_duration.set(state.trial_durations)
         if jobs_changed:
             self._count_jobs(state)  # rare events: counting every job is cheap enough
         if touched:
@@ -329,6 +451,17 @@ class DaemonMetrics:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
+
+
+def _log_size(events_dir: Path) -> int:
+    """Bytes in the log's segments: what every daemon before this one appended and kept."""
+    total = 0
+    for name in list_segments(events_dir):
+        try:
+            total += (events_dir / name).stat().st_size
+        except FileNotFoundError:
+            continue
+    return total
 
 
 __all__ = ["FSYNC_BUCKETS", "TRIAL_BUCKETS", "DaemonMetrics"]

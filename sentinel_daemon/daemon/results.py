@@ -130,7 +130,6 @@ class Results:
             event = WorkerLost(worker=worker, pid=pid, gpu=None, reason=reason)
             found.append(event)
             taken_back += [(event.worker, c) for c in self.queue.take_back(worker)]
-            log.warning("daemon.external_worker_lost", worker=worker, silent_s=age)
         self.core.commit(list(found))
         lost += found
 

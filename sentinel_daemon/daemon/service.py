@@ -61,7 +61,7 @@ from sentinel_daemon.log.store import Store
 from sentinel_daemon.ml.devices import discover_gpus
 from sentinel_daemon.queue.maildir import Queue
 from sentinel_daemon.sdnotify import Notifier
-from sentinel_daemon.settings import Settings
+from sentinel_daemon.settings import Settings, exported, settings_digest
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +130,7 @@ class Daemon:
         self.results: Results | None = None
         self._next_external_check = self._next_orphan_check = self._next_sample = 0.0
         self.notifier = Notifier()
-        self.metrics = DaemonMetrics()
+        self.metrics = DaemonMetrics(self.state_dir)
         self.metrics.gpus.set(len(self.gpus))
         self.monitor = ResourceMonitor(self.gpus, daemon_pid=os.getpid())
         self.admission = AdmissionGate(settings.resources)
@@ -142,6 +142,10 @@ class Daemon:
 
     def run(self) -> int:
         """Recover, serve until a signal, stop; returns the exit code."""
+        with exported(self.settings):  # workers, stages and reports inherit the settings
+            return self._run()
+
+    def _run(self) -> int:
         recovery.make_folders(self.state_dir)
         self.health.write(None)
         self.store = Store.open(
@@ -222,6 +226,7 @@ class Daemon:
             workers=self.worker_count,
             gpus=self.gpus,
             dispatch=self.settings.dispatch.backend,
+            settings=settings_digest(self.settings),
             seconds=round(time.monotonic() - t0 + core.store.report.seconds, 3),
         )
 
@@ -248,9 +253,11 @@ class Daemon:
                 self.turn(now)
             except (LogWriteFailed, OSError) as exc:
                 self.health.degrade(exc, now, self.dispatcher)
+                self.metrics.degraded.set(1)
                 continue
             if self.health.degraded is not None:
                 self.health.recovered(self.dispatcher)
+                self.metrics.degraded.set(0)
                 self.intake.reconsider_claimed()  # claimed in a failed turn, never recorded
             self.notifier.watchdog(now)  # only a loop that turns keeps systemd's watchdog fed
             self.health.turned(now, self.dispatcher, self.status_line)

@@ -40,6 +40,8 @@ from sentinel_daemon.queue.messages import TrialData
 
 if TYPE_CHECKING:
     from sentinel_daemon import ml
+from sentinel_daemon.logs import configure_logging
+from sentinel_daemon.settings import CONFIG_ENV, load_settings
 from sentinel_daemon.signals import signal_name
 
 EXIT_DONE = 0
@@ -131,6 +133,9 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
+    config = os.environ.get(CONFIG_ENV)  # the daemon's settings come through the environment
+    settings = load_settings(Path(config) if config else None)
+    configure_logging(settings.logging.level, settings.logging.format)
     if args.parent_pid is not None:
         _exit_with_parent(args.parent_pid)
     from sentinel_daemon.ml.errors import MLError

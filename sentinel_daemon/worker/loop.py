@@ -17,6 +17,13 @@ starts it, so the worker always asks for ``cuda``) or none (CPU). Its loop:
 Relative paths in a command (``artifact_dir``, and the data files and cache folder) are
 relative to the state directory; absolute ones are used as they are.
 
+Settings (log level and format, the queue's poll interval and number blocks, the heartbeat)
+come from :func:`~sentinel_daemon.settings.load_settings`, as the daemon's do: a worker
+the daemon starts inherits the daemon's effective settings through its environment
+(:func:`~sentinel_daemon.settings.exported`); one that systemd runs reads the same file and
+variables as the daemon's unit. ``worker.started`` logs their digest, which equals the one
+in the daemon's ``daemon.ready`` when both run with the same settings.
+
 Stopping. Signal handlers only set a flag. SIGTERM or SIGINT: stop claiming, abandon the
 trial in progress at its next report without posting anything (the trial did not fail; its
 command stays claimed and the daemon takes it back), exit :data:`EXIT_OK`. A second signal
@@ -52,6 +59,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,9 +68,17 @@ from typing import Any
 
 import structlog
 
+from sentinel_daemon.errors import ConfigError
 from sentinel_daemon.fsutil import restrict_umask
 from sentinel_daemon.logs import configure_logging
 from sentinel_daemon.queue.maildir import ClaimedCommand, Queue
+from sentinel_daemon.settings import (
+    CONFIG_ENV,
+    QueueSettings,
+    Settings,
+    load_settings,
+    settings_digest,
+)
 from sentinel_daemon.worker.runner import (
     EXIT_DEVICE_LOST,
     EXIT_ERROR,
@@ -77,6 +93,8 @@ log = structlog.get_logger(__name__)
 
 #: How long one claim_wait lasts before the loop looks at its flags again.
 CLAIM_WAIT_S = 0.5
+#: Bad settings or arguments: restarting will not help (the unit's RestartPreventExitStatus).
+EXIT_USAGE = 2
 
 
 class Worker(TrialRunner):
@@ -92,6 +110,8 @@ class Worker(TrialRunner):
         parent_pid: int | None,
         stop: threading.Event | None,
         threads: int | None = None,
+        queue: QueueSettings | None = None,
+        settings_id: str | None = None,
     ) -> None:
         if heartbeat_s <= 0:
             raise ValueError(f"heartbeat_s must be positive, not {heartbeat_s}")
@@ -100,7 +120,9 @@ class Worker(TrialRunner):
         self.parent_pid = parent_pid
         if stop is not None:
             self.stop = stop
-        self.queue = Queue(self.state_dir / "queue")
+        self.queue = Queue(self.state_dir / "queue", queue)
+        #: :func:`~sentinel_daemon.settings.settings_digest` of the settings it runs with.
+        self.settings_id = settings_id
         self.channel = QueueChannel(self.queue, worker_id)
         # Set by signal handlers: a plain attribute, since setting a threading.Event from a
         # handler can deadlock on the lock the interrupted main thread may hold.
@@ -168,7 +190,9 @@ class Worker(TrialRunner):
             self.orphaned = True
             self.log.warning("worker.orphaned", parent_pid=self.parent_pid, ppid=os.getppid())
             return EXIT_ORPHANED
-        self.log.info("worker.started", pid=os.getpid(), device=self.device)
+        self.log.info(
+            "worker.started", pid=os.getpid(), device=self.device, settings=self.settings_id
+        )
         self.start_heartbeat()
         try:
             while not self.stopping() and not self.device_lost:
@@ -203,12 +227,14 @@ def run_worker(
     parent_pid: int | None,
     stop: threading.Event | None = None,
     threads: int | None = None,
+    settings: Settings | None = None,
 ) -> int:
     """Serve trial commands from ``state_dir/queue`` until stopped; return the exit code.
 
     Signal handlers are installed (and restored afterwards) only when called from the main
     thread; elsewhere, set ``stop`` to end the loop. ``threads`` caps the training
-    libraries' CPU threads (None: all cores).
+    libraries' CPU threads (None: all cores). ``settings`` gives the queue's tunables
+    (None: their defaults).
     """
     worker = Worker(
         state_dir,
@@ -218,6 +244,8 @@ def run_worker(
         parent_pid=parent_pid,
         stop=stop,
         threads=threads,
+        queue=None if settings is None else settings.queue,
+        settings_id=None if settings is None else settings_digest(settings),
     )
     previous: dict[signal.Signals, Any] = {}
 
@@ -239,36 +267,59 @@ def run_worker(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sentinel worker", description="One Sentinel worker process (started by the daemon)."
+        prog="sentinel worker",
+        description="One Sentinel worker process (started by the daemon, or by "
+        "sentinel-worker@.service). Settings (log level and format, queue tunables, "
+        "heartbeat) are loaded as the daemon loads them: --config, then SENTINEL_* variables.",
     )
-    parser.add_argument("--state-dir", type=Path, required=True, help="the daemon's state dir")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="the daemon's state directory (default: the state_dir setting, SENTINEL_STATE_DIR)",
+    )
     parser.add_argument("--id", required=True, dest="worker_id", help="unique worker id")
     parser.add_argument(
         "--gpu", type=int, default=None, help="GPU index (CUDA_VISIBLE_DEVICES is set by caller)"
     )
-    parser.add_argument("--heartbeat-s", type=float, default=5.0, help="heartbeat interval")
+    parser.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=None,
+        help="heartbeat interval (default: the workers.heartbeat_s setting)",
+    )
     parser.add_argument(
         "--parent-pid", type=int, default=None, help="exit when no longer this pid's child"
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for training")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
-    parser.add_argument("--log-format", default="json", choices=["auto", "console", "json"])
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get(CONFIG_ENV) or None,
+        help=f"settings file layered over the defaults (env {CONFIG_ENV})",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sentinel_daemon.worker --state-dir S --id W [--gpu N] ...``."""
+    """``python -m sentinel_daemon.worker --id W [--state-dir S] [--gpu N] ...``."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"sentinel worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.logging.level, settings.logging.format)
     restrict_umask()  # models, heartbeats and folders: the group reads, nobody else
     try:
         return run_worker(
-            args.state_dir,
+            args.state_dir or settings.state_dir,
             args.worker_id,
             gpu=args.gpu,
-            heartbeat_s=args.heartbeat_s,
+            heartbeat_s=args.heartbeat_s or settings.workers.heartbeat_s,
             parent_pid=args.parent_pid,
             threads=args.threads,
+            settings=settings,
         )
     except Exception:
         log.exception("worker.crashed", worker=args.worker_id)

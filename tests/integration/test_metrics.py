@@ -55,6 +55,10 @@ FAMILIES = {
     "sentinel_cpu_seconds": "counter",
     "sentinel_resident_memory_bytes": "gauge",
     "sentinel_dispatch_blocked": "gauge",
+    "sentinel_degraded": "gauge",
+    "sentinel_build_info": "gauge",
+    "sentinel_state_filesystem_avail_bytes": "gauge",
+    "sentinel_state_filesystem_size_bytes": "gauge",
 }
 
 
@@ -172,9 +176,12 @@ def test_metrics_follow_the_event_log_during_a_job_after_it_and_across_a_restart
     events = daemon.events()
     assert not of_type(events, "job.completed"), "the job ended before the mid-job scrape"
     assert {k: types.get(k) for k in FAMILIES} == FAMILIES  # per-GPU ones without samples here
-    assert all(name.startswith("sentinel_") for name in types), sorted(types)
+    assert all(name.startswith(("sentinel_", "process_")) for name in types), sorted(types)
+    # `job` and `instance` are Prometheus's target labels: a job's id is `job_id`.
+    labels = {name for _, pairs in during for name, _ in pairs}
+    assert not labels & {"job", "instance"}, sorted(labels)
     assert get(during, "sentinel_jobs", state="running") == 1
-    best = get(during, "sentinel_job_best_value", job=job_id)
+    best = get(during, "sentinel_job_best_value", job_id=job_id)
     assert best in {e["value"] for e in of_type(events, "trial.saved")}
     assert (get(during, "sentinel_eventlog_records_total") or 0) <= len(events)
     assert trial_counts_scraped(during) <= trial_counts_in(events)  # the log only grows
@@ -198,11 +205,11 @@ def test_metrics_follow_the_event_log_during_a_job_after_it_and_across_a_restart
     assert batches is not None and 0 < batches <= len(events)
     assert get(after, "sentinel_eventlog_fsync_duration_seconds_count") == batches
     log_bytes = sum(p.stat().st_size for p in (daemon.state_dir / "events").glob("*.jsonl"))
-    assert get(after, "sentinel_eventlog_written_bytes_total") == log_bytes  # one daemon wrote all
+    assert get(after, "sentinel_eventlog_written_bytes_total") == log_bytes
     assert get(after, "sentinel_trial_duration_seconds_count") == len(
         of_type(events, "trial.saved")
     )
-    assert get(after, "sentinel_job_best_value", job=job_id) is None  # gone with its job
+    assert get(after, "sentinel_job_best_value", job_id=job_id) is None  # gone with its job
     assert get(after, "sentinel_jobs", state="completed") == 1
 
     # Stopped: the port is closed. Restarted: counters set from the replayed state.
@@ -216,5 +223,21 @@ def test_metrics_follow_the_event_log_during_a_job_after_it_and_across_a_restart
     wait_for(lambda: not mismatches(port, daemon.state_dir), timeout=30, what="metrics = log")
     _, restarted = scrape(port)
     assert trial_counts_scraped(restarted) == trial_counts_in(events)
-    assert get(restarted, "sentinel_trial_duration_seconds_count") == 0  # since this start
+
+    # The histogram of saved trials is the log's, so the restart keeps it whole...
+    def durations(series: Series) -> Series:
+        return {k: v for k, v in series.items() if k[0].startswith("sentinel_trial_duration")}
+
+    assert durations(restarted) == durations(after)
+
+    # ... and so is the log's size; what the log does not hold counts from this start.
+    def bytes_match() -> Series | None:
+        _, series = scrape(port)
+        on_disk = sum(p.stat().st_size for p in (daemon.state_dir / "events").glob("*.jsonl"))
+        return series if get(series, "sentinel_eventlog_written_bytes_total") == on_disk else None
+
+    restarted = wait_for(bytes_match, timeout=20, what="written bytes = the log's size")
+    restarted_batches = get(restarted, "sentinel_eventlog_batches_total") or 0
+    assert 0 < restarted_batches < (batches or 0)
+    assert get(restarted, "sentinel_eventlog_fsync_duration_seconds_count") == restarted_batches
     assert daemon.stop() == EXIT_OK

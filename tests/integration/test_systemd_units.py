@@ -175,6 +175,17 @@ def test_the_units_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch
     assert settings.logging.format == "json"
 
 
+def test_worker_units_read_the_settings_the_daemon_unit_reads() -> None:
+    """A worker systemd runs is no child of the daemon: it must load the same settings."""
+    daemon, worker = parse_unit(DAEMON_UNIT), parse_unit(WORKER_UNIT)
+
+    def settings_env(unit: dict[str, dict[str, list[str]]]) -> dict[str, str]:
+        return {k: v for k, v in environment(unit).items() if k.startswith("SENTINEL_")}
+
+    assert settings_env(worker) == settings_env(daemon)
+    assert worker["Service"]["EnvironmentFile"] == daemon["Service"]["EnvironmentFile"]
+
+
 @pytest.mark.parametrize("path", UNITS, ids=lambda u: u.name)
 def test_units_run_as_sentinel_with_the_operators_group_in_var_lib(path: Path) -> None:
     unit = parse_unit(path)
@@ -216,8 +227,8 @@ def test_the_worker_unit_runs_one_worker_on_its_gpu() -> None:
     assert argv[1] == "worker"
     args = worker_parser().parse_args(argv[2:])
     assert (args.state_dir, args.worker_id, args.gpu) == (Path("/var/lib/sentinel"), "gpu3", 3)
-    # The daemon counts a worker lost after heartbeat_timeout_s without a heartbeat.
-    assert args.heartbeat_s * 5 <= Settings().workers.heartbeat_timeout_s
+    # The heartbeat comes from the settings, as the daemon's own workers' does.
+    assert args.heartbeat_s is None
 
 
 # ---- the Dask units (docs/dask.md) -------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import platform
 import socket
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sentinel_daemon import __version__
 from sentinel_daemon.core.events import (
     Event,
     JobCompleted,
@@ -20,7 +23,7 @@ from sentinel_daemon.core.events import (
     WorkerStarted,
 )
 from sentinel_daemon.core.ids import WorkerId
-from sentinel_daemon.core.state import State, apply
+from sentinel_daemon.core.state import TRIAL_DURATION_BUCKETS, State, apply
 from sentinel_daemon.daemon.metrics import DaemonMetrics
 from sentinel_daemon.daemon.monitor import GpuReading, ProcessReading, Readings
 
@@ -92,7 +95,8 @@ def log_backed(m: DaemonMetrics) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for family in m.registry.collect():
         if family.name in ("sentinel_trials_ended", "sentinel_jobs", "sentinel_job_best_value",
-                           "sentinel_workers_lost", "sentinel_eventlog_records"):  # fmt: skip
+                           "sentinel_workers_lost", "sentinel_eventlog_records",
+                           "sentinel_trial_duration_seconds"):  # fmt: skip
             for s in family.samples:
                 if not s.name.endswith("_created"):
                     out[s.name + repr(sorted(s.labels.items()))] = s.value
@@ -111,8 +115,8 @@ def test_counters_set_from_a_replayed_state_count_the_whole_log() -> None:
     assert value(m, "sentinel_jobs", state="running") == 1
     assert value(m, "sentinel_jobs", state="completed") == 1
     assert value(m, "sentinel_jobs", state="failed") == 0
-    assert value(m, "sentinel_job_best_value", job="new") == 0.9
-    assert value(m, "sentinel_job_best_value", job="old") is None  # ended: no series
+    assert value(m, "sentinel_job_best_value", job_id="new") == 0.9
+    assert value(m, "sentinel_job_best_value", job_id="old") is None  # ended: no series
 
 
 @pytest.mark.parametrize("cut", range(len(HISTORY) + 1))
@@ -141,9 +145,9 @@ def test_the_best_value_series_of_a_job_goes_when_the_job_ends() -> None:
         apply(state, event)
         m.observe([event], state)
         if isinstance(event, TrialSaved):
-            assert value(m, "sentinel_job_best_value", job="j") == 0.75
+            assert value(m, "sentinel_job_best_value", job_id="j") == 0.75
             assert value(m, "sentinel_trial_duration_seconds_count") == 1
-    assert value(m, "sentinel_job_best_value", job="j") is None
+    assert value(m, "sentinel_job_best_value", job_id="j") is None
     assert value(m, "sentinel_jobs", state="completed") == 1
 
 
@@ -197,10 +201,75 @@ def test_the_server_serves_the_registry_on_loopback_and_closes_its_port() -> Non
             text = resp.read().decode()
         names = {f.name for f in text_string_to_metric_families(text)}
         assert {"sentinel_trials_ended", "sentinel_eventlog_fsync_duration_seconds"} <= names
-        assert all(name.startswith("sentinel_") for name in names)
+        assert all(name.startswith(("sentinel_", "process_")) for name in names)
         # The port is taken: a second server fails, logged, not raised.
         assert DaemonMetrics().serve("127.0.0.1", port) is None
     finally:
         m.close()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+def test_trial_durations_come_from_the_state_so_a_restart_keeps_the_whole_histogram() -> None:
+    state = replay(HISTORY)  # three saved trials of 3.0 s, one in an ended job
+    m = DaemonMetrics()
+    m.initialise(state)
+    assert value(m, "sentinel_trial_duration_seconds_count") == 3
+    assert value(m, "sentinel_trial_duration_seconds_sum") == 9.0
+    assert value(m, "sentinel_trial_duration_seconds_bucket", le="2.0") == 0
+    assert value(m, "sentinel_trial_duration_seconds_bucket", le="5.0") == 3
+    assert value(m, "sentinel_trial_duration_seconds_bucket", le="+Inf") == 3
+    later = saved("new", 2, 0.95)
+    apply(state, later)
+    m.observe([later], state)
+    assert value(m, "sentinel_trial_duration_seconds_count") == 4
+    bounds = [float(b) for b in TRIAL_DURATION_BUCKETS]
+    served = [
+        float(s.labels["le"])
+        for f in m.registry.collect()
+        if f.name == "sentinel_trial_duration_seconds"
+        for s in f.samples
+        if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"
+    ]
+    assert served == bounds
+
+
+def test_no_series_has_a_job_or_instance_label_and_the_best_value_is_by_job_id() -> None:
+    m = DaemonMetrics()
+    m.initialise(replay(HISTORY))
+    labels = {k for f in m.registry.collect() for s in f.samples for k in s.labels}
+    assert not labels & {"job", "instance"}, labels
+    assert value(m, "sentinel_job_best_value", job_id="new") == 0.9
+
+
+def test_written_bytes_start_from_the_segments_on_disk_and_batches_from_zero(
+    tmp_path: Path,
+) -> None:
+    events = tmp_path / "events"
+    events.mkdir()
+    (events / f"{1:020d}.jsonl").write_bytes(b"x" * 700)
+    (events / f"{9:020d}.jsonl").write_bytes(b"y" * 300)
+    (events / "notes.txt").write_bytes(b"not a segment")
+    m = DaemonMetrics(tmp_path)
+    m.initialise(replay(HISTORY))
+    assert value(m, "sentinel_eventlog_written_bytes_total") == 1000
+    # Batch boundaries and fsync times are not in the log: they count from this start.
+    assert value(m, "sentinel_eventlog_batches_total") == 0
+    assert value(m, "sentinel_eventlog_fsync_duration_seconds_count") == 0
+    m.appended(2, 24)
+    assert value(m, "sentinel_eventlog_written_bytes_total") == 1024
+    assert value(m, "sentinel_eventlog_batches_total") == 1
+
+
+def test_build_info_process_and_state_file_system_series_are_registered(tmp_path: Path) -> None:
+    m = DaemonMetrics(tmp_path)
+    info = {"version": __version__, "python": platform.python_version()}
+    assert value(m, "sentinel_build_info", **info) == 1
+    assert (value(m, "process_resident_memory_bytes") or 0) > 0
+    assert (value(m, "process_start_time_seconds") or 0) > 0
+    avail = value(m, "sentinel_state_filesystem_avail_bytes")
+    size = value(m, "sentinel_state_filesystem_size_bytes")
+    assert avail is not None and size is not None and 0 <= avail <= size
+    assert value(m, "sentinel_degraded") == 0
+    gone = DaemonMetrics(tmp_path / "not-yet")
+    assert value(gone, "sentinel_state_filesystem_avail_bytes") is None  # no sample, no error

@@ -104,7 +104,7 @@ def open_dispatcher(
                 reason="dispatch.backend is dask: trials run on the Dask cluster",
                 scheduler=dispatch.scheduler,
             )
-        return DaskDispatcher(state_dir, dispatch), 0
+        return DaskDispatcher(state_dir, dispatch, queue=settings.queue), 0
     supervisor = Supervisor(
         state_dir,
         count=count,

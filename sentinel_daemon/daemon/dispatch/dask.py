@@ -70,7 +70,7 @@ from sentinel_daemon.queue.messages import MESSAGE_ADAPTER, Progress, TrialComma
 if TYPE_CHECKING:
     import distributed
 
-    from sentinel_daemon.settings import DispatchSettings
+    from sentinel_daemon.settings import DispatchSettings, QueueSettings
     from sentinel_daemon.worker.runner import TrialRunner
 
 log = structlog.get_logger(__name__)
@@ -248,7 +248,8 @@ class DaskDispatcher:
     each turn, :meth:`stop`. What may wait on the scheduler (connecting, counting workers,
     path checks, prune events) runs on a helper thread; the core loop only submits (which
     does not wait) and fetches a finished task's answer (one round trip to the worker,
-    bounded by 5 s). ``worker_state_dir`` overrides ``settings.worker_state_dir``.
+    bounded by 5 s). ``worker_state_dir`` overrides ``settings.worker_state_dir``; ``queue``
+    holds the queue's settings (the daemon's ``queue`` section).
     """
 
     def __init__(
@@ -257,6 +258,7 @@ class DaskDispatcher:
         settings: DispatchSettings,
         *,
         worker_state_dir: Path | None = None,
+        queue: QueueSettings | None = None,
     ) -> None:
         if settings.scheduler is None:
             raise ValueError("dispatch.scheduler is required with dispatch.backend: dask")
@@ -264,7 +266,7 @@ class DaskDispatcher:
         self.settings = settings
         self.scheduler = settings.scheduler
         self.worker_state_dir = str(worker_state_dir or settings.worker_state_dir or state_dir)
-        self.queue = Queue(self.state_dir / "queue")
+        self.queue = Queue(self.state_dir / "queue", queue)  # its outboxes' seq_block
         self.client: distributed.Client | None = None
         self.available = False
         self.reason: str | None = "connecting to the scheduler"

@@ -319,7 +319,8 @@ class Supervisor:
         lived = now - slot.started_at
         delay = self._next_delay(slot, lived)
         slot.restart_at = now + delay
-        log.warning(
+        # Info: the daemon's journal says worker.lost at warning once the event is recorded.
+        log.info(
             "supervisor.worker_lost",
             worker=worker_id,
             pid=pid,
