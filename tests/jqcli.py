@@ -4,7 +4,7 @@ The documented recipes pipe the event log through ``jq``. A fresh machine (CI) h
 binary, and no registry the project reaches ships one; the ``jq`` wheel does ship libjq
 itself, behind Python bindings. This is the command-line front of it: the programs are
 compiled and run by libjq, this file only reads the inputs and prints the outputs the way
-jq does. It takes the options the docs use (``-c -r -j -s -n -e --arg --argjson
+jq does. It takes the options the docs use (``-c -r -R -j -s -n -e --arg --argjson
 --unbuffered``, short ones combined as in ``-rc``) and refuses any other with exit 2, so a
 recipe using a new option fails loudly until the option is added here.
 
@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import jq
 
 USAGE = (
-    "usage: jqcli.py [-c] [-r] [-j] [-s] [-n] [-e] [--unbuffered] [--arg N V] "
+    "usage: jqcli.py [-c] [-r] [-R] [-j] [-s] [-n] [-e] [--unbuffered] [--arg N V] "
     "[--argjson N J] PROGRAM [FILE...]"
 )
 FLAGS = {
@@ -38,6 +38,7 @@ FLAGS = {
     "s": "slurp",
     "n": "null_input",
     "e": "exit_status",
+    "R": "raw_input",
 }
 
 
@@ -100,13 +101,19 @@ def texts(stream: TextIO, name: str) -> Iterator[str]:
         raise ValueError(f"parse error at {name}:{line_no}: unfinished JSON text at EOF")
 
 
-def inputs(files: list[str]) -> Iterator[str]:
+def lines(stream: TextIO) -> Iterator[str]:
+    """``-R``: each line of ``stream`` is one input, a string (as a JSON text)."""
+    for line in stream:
+        yield json.dumps(line.removesuffix("\n"), ensure_ascii=False)
+
+
+def inputs(files: list[str], raw: bool = False) -> Iterator[str]:
     if not files:
-        yield from texts(sys.stdin, "<stdin>")
+        yield from lines(sys.stdin) if raw else texts(sys.stdin, "<stdin>")
         return
     for path in files:
         with open(path, encoding="utf-8") as fh:
-            yield from texts(fh, path)
+            yield from lines(fh) if raw else texts(fh, path)
 
 
 def render(value: Any, opts: dict[str, bool]) -> str:
@@ -143,9 +150,9 @@ def main(argv: list[str]) -> int:
         if opts["null_input"]:
             run(None)
         elif opts["slurp"]:
-            run("[" + ",".join(inputs(files)) + "]")
+            run("[" + ",".join(inputs(files, opts["raw_input"])) + "]")
         else:
-            for text in inputs(files):
+            for text in inputs(files, opts["raw_input"]):
                 run(text)
     except ValueError as exc:  # libjq's runtime errors and unparsable input
         message = str(exc)

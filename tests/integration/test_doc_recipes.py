@@ -15,7 +15,9 @@ run. Each recipe runs as written under ``bash -o pipefail``, with only these sub
 - ``/var/lib/sentinel`` is the test's state directory; so are ``$STATE``,
   ``SENTINEL_STATE_DIR`` and ``STATE`` (a link in the working folder);
 - the example job ids (``ieee-fraud-87a58110``, ``ieee-fraud-1a2b3c4d``) are a real job's;
-- ``journalctl ... -o cat`` is ``cat`` of the daemons' output (what ``-o cat`` prints);
+- ``journalctl`` is ``tests/journalcli.py`` over the daemons' output: the second daemon runs
+  with ``JOURNAL_STREAM`` naming its log file, so its lines carry their ``<N>`` priorities
+  as under systemd, and the stand-in filters (``-p``) and strips them as journald does;
 - ``sentinel`` is this tree's, and ``jq`` is libjq behind ``tests/jqcli.py`` (always, so
   a machine without jq runs every recipe) and a jq binary where there is one.
 
@@ -26,6 +28,7 @@ log (``-f``, ``-F``) must print the records of a job appended after it printed t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -56,7 +59,6 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "event
 EXAMPLE_JOB_IDS = ("ieee-fraud-87a58110", "ieee-fraud-1a2b3c4d")
 RECIPE = re.compile(r"\bjq\b|\bjournalctl\b|events/|\bsentinel tail\b|\bsentinel log verify\b")
 FOLLOWS = re.compile(r"\btail\b[^|]*\s(-f|-F|--follow)(\s|$)")
-JOURNAL = re.compile(r"journalctl\b[^|]*\|")
 
 
 # ---- the recipes ------------------------------------------------------------------------
@@ -155,9 +157,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     first_file = write_job(jobs, "fraud", models=("xgboost", "lightgbm"), n_trials=2)
     second_file = write_job(jobs, "fraud-nightly", n_trials=3, seed=2)
     broken_file = write_job(jobs, "fraud-broken", n_trials=1, data_dir="data/bad")
+    log_file = root / "daemon.log"
+    log_file.touch()  # both daemons append to it: the second one's journal stream
+    st = os.stat(log_file)
     daemons = [
         DaemonProcess(root),
-        DaemonProcess(root, settings={"SENTINEL_EVENTLOG__SEGMENT_BYTES": "4096"}),
+        DaemonProcess(
+            root,
+            settings={
+                "SENTINEL_EVENTLOG__SEGMENT_BYTES": "4096",
+                "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
+            },
+        ),
     ]
     try:
         first = daemons[0].start()
@@ -200,7 +211,6 @@ class Shell:
         text = "\n".join(lines).replace("/var/lib/sentinel", str(self.state_dir))
         for example in EXAMPLE_JOB_IDS:
             text = text.replace(example, self.job_id)
-        text = JOURNAL.sub('cat "$JOURNAL" |', text)
         return "set -o pipefail\n" + text
 
 
@@ -211,6 +221,11 @@ def shell(site: Site, jq_dir: Path, tmp_path: Path) -> Shell:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     (cwd / "STATE").symlink_to(state_dir)
+    journalctl = jq_dir / "journalctl"  # the stand-in, first on PATH beside jq
+    journalctl.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "tests" / "journalcli.py"}" "$@"\n'
+    )
+    journalctl.chmod(0o755)
     path = os.pathsep.join([str(jq_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
     env |= {
@@ -235,6 +250,9 @@ def run_once(shell: Shell, recipe: Recipe) -> None:
     assert done.returncode == 0, f"{what}\nexit {done.returncode}: {done.stderr}"
     assert done.stderr == "", f"{what}\n{done.stderr}"
     assert done.stdout.strip(), f"{what}\nprinted nothing"
+    if re.search(r"journalctl\b.*-p warning", recipe.command):  # what needs a person, alone
+        levels = {json.loads(line)["level"] for line in done.stdout.splitlines()}
+        assert levels and levels <= {"warning", "error", "critical"}, (what, levels)
     if "gzip -c" in recipe.command or "jq -r .crc" in recipe.command:
         assert re.fullmatch(r"[0-9a-f]{8}\n", done.stdout), (what, done.stdout)
 

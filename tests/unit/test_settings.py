@@ -97,7 +97,7 @@ EVERY_SETTING_CHANGED: dict[str, Any] = {
         "restart_backoff_max_s": 4.0,
     },
     "trials": {"max_attempts": 5, "report_every": 3},
-    "shutdown": {"grace_s": 7.0},
+    "shutdown": {"grace_s": 7.0, "worker_grace_s": 3.0},
     "metrics": {"enabled": False, "address": "0.0.0.0", "port": 9999},
     "resources": {
         "min_free_host_bytes": 1 << 30,
