@@ -27,13 +27,20 @@ class MLError(SentinelError):
 
 
 class DataError(MLError):
-    """An input data file is missing, unreadable, empty or breaks the layout rules."""
+    """An input data file is missing, unreadable, empty or breaks the layout rules.
 
-    def __init__(self, path: Path, column: str | None, reason: str) -> None:
+    ``line`` is the 1-based line of a CSV file the problem is on, when known.
+    """
+
+    def __init__(
+        self, path: Path, column: str | None, reason: str, line: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.column = column
         self.reason = reason
-        where = f"{self.path}: column {column!r}" if column else str(self.path)
+        self.line = line
+        where = str(self.path) + (f" line {line}" if line else "")
+        where += f": column {column!r}" if column else ""
         super().__init__(
             f"{where}: {reason}. Fix the data file (or point the job at another one) "
             f"and submit the job again."

@@ -47,13 +47,20 @@ def _inside_state(value: str) -> str:
 
 
 class TrialData(_Message):
-    """Where a trial's data set comes from and how it is split; the worker caches it."""
+    """Where a trial's data set comes from and how it is split; the worker caches it.
+
+    ``data_roots``: the folders the data files must resolve into when they are opened
+    (checked again then, since a file can be swapped for a link after the job was
+    accepted). None in commands written before the field existed: they still load, and
+    their files are opened safely but not checked against roots.
+    """
 
     transactions: Path
     identity: Path | None
     cache_dir: Path
     test_fraction: float = Field(gt=0, lt=1)
     valid_fraction: float = Field(gt=0, lt=1)
+    data_roots: tuple[Path, ...] | None = None
 
 
 class TrialCommand(_Message):
