@@ -62,7 +62,8 @@ class VerifyReport:
 def verify(state_dir: Path) -> VerifyReport:
     """Read and check every record (checksum, seq, event schema) and the snapshot."""
     events_dir = state_dir / EVENTS_DIR
-    findings = list(scrub(events_dir).findings)
+    scrubbed = scrub(events_dir)
+    findings = list(scrubbed.findings)
     try:
         segs = list_segments(events_dir)
     except LogUnreadable as exc:
@@ -114,7 +115,9 @@ def verify(state_dir: Path) -> VerifyReport:
             ),
         }
     try:
-        snapshot = _snapshot_status(state_dir, scan.last_seq)
+        # Past damage the scan stops at, the scrub has read on: the snapshot is judged
+        # against the whole log, not against where the first problem is.
+        snapshot = _snapshot_status(state_dir, max(scan.last_seq, scrubbed.last_seq))
     except LogUnreadable as exc:
         snapshot = {"status": "not checked", "reason": str(exc)}
     return VerifyReport(list(infos.values()), count, scan.last_seq, problem, snapshot, findings)
