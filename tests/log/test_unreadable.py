@@ -116,9 +116,11 @@ def eio_reading(target: Path) -> Iterator[None]:
 
 
 def test_an_io_error_on_a_segment_names_it_everywhere(
-    state_dir: Path, capsys: pytest.CaptureFixture[str]
+    state_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, _second = two_segments(state_dir)
+    # In-process, the command line must not point the process's logging at captured stderr.
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
 
     with eio_reading(first):
         with pytest.raises(LogUnreadable) as opened:
