@@ -364,8 +364,10 @@ def read_state(state_dir: Path) -> State:
     :class:`~sentinel_daemon.errors.LogCorrupt` (or ``LogGap``) as at start-up.
     """
     events_dir = Path(state_dir) / EVENTS_DIR
-    if not os.path.lexists(events_dir):
-        return State()
+    try:
+        os.lstat(events_dir)
+    except FileNotFoundError:
+        return State()  # (a PermissionError goes on up: the caller may not read the log)
     snap, problem = trusted_snapshot(Path(state_dir) / SNAPSHOT_NAME)
     state, _scan, _replayed, _problem = recover(events_dir, snap, problem)
     return state

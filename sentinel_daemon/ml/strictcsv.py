@@ -54,14 +54,14 @@ def header(data: DataFile) -> list[str]:
     if end < 0 and len(first) > MAX_LINE_BYTES:
         raise DataError(data.path, None, _too_long(), line=1)
     line = first if end < 0 else first[:end]
-    if b"\x00" in line:
-        raise DataError(data.path, None, "a NUL byte: this is not a text (CSV) file", line=1)
     try:
         text = line.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         # Without this the operator saw "'utf-8' codec can't decode byte..." and no file name.
         raise DataError(data.path, None, f"not a UTF-8 text (CSV) file ({exc.reason} at "
                                          f"byte {exc.start})", line=1) from exc  # fmt: skip
+    if "\x00" in text:
+        raise DataError(data.path, None, "not a UTF-8 text (CSV) file: it holds a NUL byte", line=1)
     if not text.strip():
         raise DataError(data.path, None, "the file is empty (no header line)", line=1)
     if text.count('"') % 2:
