@@ -93,19 +93,17 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
+    from sentinel_daemon.tools.repair import render as render_repair
     from sentinel_daemon.tools.repair import repair
+    from sentinel_daemon.tools.verify import render as render_verify
     from sentinel_daemon.tools.verify import verify
 
     if args.log_command == "verify":
-        from sentinel_daemon.tools.verify import render
-
         report = verify(settings.state_dir)
         if args.json:
             _print_json(report.as_dict())
         else:
-            print(render(report))
-            if report.problem is not None:
-                print(f"DAMAGED: {report.problem['message']}", file=sys.stderr)
+            _print_lines(*render_verify(report))
         return EXIT_OK if report.ok else EXIT_PROBLEM
     result = repair(
         settings.state_dir,
@@ -114,15 +112,16 @@ def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
     )
     if args.json:
         _print_json({"action": result.action, **result.detail})
-    elif result.action == "none":
-        print(f"nothing to repair: the log is intact up to seq {result.detail['last_seq']}")
     else:
-        d = result.detail
-        print(
-            f"cut {d['bytes_cut']} bytes from {d['segment']} at offset {d['offset']}; "
-            f"backup in {d['backup']}; the log now ends at seq {d['last_seq']}"
-        )
-    return EXIT_OK
+        _print_lines(*render_repair(result))
+    return EXIT_OK if result.ok else EXIT_PROBLEM
+
+
+def _print_lines(out: list[str], err: list[str]) -> None:
+    for line in out:
+        print(line)
+    for line in err:
+        print(line, file=sys.stderr)
 
 
 def cmd_gen_data(args: argparse.Namespace, settings: Settings) -> int:

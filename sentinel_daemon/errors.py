@@ -71,6 +71,17 @@ class LogGap(LogError):
         )
 
 
+class LogUnreadable(LogError):
+    """Part of the log cannot be read as one: ``events/`` is not a folder, a segment is not
+    a regular file (a folder, a link), or reading it fails (an I/O error)."""
+
+    def __init__(self, path: Path, reason: str, remedy: str) -> None:
+        self.path = path
+        self.reason = reason
+        self.remedy = remedy
+        super().__init__(f"event log {path}: {reason}. {remedy}")
+
+
 class LogFsyncFailed(LogError):
     """fsync failed: the page cache may have dropped our writes, so nothing is trusted."""
 

@@ -73,7 +73,8 @@ class DaemonStopped(_Event):
 
 
 class LogRepaired(_Event):
-    """A torn tail was cut off the log at start-up; the cut bytes were copied aside first."""
+    """Bytes were cut from the log (a torn tail, or by ``sentinel log repair`` a corrupt tail,
+    a duplicated line or a stray empty segment); they were copied aside first."""
 
     type: Literal["log.repaired"] = "log.repaired"
     v: Literal[1] = 1

@@ -9,8 +9,9 @@ exception escapes :func:`parse_job_file`.
 The spec is checked in two steps: the file's *shape* (plain JSON-like data, bounded depth,
 no duplicate keys) before pydantic sees it, then the schema in strict mode, so ``"50"`` is
 not silently taken for ``50`` nor ``yes`` for ``true``. Search-space entries are checked
-for shape only; the job actor checks them against the default space (integer or float,
-log scale, sensible bounds) when it builds the Optuna distributions.
+by :mod:`sentinel_daemon.core.space`, the same code the job actor and the trainer resolve
+the space with (integer or float, log scale, bounds), so an accepted job is never refused
+when its studies are built.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeAlias, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias, get_args
 
 import yaml
 from pydantic import (
@@ -35,12 +36,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from sentinel_daemon.core.ids import JobId
+from sentinel_daemon.core.space import SpaceError, override
 from sentinel_daemon.errors import SentinelError
 from sentinel_daemon.layout import JOB_SUFFIXES
 
@@ -76,33 +79,37 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
-def _check_param_values(value: Any) -> tuple[Number, ...]:
-    """Shape of one search-space entry: ``[low, high]`` (two numbers) or a list of choices."""
-    if not isinstance(value, list | tuple) or not value:
-        raise ValueError(
-            "give [low, high] for a range or a non-empty list of choices, e.g. [3, 10]"
-        )
-    for item in value:
-        # bool is an int subclass; True as a bound is a typo, not a number.
-        if isinstance(item, bool) or not isinstance(item, int | float):
-            raise ValueError(f"every entry must be a number, got {item!r}")
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"every entry must be a finite number, got {item!r}")
-    if len(value) == 2:
-        if value[0] > value[1]:
-            raise ValueError(
-                f"a two-number list is a range [low, high] and needs low <= high, got {list(value)}"
-            )
-    elif len(set(value)) != len(value):
-        raise ValueError(f"the list of choices repeats a value: {list(value)}")
-    return tuple(value)
+class _ModelSpace(_Spec):
+    """Overrides of one model's default search space, checked by the core's own space code.
+
+    Each entry goes through :func:`sentinel_daemon.core.space.override`, the check that
+    :func:`~sentinel_daemon.core.space.resolve_space` applies when the job actor builds its
+    studies and the trainer its parameters: what is accepted here is sampled as written.
+    """
+
+    MODEL: ClassVar[ModelName]
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _inside_the_space(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        name = str(info.field_name)
+        try:
+            override(cls.MODEL, name, value)
+        except SpaceError as exc:
+            raise ValueError(f"{exc.reason}; fix the range") from None
+        return tuple(value)
 
 
-ParamValues: TypeAlias = Annotated[tuple[Number, ...], BeforeValidator(_check_param_values)]
+#: One override as accepted: ``(low, high)``, or the choices of a categorical parameter.
+ParamValues: TypeAlias = tuple[Number, ...]
 
 
-class XGBoostSpace(_Spec):
+class XGBoostSpace(_ModelSpace):
     """Narrowed XGBoost parameters (scikit-learn API names)."""
+
+    MODEL = "xgboost"
 
     n_estimators: ParamValues | None = None
     learning_rate: ParamValues | None = None
@@ -115,8 +122,10 @@ class XGBoostSpace(_Spec):
     gamma: ParamValues | None = None
 
 
-class LightGBMSpace(_Spec):
+class LightGBMSpace(_ModelSpace):
     """Narrowed LightGBM parameters (scikit-learn API names)."""
+
+    MODEL = "lightgbm"
 
     n_estimators: ParamValues | None = None
     learning_rate: ParamValues | None = None
@@ -398,7 +407,7 @@ def _load_json(path: Path, text: str) -> Any:
         return out
 
     def no_constants(name: str) -> Any:
-        raise _Refused(f"{name} is not a number in a job file")
+        return _NonFinite(name)  # refused by _check_plain, which knows the field
 
     try:
         return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
@@ -408,6 +417,13 @@ def _load_json(path: Path, text: str) -> Any:
         raise JobSpecError(path, "-", f"nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, and over-long integer literals
         raise JobSpecError(path, "-", f"not valid JSON: {exc}") from None
+
+
+class _NonFinite:
+    """JSON's ``NaN``, ``Infinity`` or ``-Infinity``, kept until its field is known."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 class _Refused(Exception):
@@ -543,6 +559,8 @@ def _check_plain(path: Path, value: Any, where: str, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise JobSpecError(path, field, f"{value!r} is not a finite number")
+    elif isinstance(value, _NonFinite):
+        raise JobSpecError(path, field, f"{value.name} is not a finite number")
     elif value is not None and not isinstance(value, str | int):
         raise JobSpecError(
             path,

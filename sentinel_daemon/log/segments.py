@@ -12,14 +12,14 @@ that seq grows by one across segments. A bad record followed by nothing intact i
 tail (an unacknowledged write cut by a crash): the scan reports it and
 :meth:`FileLog.open` cuts it off after copying the segment aside. A bad record followed by
 an intact one is corruption: the scan raises :class:`~sentinel_daemon.errors.LogCorrupt`
-naming segment and line.
+naming segment and line. An empty segment not named for the next record is a stray: the
+scan skips and lists it, and the log never appends into it. Naming, listing and reading
+segment files is :mod:`~sentinel_daemon.log.segfiles`'s.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from sentinel_daemon.errors import LogCorrupt, LogError, LogFsyncFailed, LogGap
+from sentinel_daemon.errors import LogCorrupt, LogError, LogFsyncFailed, LogGap, LogUnreadable
 from sentinel_daemon.fsutil import copy_file_durably, fsync_dir
 from sentinel_daemon.layout import DAMAGED_DIR
 from sentinel_daemon.log.records import (
@@ -40,27 +40,32 @@ from sentinel_daemon.log.records import (
     encode_batch,
     format_ts,
 )
+from sentinel_daemon.log.segfiles import (
+    FILE_MODE,
+    check_chain,
+    line_before,
+    lines_before,
+    list_segments,
+    make_events_dir,
+    read_segment,
+    segment_name,
+    segment_size,
+)
+
+__all__ = [
+    "FileLog",
+    "LogScan",
+    "LogWriteFailed",
+    "TornTail",
+    "cut_torn_tail",
+    "list_segments",
+    "segment_name",
+]
 
 _CRC_KEY = b',"crc":"'
 _SUFFIX_LEN = len(_CRC_KEY) + 8 + 2
 _crc32 = zlib.crc32
 _loads = orjson.loads
-SEGMENT_RE = re.compile(r"^(\d{20})\.jsonl$")
-FILE_MODE = 0o640
-
-
-def segment_name(first_seq: int) -> str:
-    """Segments are named by the seq of their first record, zero-padded to sort as text."""
-    return f"{first_seq:020d}.jsonl"
-
-
-def list_segments(events_dir: Path) -> list[str]:
-    """Segment file names in ``events_dir``, in seq order (other files are ignored)."""
-    try:
-        names = os.listdir(events_dir)
-    except FileNotFoundError:
-        return []
-    return sorted(n for n in names if SEGMENT_RE.match(n))
 
 
 class LogWriteFailed(LogError):
@@ -110,9 +115,18 @@ class LogScan:
     #: that gave ``start`` recorded it: :meth:`fits_start` then also checks the record's
     #: bytes, not only its seq.
     start_crc: str | None = None
+    #: Empty segments not named for the record that would come next (a ``touch``, a copy
+    #: gone wrong): skipped, never appended to, and reported (``sentinel log repair``
+    #: removes them).
+    strays: list[str] = field(default_factory=list)
+    #: ``(segment, line, seq)`` of byte-identical copies of the record before them: read
+    #: past, and reported.
+    duplicates: list[tuple[str, int, int]] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Record]:
         self.segments = segs = list_segments(self.events_dir)
+        self.strays = []
+        self.duplicates = []
         self.last_seq = self.expect_seq - 1
         first = 0
         offset = 0
@@ -121,16 +135,16 @@ class LogScan:
                 raise LogGap(self.events_dir / self.start.segment, 0, self.expect_seq, -1)
             first = segs.index(self.start.segment)
             offset = self.start.offset
-            check_chain(self.events_dir, segs[: first + 1])
+            self.strays += check_chain(self.events_dir, segs[: first + 1])
         expect = self.expect_seq
         for i in range(first, len(segs)):
             self.current = seg = segs[i]
             path = self.events_dir / seg
-            with open(path, "rb") as fh:
-                if offset:
-                    fh.seek(offset)
-                data = fh.read()
+            data = read_segment(path, offset)
             line_no = 0  # counted from ``offset``; made absolute only for an error message
+            if offset == 0 and not data and int(seg[:20]) != expect:
+                self.strays.append(seg)  # appending into it would misname our records
+                continue
             if offset == 0 and data and int(seg[:20]) != expect:
                 self.last_seq = expect - 1
                 raise LogGap(path, 1, expect, int(seg[:20]))
@@ -156,6 +170,8 @@ class LogScan:
                     except (ValueError, KeyError, AttributeError, TypeError):
                         record = None
                 if record is None:
+                    if self._duplicate(seg, offset, lines, k):
+                        continue
                     self.last_seq = expect - 1
                     pos = sum(len(x) + 1 for x in lines[:k])
                     self._line_error(segs, i, data, pos, offset, k + 1, line, expect)
@@ -166,13 +182,29 @@ class LogScan:
             if partial:
                 self.last_seq = expect - 1
                 why = "no newline at the end: a write cut short"
-                line_no = len(lines) + 1 + _lines_before(path, offset)
+                line_no = len(lines) + 1 + lines_before(path, offset)
                 self._bad_record(segs, i, data, n - len(partial), offset, line_no, why)
                 return
             self.last_seq = expect - 1
             self.end = Position(seg, offset + n)
             offset = 0
         self.last_seq = expect - 1
+
+    def _duplicate(self, seg: str, offset: int, lines: list[bytes], k: int) -> bool:
+        """Whether line ``k`` is a byte-identical copy of the record just read (and note it).
+
+        Such a line holds nothing new (same seq, same checksum, same batch): replay reads
+        past it, the scrub reports it, ``sentinel log repair`` takes it out.
+        """
+        if k:
+            previous: bytes | None = lines[k - 1]
+        else:
+            previous = line_before(self.events_dir, Position(seg, offset)) if offset else None
+        if previous is None or lines[k] != previous:
+            return False
+        line_no = k + 1 + lines_before(self.events_dir / seg, offset)
+        self.duplicates.append((seg, line_no, decode_line(previous).seq))
+        return True
 
     def _line_error(
         self,
@@ -187,7 +219,7 @@ class LogScan:
     ) -> None:
         """Classify line ``k`` (from ``base``) of segment ``i``: bad record, or out of order."""
         path = self.events_dir / segs[i]
-        line_no = k + _lines_before(path, base)
+        line_no = k + lines_before(path, base)
         try:
             record = decode_line(line)
         except BadRecord as exc:
@@ -246,7 +278,7 @@ class LogScan:
                     later_ts.add(ts)
                     first_intact = first_intact or line + k + 1
         for other in segs[i + 1 :]:
-            for k, candidate in enumerate((self.events_dir / other).read_bytes().split(b"\n")):
+            for k, candidate in enumerate(read_segment(self.events_dir / other).split(b"\n")):
                 if _intact_ts(candidate) is not None:
                     raise LogCorrupt(
                         self.events_dir / seg, line, f"{why}; {other} line {k + 1} is intact"
@@ -258,40 +290,10 @@ class LogScan:
                 f"{why}; line {first_intact} is intact and was committed after this record",
             )
         later = tuple(segs[i + 1 :])
-        cut = len(data) - pos + sum((self.events_dir / s).stat().st_size for s in later)
+        cut = len(data) - pos + sum(segment_size(self.events_dir / s) for s in later)
         reason = why if not later_ts else f"{why} (inside the last batch, lines after it cut too)"
         self.torn = TornTail(seg, base + pos, line, cut, later, reason)
         self.end = Position(seg, base + pos)
-
-
-def line_before(events_dir: Path, position: Position) -> bytes | None:
-    """The whole line (without its newline) that ends at ``position``, or None if none does."""
-    path = events_dir / position.segment
-    offset = position.offset
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return None
-    if offset <= 0 or offset > size:
-        return None
-    with open(path, "rb") as fh:
-        fh.seek(max(0, offset - (1 << 20)))
-        data = fh.read(min(offset, 1 << 20))
-    if not data.endswith(b"\n"):
-        return None
-    return data[:-1].rsplit(b"\n", 1)[-1]
-
-
-def _lines_before(path: Path, offset: int) -> int:
-    """How many lines precede ``offset`` (for error messages after a snapshot's start)."""
-    count = 0
-    if offset <= 0:
-        return 0
-    with open(path, "rb") as fh:
-        while offset > 0 and (chunk := fh.read(min(offset, 1 << 22))):
-            count += chunk.count(b"\n")
-            offset -= len(chunk)
-    return count
 
 
 def _intact_ts(line: bytes) -> str | None:
@@ -299,41 +301,6 @@ def _intact_ts(line: bytes) -> str | None:
         return decode_line(line).ts
     except BadRecord:
         return None
-
-
-def _last_seq_of(path: Path) -> int | None:
-    """The seq of the last whole record of a segment, reading only its end."""
-    size = path.stat().st_size
-    window = 1 << 16
-    with open(path, "rb") as fh:
-        while True:
-            start = max(0, size - window)
-            fh.seek(start)
-            data = fh.read(size - start)
-            lines = data.rstrip(b"\n").split(b"\n")
-            if len(lines) >= 2 or start == 0:
-                if not lines[-1]:
-                    return None
-                return decode_line(lines[-1]).seq
-            window *= 4
-
-
-def check_chain(events_dir: Path, segs: Sequence[str]) -> None:
-    """Check that each segment ends just before the next begins, reading only the ends.
-
-    This is the cheap start-up check that catches a deleted or misplaced segment among
-    those a snapshot lets us skip, the first one included (the log starts at seq 1);
-    ``sentinel log verify`` reads every record.
-    """
-    if segs and int(segs[0][:20]) != 1:
-        raise LogGap(events_dir / segs[0], 1, 1, int(segs[0][:20]))
-    for a, b in itertools.pairwise(segs):
-        try:
-            last = _last_seq_of(events_dir / a)
-        except BadRecord as exc:
-            raise LogCorrupt(events_dir / a, 0, f"last record unreadable: {exc}") from None
-        if last is None or last + 1 != int(b[:20]):
-            raise LogGap(events_dir / b, 1, (last or 0) + 1, int(b[:20]))
 
 
 def cut_torn_tail(events_dir: Path, torn: TornTail, now: datetime) -> str:
@@ -416,7 +383,7 @@ class FileLog:
 
         Cuts a torn tail first. Returns the log, the tail that was cut, and its backup.
         """
-        events_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        make_events_dir(events_dir)
         backup = None
         if scan.torn is not None:
             backup = cut_torn_tail(events_dir, scan.torn, clock())
@@ -522,6 +489,19 @@ class FileLog:
 
 
 def _create_segment(events_dir: Path, name: str) -> None:
-    fd = os.open(events_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    path = events_dir / name
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        # A stray empty segment of this very name (skipped by the scan until the log
+        # reached it) is exactly the new segment; anything else must not be written into.
+        if segment_size(path) == 0:
+            return
+        raise LogUnreadable(
+            path,
+            "already exists and holds records, where the log's next segment must begin",
+            "Stop the daemon and run `sentinel log verify`; move this file out of events/ "
+            "if it does not belong to this log",
+        ) from None
     os.close(fd)
     fsync_dir(events_dir)

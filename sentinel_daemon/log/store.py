@@ -18,7 +18,7 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +32,8 @@ from sentinel_daemon.fsutil import fsync_dir
 from sentinel_daemon.layout import EVENTS_DIR, SNAPSHOT_NAME
 from sentinel_daemon.log.lock import StateLock
 from sentinel_daemon.log.records import Position, Record
+from sentinel_daemon.log.scrub import Finding, ScrubReport, scrub
+from sentinel_daemon.log.segfiles import make_events_dir
 from sentinel_daemon.log.segments import FileLog, LogScan, TornTail
 from sentinel_daemon.log.snapshot import (
     Snapshot,
@@ -76,7 +78,12 @@ class EventLog(Protocol):
 
 @dataclass(frozen=True)
 class OpenReport:
-    """What start-up found and did, for the log and for benchmarks."""
+    """What start-up found and did, for the log and for benchmarks.
+
+    ``covered`` is where the snapshot used ends: the records before it were not replayed,
+    so only :meth:`Store.scrub` checks them. ``findings`` are what start-up itself saw and
+    ran past (stray empty segments, which it never appends into).
+    """
 
     snapshot_seq: int
     snapshot_problem: str | None
@@ -84,6 +91,8 @@ class OpenReport:
     torn: TornTail | None
     backup: str | None
     seconds: float
+    covered: Position | None = None
+    findings: tuple[Finding, ...] = ()
 
 
 def decode_record(record: Record) -> Event:
@@ -161,7 +170,7 @@ class Store:
         lock = StateLock.acquire(state_dir)
         try:
             events_dir = state_dir / EVENTS_DIR
-            events_dir.mkdir(mode=0o750, exist_ok=True)
+            make_events_dir(events_dir)
             # The segments' entries are fsynced in events/, but events/ itself is an entry
             # of the state directory: until that is fsynced a power cut can take the folder
             # and every record in it (every start, in case the last one died right here).
@@ -171,13 +180,16 @@ class Store:
             log_, torn, backup = FileLog.open(
                 events_dir, scan, segment_bytes=segment_bytes, clock=clock, sync=sync
             )
+            used = snap is not None and problem is None
             report = OpenReport(
-                snapshot_seq=snap.seq if snap and problem is None else 0,
+                snapshot_seq=snap.seq if snap and used else 0,
                 snapshot_problem=problem,
                 replayed=replayed,
                 torn=torn,
                 backup=backup,
                 seconds=time.monotonic() - t0,
+                covered=snap.position if snap and used else None,
+                findings=scan_findings(scan),
             )
             store = cls(
                 state_dir, log_, state, lock=lock, report=report, snapshot_every=snapshot_every
@@ -185,6 +197,8 @@ class Store:
         except BaseException:
             lock.release()
             raise
+        for finding in report.findings:
+            log.error("event log damage", segment=finding.segment, what=finding.what)
         if torn is not None:
             log.warning(
                 "event log torn tail cut",
@@ -199,6 +213,24 @@ class Store:
         if replayed >= snapshot_every:
             store.snapshot()
         return store
+
+    def scrub(self) -> ScrubReport:
+        """Check the records start-up did not replay, those the snapshot covers.
+
+        Takes about 1 s per million records (``bench/eventlog.py``), too long for start-up
+        itself: run it right after, in a thread if need be (it only reads the part of the
+        log before :attr:`OpenReport.covered`, which appends never touch). The findings
+        of start-up itself (:attr:`OpenReport.findings`) come first. Without a snapshot,
+        start-up replayed, and so checked, every record.
+        """
+        events_dir = self.state_dir / EVENTS_DIR
+        covered = self.report.covered
+        if covered is None:
+            return ScrubReport(self.report.findings, 0, 0, 0, 0.0, None)
+        found = scrub(events_dir, until=covered)
+        seen = {(f.segment, f.line, f.kind) for f in self.report.findings}
+        more = tuple(f for f in found.findings if (f.segment, f.line, f.kind) not in seen)
+        return replace(found, findings=self.report.findings + more)
 
     def append(self, events: Sequence[Event]) -> list[Record]:
         """Append ``events`` durably (one fsync), then fold them into the state."""
@@ -246,6 +278,32 @@ def repaired_event(torn: TornTail, backup: str, reason: str | None = None) -> Lo
         backup=f"{EVENTS_DIR}/{backup}",
         reason=torn.reason if reason is None else reason,
     )
+
+
+def scan_findings(scan: LogScan) -> tuple[Finding, ...]:
+    """Findings for what a scan read past: stray empty segments and duplicated lines."""
+    strays = [
+        Finding(
+            name,
+            0,
+            "empty",
+            "an empty segment not named for the next record: skipped, never appended to; "
+            "`sentinel log repair` removes it",
+        )
+        for name in scan.strays
+    ]
+    duplicates = [
+        Finding(
+            seg,
+            line,
+            "duplicate",
+            f"a second copy of the line before it (seq {seq}): read past; "
+            f"`sentinel log repair` removes it",
+            seq,
+        )
+        for seg, line, seq in scan.duplicates
+    ]
+    return tuple(strays + duplicates)
 
 
 def trusted_snapshot(path: Path) -> tuple[Snapshot | None, str | None]:
@@ -306,8 +364,10 @@ def read_state(state_dir: Path) -> State:
     :class:`~sentinel_daemon.errors.LogCorrupt` (or ``LogGap``) as at start-up.
     """
     events_dir = Path(state_dir) / EVENTS_DIR
-    if not events_dir.is_dir():
-        return State()
+    try:
+        os.lstat(events_dir)
+    except FileNotFoundError:
+        return State()  # (a PermissionError goes on up: the caller may not read the log)
     snap, problem = trusted_snapshot(Path(state_dir) / SNAPSHOT_NAME)
     state, _scan, _replayed, _problem = recover(events_dir, snap, problem)
     return state

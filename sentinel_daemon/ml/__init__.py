@@ -4,6 +4,10 @@ The worker process calls, in order: :func:`prepare` (load, validate, featurise a
 through a content-keyed Parquet cache), :func:`space.suggest` then
 :func:`training.train_trial` for each trial, :func:`artifacts.save_model` for each
 finished trial, and :func:`evaluate` once on the test split for the promoted model.
+
+Imports the base and the core. The core only for the search space
+(:mod:`sentinel_daemon.core.space`): it is part of the job-file contract, and the trainer
+and the samplers must use the very definition the job check accepted.
 """
 
 from __future__ import annotations

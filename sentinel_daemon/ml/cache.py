@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sentinel_daemon.fsutil import atomic_write_bytes, atomic_writer
-from sentinel_daemon.ml.errors import DataError
+from sentinel_daemon.ml.datafile import DataFile, opened
 from sentinel_daemon.ml.splits import SPLITS, Split
 
 CACHE_FORMAT: Final = 1
@@ -205,17 +205,12 @@ def scatter(
         part[rows, j] = column[source]
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+def file_sha256(source: Path | DataFile) -> str:
+    """Hex sha256 of a data file's bytes (opened by :func:`open_data` if given as a path)."""
     digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    except FileNotFoundError as exc:
-        raise DataError(Path(path), None, "file not found") from exc
-    except IsADirectoryError as exc:
-        raise DataError(Path(path), None, "is a folder, not a data file") from exc
+    with opened(source) as data:
+        for chunk in data.chunks(1 << 20):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -224,31 +219,31 @@ def file_sha256(path: Path) -> str:
 _RACY_SECONDS = 2.0
 
 
-def remembered_sha256(path: Path, memo_dir: Path, *, racy_seconds: float = _RACY_SECONDS) -> str:
+def remembered_sha256(
+    source: Path | DataFile, memo_dir: Path, *, racy_seconds: float = _RACY_SECONDS
+) -> str:
     """:func:`file_sha256`, remembered per file while its identity is unchanged.
 
     A second job on the same data must not pay for reading every byte again just to find
     its cache. The digest is kept in ``memo_dir`` with the file's device, inode, size,
     mtime and ctime (which no user call can set back); if any of them differs, or the file
     changed too recently to tell, it is hashed again. Like git's index, this trusts the
-    file system's timestamps.
+    file system's timestamps. The identity is the open file's (``fstat``), so the digest
+    is of the very file that is read afterwards.
     """
-    path = Path(path)
-    try:
-        before = os.stat(path)
-    except FileNotFoundError as exc:
-        raise DataError(path, None, "file not found") from exc
-    identity = _identity(before)
-    real = os.path.realpath(path)
-    memo = Path(memo_dir) / "digests" / f"{hashlib.sha256(real.encode()).hexdigest()[:32]}.json"
-    try:
-        saved = orjson.loads(memo.read_bytes())
-        if saved.get("path") == real and saved.get("identity") == identity:
-            return str(saved["sha256"])
-    except (OSError, orjson.JSONDecodeError, AttributeError, KeyError):
-        pass  # no memo, or a damaged one: hash the file
-    digest = file_sha256(path)
-    after = os.stat(path)
+    with opened(source) as data:
+        identity = _identity(os.fstat(data.fileno()))
+        real = data.real
+        key = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        memo = Path(memo_dir) / "digests" / f"{key}.json"
+        try:
+            saved = orjson.loads(memo.read_bytes())
+            if saved.get("path") == real and saved.get("identity") == identity:
+                return str(saved["sha256"])
+        except (OSError, orjson.JSONDecodeError, AttributeError, KeyError):
+            pass  # no memo, or a damaged one: hash the file
+        digest = file_sha256(data)
+        after = os.fstat(data.fileno())
     unchanged = identity == _identity(after)
     settled = time.time() - max(after.st_mtime, after.st_ctime) >= racy_seconds
     if unchanged and settled:

@@ -1,14 +1,25 @@
 """Errors raised by the machine-learning library.
 
 Each carries its facts as attributes so that the daemon can put them in events, and a
-message that names the file or parameter and what to do next.
+message that names the file or parameter and what to do next. :class:`SpaceError` is the
+core's (:mod:`sentinel_daemon.core.space`): the job check raises it too.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from sentinel_daemon.core.space import SpaceError
 from sentinel_daemon.errors import SentinelError
+
+__all__ = [
+    "ArtifactError",
+    "DataError",
+    "MLError",
+    "MetricsError",
+    "SpaceError",
+    "SplitError",
+]
 
 
 class MLError(SentinelError):
@@ -16,13 +27,20 @@ class MLError(SentinelError):
 
 
 class DataError(MLError):
-    """An input data file is missing, unreadable, empty or breaks the layout rules."""
+    """An input data file is missing, unreadable, empty or breaks the layout rules.
 
-    def __init__(self, path: Path, column: str | None, reason: str) -> None:
+    ``line`` is the 1-based line of a CSV file the problem is on, when known.
+    """
+
+    def __init__(
+        self, path: Path, column: str | None, reason: str, line: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.column = column
         self.reason = reason
-        where = f"{self.path}: column {column!r}" if column else str(self.path)
+        self.line = line
+        where = str(self.path) + (f" line {line}" if line else "")
+        where += f": column {column!r}" if column else ""
         super().__init__(
             f"{where}: {reason}. Fix the data file (or point the job at another one) "
             f"and submit the job again."
@@ -38,17 +56,6 @@ class SplitError(MLError):
             f"cannot split the data by time: {reason}. Adjust validation.test_fraction / "
             f"validation.valid_fraction in the job file, or use more data."
         )
-
-
-class SpaceError(MLError):
-    """A search-space override names an unknown parameter or an invalid range."""
-
-    def __init__(self, model: str, parameter: str | None, reason: str) -> None:
-        self.model = model
-        self.parameter = parameter
-        self.reason = reason
-        where = f"search.space.{model}.{parameter}" if parameter else f"search.space.{model}"
-        super().__init__(f"{where}: {reason}. Correct the job file and submit it again.")
 
 
 class MetricsError(MLError):

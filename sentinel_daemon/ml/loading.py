@@ -1,8 +1,10 @@
 """Read and validate the IEEE-CIS files (CSV or Parquet) into one compact frame.
 
 The transaction file is required, the identity file optional (left-joined on
-``TransactionID``). Known columns are parsed with fixed types (see ``schema``), so a
-mistyped value is caught where it is read and reported with file, column and value.
+``TransactionID``). Each is opened once, safely (:mod:`~sentinel_daemon.ml.datafile`), and
+a CSV file is read strictly (:mod:`~sentinel_daemon.ml.strictcsv`). Known columns are parsed
+with fixed types (see ``schema``), so a mistyped value is caught where it is read and
+reported with file, line, column and value.
 The result is sorted by (TransactionDT, TransactionID), the order every feature and
 split relies on, and downcast: float32 for measurements, the smallest integer type for
 whole-number columns without gaps, categoricals for strings.
@@ -10,9 +12,8 @@ whole-number columns without gaps, categoricals for strings.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from sentinel_daemon.ml import strictcsv
+from sentinel_daemon.ml.datafile import DataFile, opened
 from sentinel_daemon.ml.errors import DataError
 from sentinel_daemon.ml.schema import (
     ALIASES,
@@ -57,17 +60,34 @@ class Loaded:
     notes: tuple[str, ...]
 
 
-def load(transactions: Path, identity: Path | None = None) -> Loaded:
-    """Read, validate, join and sort the input files; raise :class:`DataError` on bad data."""
+def load(
+    transactions: Path | DataFile,
+    identity: Path | DataFile | None = None,
+    *,
+    data_roots: Sequence[Path] | None = None,
+) -> Loaded:
+    """Read, validate, join and sort the input files; raise :class:`DataError` on bad data.
+
+    A path is opened by :func:`~sentinel_daemon.ml.datafile.open_data` (a regular file,
+    under ``data_roots`` when given); an open :class:`DataFile` is read as it is.
+    """
+    with opened(transactions, data_roots) as tx_file:
+        if identity is None:
+            return _load(tx_file, None)
+        with opened(identity, data_roots) as ident_file:
+            return _load(tx_file, ident_file)
+
+
+def _load(tx_file: DataFile, ident_file: DataFile | None) -> Loaded:
     notes: list[str] = []
     layout = TRANSACTION_COLUMNS | IDENTITY_COLUMNS
-    tx = _read(Path(transactions), layout, REQUIRED_TRANSACTION, notes)
-    _check_transactions(Path(transactions), tx)
+    tx = _read(tx_file, layout, REQUIRED_TRANSACTION, notes)
+    _check_transactions(tx_file.path, tx)
     frame = tx.to_pandas(split_blocks=True, self_destruct=True)
     del tx
-    if identity is not None:
-        ident_path = Path(identity)
-        ident = _read(ident_path, IDENTITY_COLUMNS, REQUIRED_IDENTITY, notes)
+    if ident_file is not None:
+        ident_path = ident_file.path
+        ident = _read(ident_file, IDENTITY_COLUMNS, REQUIRED_IDENTITY, notes)
         _check_key(ident_path, ident)
         both = [c for c in ident.column_names if c != KEY and c in frame.columns]
         if both:
@@ -92,14 +112,13 @@ def _short(names: list[str], limit: int = 8) -> str:
 
 
 def _read(
-    path: Path, layout: dict[str, Kind], required: tuple[str, ...], notes: list[str]
+    data: DataFile, layout: dict[str, Kind], required: tuple[str, ...], notes: list[str]
 ) -> pa.Table:
-    if not path.is_file():
-        raise DataError(path, None, "file not found (or not a regular file)")
-    if path.stat().st_size == 0:
+    path = data.path
+    if data.size == 0:
         raise DataError(path, None, "the file is empty")
-    parquet = path.suffix.lower() in _PARQUET_SUFFIXES or _has_parquet_magic(path)
-    header = _parquet_header(path) if parquet else _csv_header(path)
+    parquet = path.suffix.lower() in _PARQUET_SUFFIXES or data.pread(4, 0) == b"PAR1"
+    header = _parquet_header(data) if parquet else strictcsv.header(data)
     names = [ALIASES.get(h, h) for h in header]
     seen: set[str] = set()
     for name in names:
@@ -113,48 +132,32 @@ def _read(
     if unknown:
         notes.append(f"{path}: {len(unknown)} unknown columns ignored: {_short(unknown)}")
     wanted = {h: layout[n] for h, n in zip(header, names, strict=True) if n in layout}
-    table = _read_parquet(path, wanted) if parquet else _read_csv(path, header, wanted)
+    table = _read_parquet(data, wanted) if parquet else _read_csv(data, header, wanted)
     table = table.rename_columns([ALIASES.get(c, c) for c in table.column_names])
     if table.num_rows == 0:
         raise DataError(path, None, "the file has a header but no data rows")
     return table
 
 
-def _has_parquet_magic(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(4) == b"PAR1"
-
-
-def _csv_header(path: Path) -> list[str]:
-    try:
-        with pa.input_stream(str(path), compression="detect") as raw:
-            first = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="").readline()
-    except UnicodeDecodeError as exc:
-        # Without this the operator saw "'utf-8' codec can't decode byte..." and no file name.
-        raise DataError(path, None, f"not a UTF-8 text (CSV) file ({exc.reason} at byte "
-                                    f"{exc.start} of the first line)") from exc  # fmt: skip
-    if not first.strip():
-        raise DataError(path, None, "the file is empty (no header line)")
-    return next(csv.reader([first]))
-
-
-def _read_csv(path: Path, header: list[str], wanted: dict[str, Kind]) -> pa.Table:
+def _read_csv(data: DataFile, header: list[str], wanted: dict[str, Kind]) -> pa.Table:
+    shape = strictcsv.scan(data)
     convert = pacsv.ConvertOptions(
         column_types={h: _ARROW_TYPES[k] for h, k in wanted.items()},
         include_columns=list(wanted),
         strings_can_be_null=True,
     )
     try:
-        return pacsv.read_csv(path, convert_options=convert)
+        return strictcsv.read(data, shape, convert)
     except pa.ArrowInvalid as exc:
-        message = str(exc)
+        line, message = strictcsv.error_line(str(exc))
         match = _CSV_COLUMN.search(message)
         column = header[int(match.group(1))] if match else None
         detail = message.split(": ", 1)[-1] if match else message
         if column is not None:
             kind = wanted.get(column)
             detail = f"expected {_describe(kind)}: {detail}" if kind else detail
-        raise DataError(path, ALIASES.get(column, column) if column else None, detail) from exc
+        name = ALIASES.get(column, column) if column else None
+        raise DataError(data.path, name, detail, line=line) from exc
 
 
 def _describe(kind: Kind | None) -> str:
@@ -169,21 +172,21 @@ def _describe(kind: Kind | None) -> str:
     }[kind]
 
 
-def _parquet_header(path: Path) -> list[str]:
+def _parquet_header(data: DataFile) -> list[str]:
     try:
-        return list(pq.ParquetFile(path).schema_arrow.names)
+        return list(pq.ParquetFile(data.reader()).schema_arrow.names)
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(path, None, f"not a readable Parquet file ({exc})") from exc
+        raise DataError(data.path, None, f"not a readable Parquet file ({exc})") from exc
 
 
-def _read_parquet(path: Path, wanted: dict[str, Kind]) -> pa.Table:
+def _read_parquet(data: DataFile, wanted: dict[str, Kind]) -> pa.Table:
     try:
-        table = pq.read_table(path, columns=list(wanted))
+        table = pq.read_table(data.reader(), columns=list(wanted))
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(path, None, f"not a readable Parquet file ({exc})") from exc
+        raise DataError(data.path, None, f"not a readable Parquet file ({exc})") from exc
     columns = []
     for name, kind in wanted.items():
-        columns.append(_cast(path, ALIASES.get(name, name), table.column(name), kind))
+        columns.append(_cast(data.path, ALIASES.get(name, name), table.column(name), kind))
     return pa.Table.from_arrays(columns, names=list(wanted))
 
 

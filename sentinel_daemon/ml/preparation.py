@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from sentinel_daemon.ml import cache, features, loading
+from sentinel_daemon.ml.datafile import DataFile, open_data
 from sentinel_daemon.ml.features import FEATURE_VERSION, FeatureSet
 from sentinel_daemon.ml.schema import KEY, TARGET, TIME
 from sentinel_daemon.ml.splits import Split, time_split
@@ -81,19 +83,39 @@ def prepare(
     test_fraction: float,
     valid_fraction: float,
     feature_set: FeatureSet = "full",
+    data_roots: Sequence[Path] | None = None,
 ) -> Prepared:
     """Load, validate and featurise the inputs (or take them from the cache), then split.
 
     The cache key is the sha256 of the input files' bytes with the feature version and
     set; the split fractions are applied after the cache, since no feature depends on
-    them. Raises DataError for bad inputs and SplitError for unusable fractions.
+    them. Each input is opened once (:func:`~sentinel_daemon.ml.datafile.open_data`: a
+    regular file, without blocking, under ``data_roots`` when given), and both its hash
+    and its rows are read from that open file. Raises DataError for bad inputs and
+    SplitError for unusable fractions.
     """
     if feature_set not in features.FEATURE_SETS:
         raise ValueError(f"unknown feature set {feature_set!r}; one of {features.FEATURE_SETS}")
-    tx_sha = cache.remembered_sha256(Path(transactions), Path(cache_dir))
-    id_sha = (
-        cache.remembered_sha256(Path(identity), Path(cache_dir)) if identity is not None else None
-    )
+    with contextlib.ExitStack() as files:
+        tx = files.enter_context(open_data(Path(transactions), data_roots))
+        ident = (
+            files.enter_context(open_data(Path(identity), data_roots))
+            if identity is not None
+            else None
+        )
+        return _prepare(tx, ident, Path(cache_dir), test_fraction, valid_fraction, feature_set)
+
+
+def _prepare(
+    tx: DataFile,
+    ident: DataFile | None,
+    cache_dir: Path,
+    test_fraction: float,
+    valid_fraction: float,
+    feature_set: FeatureSet,
+) -> Prepared:
+    tx_sha = cache.remembered_sha256(tx, cache_dir)
+    id_sha = cache.remembered_sha256(ident, cache_dir) if ident is not None else None
     digest = cache.data_hash(tx_sha, id_sha)
     key = cache.cache_key(digest, FEATURE_VERSION, feature_set)
     path = cache.cache_path(Path(cache_dir), key, feature_set)
@@ -106,7 +128,7 @@ def prepare(
     from_cache = matrix is not None
     if matrix is None:
         info = expected | {"data_hash": digest}
-        matrix = _build(Path(transactions), identity, feature_set, path, info, split_rows)
+        matrix = _build(tx, ident, feature_set, path, info, split_rows)
     return Prepared(
         parts=matrix.parts,
         y=matrix.y,
@@ -125,8 +147,8 @@ def prepare(
 
 
 def _build(
-    transactions: Path,
-    identity: Path | None,
+    transactions: DataFile,
+    identity: DataFile | None,
     feature_set: FeatureSet,
     path: Path,
     info: dict[str, Any],

@@ -20,10 +20,10 @@ import numpy as np
 import optuna
 import xgboost as xgb
 
+from sentinel_daemon.core.space import SpaceError, default_space
 from sentinel_daemon.ml import metrics
-from sentinel_daemon.ml.errors import MLError, SpaceError
+from sentinel_daemon.ml.errors import MLError
 from sentinel_daemon.ml.preparation import Prepared
-from sentinel_daemon.ml.space import default_space
 
 Report = Callable[[int, float], bool]
 Booster = xgb.Booster | lgb.Booster
@@ -106,8 +106,8 @@ def train_trial(
 ) -> TrainResult:
     """Train one model on the train split, early-stopping on the validation split.
 
-    ``params`` uses the scikit-learn-API names of :mod:`space` (missing ones take the
-    library defaults; ``n_estimators`` defaults to 100). Every ``report_every`` rounds
+    ``params`` uses the scikit-learn-API names of :mod:`sentinel_daemon.core.space` (missing
+    ones take the library defaults; ``n_estimators`` defaults to 100). Every ``report_every`` rounds
     ``report(step, valid_auc)`` is called; when it returns True the trial stops and
     :class:`TrialPruned` is raised. ``device="cuda"`` trains on the GPU where the
     library and the machine allow it, else on the CPU with a note in the result.

@@ -50,7 +50,11 @@ class TrialData(_Message):
     """Where a job's data set comes from and how it is split.
 
     In every trial command (the worker prepares it and keeps it across trials) and in the
-    requests of the job's ``prepare`` and ``validate`` stage processes.
+    requests of the job's ``prepare`` and ``validate`` stage processes. ``data_roots``: the
+    folders the data files must resolve into when they are opened (checked again then,
+    since a file can be swapped for a link after the job was accepted). None in commands
+    written before the field existed: they still load, and their files are opened safely
+    but not checked against roots.
     """
 
     transactions: Path
@@ -58,6 +62,7 @@ class TrialData(_Message):
     cache_dir: Path
     test_fraction: float = Field(gt=0, lt=1)
     valid_fraction: float = Field(gt=0, lt=1)
+    data_roots: tuple[Path, ...] | None = None
 
 
 class TrialCommand(_Message):

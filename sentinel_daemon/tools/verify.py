@@ -1,19 +1,24 @@
-"""``sentinel log verify``: read every record of every segment and say what is wrong."""
+"""``sentinel log verify``: read every record of every segment and say what is wrong.
+
+Two passes: the scrub (:mod:`~sentinel_daemon.log.scrub`) lists every problem of bytes,
+order and naming (damaged records, duplicates, gaps, stray, empty and misnamed segments);
+the replay's own scan then says how start-up would take the first one (a torn tail it
+cuts, corruption or a gap it stops at) and decodes every record into its event.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sentinel_daemon.core.events import decode
-from sentinel_daemon.errors import EventDecodeError, LogCorrupt, LogGap
+from sentinel_daemon.errors import EventDecodeError, LogCorrupt, LogGap, LogUnreadable
 from sentinel_daemon.layout import EVENTS_DIR, SNAPSHOT_NAME
 from sentinel_daemon.log.records import Record
-from sentinel_daemon.log.segments import (
-    LogScan,
-    list_segments,
-)
+from sentinel_daemon.log.scrub import Finding, scrub
+from sentinel_daemon.log.segments import LogScan, list_segments
 from sentinel_daemon.log.snapshot import SnapshotInvalid, load_snapshot
 from sentinel_daemon.log.store import snapshot_fit
 
@@ -36,10 +41,11 @@ class VerifyReport:
     last_seq: int
     problem: dict[str, Any] | None
     snapshot: dict[str, Any]
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.problem is None
+        return self.problem is None and not self.findings
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +54,7 @@ class VerifyReport:
             "last_seq": self.last_seq,
             "segments": [s.__dict__ for s in self.segments],
             "problem": self.problem,
+            "findings": [f.as_dict() for f in self.findings],
             "snapshot": self.snapshot,
         }
 
@@ -55,8 +62,13 @@ class VerifyReport:
 def verify(state_dir: Path) -> VerifyReport:
     """Read and check every record (checksum, seq, event schema) and the snapshot."""
     events_dir = state_dir / EVENTS_DIR
-    segs = list_segments(events_dir)
-    infos = {s: SegmentInfo(s, None, None, 0, (events_dir / s).stat().st_size) for s in segs}
+    scrubbed = scrub(events_dir)
+    findings = list(scrubbed.findings)
+    try:
+        segs = list_segments(events_dir)
+    except LogUnreadable as exc:
+        return VerifyReport([], 0, 0, _unreadable(exc), {"status": "not checked"}, findings)
+    infos = {s: SegmentInfo(s, None, None, 0, _size(events_dir / s)) for s in segs}
     scan = LogScan(events_dir)
     problem: dict[str, Any] | None = None
     count = 0
@@ -76,6 +88,8 @@ def verify(state_dir: Path) -> VerifyReport:
             "line": exc.line,
             "message": str(exc),
         }
+    except LogUnreadable as exc:
+        problem = _unreadable(exc)
     except ValueError as exc:
         assert record is not None
         err = EventDecodeError(record.seq, str(record.payload.get("type")), str(exc))
@@ -100,13 +114,24 @@ def verify(state_dir: Path) -> VerifyReport:
                 f"`sentinel log repair`."
             ),
         }
-    return VerifyReport(
-        list(infos.values()),
-        count,
-        scan.last_seq,
-        problem,
-        _snapshot_status(state_dir, scan.last_seq),
-    )
+    try:
+        # Past damage the scan stops at, the scrub has read on: the snapshot is judged
+        # against the whole log, not against where the first problem is.
+        snapshot = _snapshot_status(state_dir, max(scan.last_seq, scrubbed.last_seq))
+    except LogUnreadable as exc:
+        snapshot = {"status": "not checked", "reason": str(exc)}
+    return VerifyReport(list(infos.values()), count, scan.last_seq, problem, snapshot, findings)
+
+
+def _unreadable(exc: LogUnreadable) -> dict[str, Any]:
+    return {"kind": "unreadable", "segment": str(exc.path), "line": 0, "message": str(exc)}
+
+
+def _size(path: os.PathLike[str]) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
 
 
 def _snapshot_status(state_dir: Path, last_seq: int) -> dict[str, Any]:
@@ -132,18 +157,24 @@ def _snapshot_status(state_dir: Path, last_seq: int) -> dict[str, Any]:
     return {"status": "ok", "seq": snap.seq}
 
 
-def render(report: VerifyReport) -> str:
-    """``sentinel log verify`` for people: one line per segment, the snapshot, the verdict."""
-    lines = []
+def render(report: VerifyReport) -> tuple[list[str], list[str]]:
+    """``sentinel log verify`` for people, as (stdout, stderr) lines: one line per segment,
+    the snapshot and the verdict; then each finding, and how start-up would take the first."""
+    out = []
     for s in report.segments:
         seqs = "no records" if s.first_seq is None else f"seq {s.first_seq}..{s.last_seq}"
-        lines.append(f"{s.name}  {seqs}  {s.records:,} records  {s.bytes:,} bytes")
+        out.append(f"{s.name}  {seqs}  {s.records:,} records  {s.bytes:,} bytes")
     if not report.segments:
-        lines.append("no segments: the log is empty")
-    lines.append(f"snapshot: {_snapshot_text(report.snapshot)}")
+        out.append("no segments: the log is empty")
+    out.append(f"snapshot: {_snapshot_text(report.snapshot)}")
+    err = [f"DAMAGED: {f}" for f in report.findings]
+    if report.problem is not None:
+        err.append(f"{'START-UP: ' if report.findings else 'DAMAGED: '}{report.problem['message']}")
     if report.ok:
-        lines.append(f"ok: {report.records:,} records, last seq {report.last_seq}")
-    return "\n".join(lines)
+        out.append(f"ok: {report.records:,} records, last seq {report.last_seq}")
+    elif any(f.mendable for f in report.findings):
+        err.append("`sentinel log repair` mends the findings it names (after a backup)")
+    return out, err
 
 
 def _snapshot_text(snapshot: dict[str, Any]) -> str:

@@ -273,6 +273,9 @@ class TrialRunner:
             self._resolve(data.cache_dir),
             test_fraction=data.test_fraction,
             valid_fraction=data.valid_fraction,
+            data_roots=(
+                None if data.data_roots is None else [self._resolve(r) for r in data.data_roots]
+            ),
         )
         self.data_loads += 1
         self._prepared, self._data_key = prepared, data

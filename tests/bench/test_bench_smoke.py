@@ -18,6 +18,7 @@ ROWS = (
     "group commit of 100 (4",
     "read, verify, parse",
     "+ events + fold*",
+    "scrub 2,000 records: checksums, seq chain",
     "start-up with snapshot, 500 + 100 tail",
     "start-up with snapshot, 1,000 + 100 tail",
     "start-up with snapshot, 2,000 + 100 tail",

@@ -261,3 +261,30 @@ def test_verify_prints_readable_lines_for_people(state_dir: Path) -> None:
     (state_dir / "snapshot.json").unlink()
     again = run("log", "verify", state_dir=state_dir)
     assert "snapshot: none (start-up replays the whole log)" in again.stdout.splitlines()
+
+
+def test_verify_flags_an_empty_stray_segment_and_repair_sets_it_aside(state_dir: Path) -> None:
+    fill(state_dir)
+    stray = state_dir / "events" / "00000000000000000100.jsonl"
+    stray.touch()
+    verify = run("log", "verify", state_dir=state_dir)
+    assert verify.returncode == 1
+    assert f"events/{stray.name}: an empty segment" in verify.stderr
+    assert "sentinel log repair" in verify.stderr
+    repaired = run("log", "repair", state_dir=state_dir)
+    assert repaired.returncode == 0, repaired.stderr
+    assert f"mended {stray.name}: set aside a stray empty segment" in repaired.stdout
+    assert not stray.exists()
+    assert run("log", "verify", state_dir=state_dir).returncode == 0
+
+
+def test_repair_says_what_to_restore_for_damage_it_cannot_mend(state_dir: Path) -> None:
+    fill(state_dir)
+    seg = sorted((state_dir / "events").glob("*.jsonl"))[0]
+    lines = seg.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"lightgbm", b"lightgbX", 1)
+    seg.write_bytes(b"\n".join(lines))
+    result = run("log", "repair", state_dir=state_dir)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"NOT MENDED: {seg} line 3: corrupt" in result.stderr
+    assert f"replace {seg} with a backup copy of that segment holding seq 1" in result.stderr

@@ -262,3 +262,31 @@ def test_a_worker_whose_gpu_is_lost_answers_the_trial_then_exits_for_a_fresh_pro
     # A CUDA context does not recover: the worker leaves so that a new one is started.
     assert proc.wait(timeout=30) == EXIT_DEVICE_LOST
     assert queue.in_flight() == {}  # it answered and finished its command first
+
+
+def test_a_worker_refuses_data_swapped_for_a_fifo_or_outside_its_roots_and_carries_on(
+    queue: Queue, data_files: tuple[Path, Path], start_worker: StartWorker, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)  # a worker that opened it blocking would wait for a writer forever
+    outside = _command(data_files, 0)
+    roots = (tmp_path / "elsewhere",)
+    outside = outside.model_copy(
+        update={"data": outside.data.model_copy(update={"data_roots": roots})}
+    )
+    blocked = _command((fifo, data_files[1]), 1)
+    good = _command(data_files, 2)
+    for command in (outside, blocked, good):
+        queue.put(command)
+    proc = start_worker("wf")
+    inbox = Inbox(queue)
+
+    refused: Failed = inbox.wait(outside.command_id, Failed, timeout=60)
+    assert "DataError" in refused.error and "outside the data roots" in refused.error
+    assert str(data_files[0]) in refused.error
+    fifo_failed: Failed = inbox.wait(blocked.command_id, Failed, timeout=60)
+    assert f"{fifo}: is a FIFO" in fifo_failed.error
+    inbox.wait(good.command_id, Saved, timeout=60)
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == EXIT_OK

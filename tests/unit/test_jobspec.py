@@ -41,7 +41,7 @@ search:
   seed: 42
   space:
     xgboost: {n_estimators: [50, 400], max_depth: [3, 10]}
-    lightgbm: {num_leaves: [15, 31, 63], learning_rate: [0.01, 0.3]}
+    lightgbm: {num_leaves: [15, 63], learning_rate: [0.01, 0.3]}
 validation:
   test_fraction: 0.2
   valid_fraction: 0.2
@@ -118,7 +118,7 @@ def test_a_valid_yaml_job_is_accepted_with_data_paths_resolved(ws: Workspace) ->
         "n_estimators": (50, 400),
         "max_depth": (3, 10),
     }
-    assert spec.search.space.for_model("lightgbm")["num_leaves"] == (15, 31, 63)
+    assert spec.search.space.for_model("lightgbm")["num_leaves"] == (15, 63)
     assert spec.quality_gate.min_test_auc == 0.7 and spec.quality_gate.allow_regression
     real_data = os.path.realpath(ws.data)
     assert spec.data.transactions == f"{real_data}/train_transaction.csv"

@@ -1,4 +1,9 @@
-"""The package's layers import downwards only (the table in README.md, "The house").
+"""The package's layers import downwards only (DESIGN.md's table, with one addition).
+
+The addition: ``ml`` may import ``core``. The search space (parameters, bounds, overrides:
+:mod:`sentinel_daemon.core.space`) is part of the job-file contract, so the job check in the
+core validates it; the trainer and the samplers in ``ml`` must use that same definition, or
+a job accepted at submission could be refused mid-search.
 
 An AST walk over every module of ``sentinel_daemon/``: each ``import`` of a project module,
 wherever it stands (top level, inside a function, under ``TYPE_CHECKING``), must name a layer
@@ -25,7 +30,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "core": frozenset({"base"}),
     "log": frozenset({"core", "base"}),
     "queue": frozenset({"core", "base"}),
-    "ml": frozenset({"base"}),
+    "ml": frozenset({"core", "base"}),  # core.space: see the module docstring
     "worker": frozenset({"core", "queue", "ml", "base"}),
     "daemon": frozenset({"core", "log", "queue", "ml", "worker", "base"}),
     "tools": frozenset({"core", "log", "queue", "ml", "base"}),
