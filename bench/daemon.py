@@ -112,13 +112,14 @@ from sentinel_daemon.core.events import (
 )
 from sentinel_daemon.core.ids import JobId, TrialNumber
 from sentinel_daemon.core.jobspec import parse_job_file
+from sentinel_daemon.core.space import resolve_space
 from sentinel_daemon.daemon.stages import PrepareRequest, run_prepare
 from sentinel_daemon.fsutil import atomic_write_bytes
 from sentinel_daemon.layout import EVENTS_DIR, INBOX_DIR
 from sentinel_daemon.log.records import format_ts
 from sentinel_daemon.log.store import Store
 from sentinel_daemon.ml import synth
-from sentinel_daemon.ml.space import distributions, resolve_space, suggest
+from sentinel_daemon.ml.space import distributions, suggest
 from sentinel_daemon.queue.messages import TrialData
 from sentinel_daemon.tools.cancel import cancel_request_path
 

@@ -88,7 +88,8 @@ from sentinel_daemon.fsutil import fsync_dir
 from sentinel_daemon.layout import EVENTS_DIR, SNAPSHOT_NAME
 from sentinel_daemon.log.records import encode_line, format_ts
 from sentinel_daemon.log.scrub import scrub
-from sentinel_daemon.log.segments import FileLog, LogScan, segment_name
+from sentinel_daemon.log.segfiles import segment_name
+from sentinel_daemon.log.segments import FileLog, LogScan
 from sentinel_daemon.log.snapshot import load_snapshot
 from sentinel_daemon.log.store import Store, replay
 

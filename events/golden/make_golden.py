@@ -68,7 +68,8 @@ from sentinel_daemon.core.ids import JobId, TrialNumber, WorkerId
 from sentinel_daemon.core.state import State
 from sentinel_daemon.layout import EVENTS_DIR
 from sentinel_daemon.log.records import encode_line, format_ts
-from sentinel_daemon.log.segments import LogScan, segment_name
+from sentinel_daemon.log.segfiles import segment_name
+from sentinel_daemon.log.segments import LogScan
 from sentinel_daemon.log.store import Store, replay
 
 HERE = Path(__file__).resolve().parent

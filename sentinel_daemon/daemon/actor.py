@@ -49,6 +49,7 @@ from sentinel_daemon.core.events import (
 )
 from sentinel_daemon.core.ids import JobId, TrialNumber
 from sentinel_daemon.core.jobspec import JobSpec
+from sentinel_daemon.core.space import ParamSpec, resolve_space
 from sentinel_daemon.core.state import (
     JobState,
     JobStatus,
@@ -79,7 +80,7 @@ from sentinel_daemon.daemon.promotion import completed, gate, model_card, promot
 from sentinel_daemon.daemon.stages import PrepareRequest, ValidateRequest
 from sentinel_daemon.layout import CACHE_DIR, trial_dir
 from sentinel_daemon.ml.artifacts import FoundModel
-from sentinel_daemon.ml.space import ParamSpec, distributions, resolve_space, suggest
+from sentinel_daemon.ml.space import distributions, suggest
 from sentinel_daemon.ml.study import (
     TRIAL_ATTR,
     frozen_trial,

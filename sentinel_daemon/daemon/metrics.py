@@ -77,7 +77,7 @@ from sentinel_daemon.core.state import (
 )
 from sentinel_daemon.daemon.monitor import ProcessKey, ProcessReading, Readings
 from sentinel_daemon.layout import EVENTS_DIR
-from sentinel_daemon.log.segments import list_segments
+from sentinel_daemon.log.segfiles import list_segments
 
 log = structlog.get_logger(__name__)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sentinel_daemon.errors import LogFsyncFailed
 from sentinel_daemon.log.records import Position, Record, encode_batch, format_ts
-from sentinel_daemon.log.segments import segment_name
+from sentinel_daemon.log.segfiles import segment_name
 
 
 class MemoryLog:

@@ -16,13 +16,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sentinel_daemon.core.space import SpaceError
     from sentinel_daemon.ml.artifacts import LoadedModel, SavedModel, load_model, save_model
     from sentinel_daemon.ml.errors import (
         ArtifactError,
         DataError,
         MetricsError,
         MLError,
-        SpaceError,
         SplitError,
     )
     from sentinel_daemon.ml.features import FEATURE_VERSION

@@ -35,11 +35,12 @@ from sentinel_daemon.core.events import (
 )
 from sentinel_daemon.core.ids import check_job_id
 from sentinel_daemon.core.jobspec import JobSpec, ModelName
+from sentinel_daemon.core.space import ParamSpec, resolve_space
 from sentinel_daemon.errors import UnknownJob
 from sentinel_daemon.layout import EVENTS_DIR
 from sentinel_daemon.log.segments import LogScan
 from sentinel_daemon.log.store import decode_record
-from sentinel_daemon.ml.space import ParamSpec, distributions, resolve_space
+from sentinel_daemon.ml.space import distributions
 from sentinel_daemon.ml.study import frozen_trial as optuna_trial
 
 

@@ -18,7 +18,7 @@ import psutil
 
 from sentinel_daemon.layout import LOCK_NAME
 from sentinel_daemon.log.lock import read_holder
-from sentinel_daemon.tools.doctor import parse_flocks
+from sentinel_daemon.tools.checks import parse_flocks
 
 PROC_LOCKS = Path("/proc/locks")
 

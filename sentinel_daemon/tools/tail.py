@@ -17,9 +17,7 @@ from pathlib import Path
 import orjson
 
 from sentinel_daemon.log.records import BadRecord, Record, decode_line
-from sentinel_daemon.log.segments import (
-    list_segments,
-)
+from sentinel_daemon.log.segfiles import list_segments
 
 
 @dataclass(frozen=True)

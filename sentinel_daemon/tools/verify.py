@@ -18,7 +18,8 @@ from sentinel_daemon.errors import EventDecodeError, LogCorrupt, LogGap, LogUnre
 from sentinel_daemon.layout import EVENTS_DIR, SNAPSHOT_NAME
 from sentinel_daemon.log.records import Record
 from sentinel_daemon.log.scrub import Finding, scrub
-from sentinel_daemon.log.segments import LogScan, list_segments
+from sentinel_daemon.log.segfiles import list_segments
+from sentinel_daemon.log.segments import LogScan
 from sentinel_daemon.log.snapshot import SnapshotInvalid, load_snapshot
 from sentinel_daemon.log.store import snapshot_fit
 

@@ -24,7 +24,8 @@ from pydantic import TypeAdapter
 from sentinel_daemon.core.events import EVENT_TYPES, ModelKind
 from sentinel_daemon.core.state import JobStatus, State, TrialStatus, WorkerStatus
 from sentinel_daemon.layout import EVENTS_DIR
-from sentinel_daemon.log.segments import LogScan, list_segments
+from sentinel_daemon.log.segfiles import list_segments
+from sentinel_daemon.log.segments import LogScan
 from sentinel_daemon.log.store import Store, decode_record
 
 REPO = Path(__file__).resolve().parents[2]

@@ -52,7 +52,8 @@ from sentinel_daemon.core.state import fold
 from sentinel_daemon.errors import LogCorrupt, LogError, LogGap
 from sentinel_daemon.layout import EVENTS_DIR, SNAPSHOT_NAME
 from sentinel_daemon.log.records import Record
-from sentinel_daemon.log.segments import LogScan, list_segments
+from sentinel_daemon.log.segfiles import list_segments
+from sentinel_daemon.log.segments import LogScan
 from sentinel_daemon.log.store import Store, decode_record
 from sentinel_daemon.tools.verify import verify
 from tests.faults.faultkit import rng

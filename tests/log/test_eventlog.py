@@ -12,7 +12,8 @@ import pytest
 
 from sentinel_daemon.errors import LogCorrupt, LogFsyncFailed, LogGap
 from sentinel_daemon.log.records import Position
-from sentinel_daemon.log.segments import FileLog, LogScan, LogWriteFailed, segment_name
+from sentinel_daemon.log.segfiles import segment_name
+from sentinel_daemon.log.segments import FileLog, LogScan, LogWriteFailed
 
 from .logkit import open_log, payload, scan_all, segment_files, write_log
 

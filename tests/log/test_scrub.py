@@ -9,7 +9,8 @@ from pathlib import Path
 from sentinel_daemon.core.events import TrialStarted
 from sentinel_daemon.layout import EVENTS_DIR, SNAPSHOT_NAME
 from sentinel_daemon.log.scrub import scrub
-from sentinel_daemon.log.segments import FileLog, LogScan, segment_name
+from sentinel_daemon.log.segfiles import segment_name
+from sentinel_daemon.log.segments import FileLog, LogScan
 from sentinel_daemon.log.snapshot import load_snapshot
 from sentinel_daemon.log.store import Store
 from sentinel_daemon.tools.repair import repair

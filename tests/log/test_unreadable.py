@@ -19,7 +19,7 @@ from sentinel_daemon import cli
 from sentinel_daemon.core.events import TrialStarted
 from sentinel_daemon.errors import LogUnreadable
 from sentinel_daemon.layout import EVENTS_DIR
-from sentinel_daemon.log.segments import segment_name
+from sentinel_daemon.log.segfiles import segment_name
 from sentinel_daemon.log.store import Store, read_state
 from sentinel_daemon.tools.repair import repair
 from sentinel_daemon.tools.verify import verify

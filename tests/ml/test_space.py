@@ -3,8 +3,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sentinel_daemon.ml.errors import SpaceError
-from sentinel_daemon.ml.space import ParamSpec, default_space, resolve_space, suggest
+from sentinel_daemon.core.space import ParamSpec, SpaceError, default_space, resolve_space
+from sentinel_daemon.ml.space import suggest
 
 XGB = {"n_estimators", "learning_rate", "max_depth", "min_child_weight", "subsample",
        "colsample_bytree", "reg_alpha", "reg_lambda", "gamma"}  # fmt: skip

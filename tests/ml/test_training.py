@@ -5,9 +5,9 @@ import optuna
 import pytest
 
 from sentinel_daemon import ml
-from sentinel_daemon.ml.errors import SpaceError
+from sentinel_daemon.core.space import SpaceError, resolve_space
 from sentinel_daemon.ml.metrics import METRIC_NAMES
-from sentinel_daemon.ml.space import resolve_space, suggest
+from sentinel_daemon.ml.space import suggest
 from sentinel_daemon.ml.training import lightgbm_params, xgboost_params
 
 from .helpers import SMALL

@@ -10,30 +10,29 @@ from pathlib import Path
 import pytest
 
 from sentinel_daemon.layout import LOCK_NAME
-from sentinel_daemon.tools import doctor
-from sentinel_daemon.tools.doctor import (
-    GIB,
+from sentinel_daemon.tools import checks, doctor, storage
+from sentinel_daemon.tools.checks import (
     CommandResult,
-    Host,
     Level,
-    Mount,
     Who,
-    check_disk,
-    check_drop_dir,
-    check_filesystem,
     check_gpus,
     check_inotify,
     check_lock,
-    check_state_dir,
     check_systemd,
+    parse_flocks,
+    read_inotify_limits,
+)
+from sentinel_daemon.tools.doctor import Host, render, report, run_checks
+from sentinel_daemon.tools.storage import (
+    GIB,
+    Mount,
+    check_disk,
+    check_drop_dir,
+    check_filesystem,
+    check_state_dir,
     may,
     mount_of,
-    parse_flocks,
     parse_mountinfo,
-    read_inotify_limits,
-    render,
-    report,
-    run_checks,
 )
 
 MOUNTINFO = """\
@@ -85,7 +84,7 @@ def test_no_mount_at_all_is_skipped() -> None:
     assert check_filesystem(Path("/x"), None).level is Level.SKIP
 
 
-@pytest.mark.parametrize("fstype", sorted(doctor.REFUSED_FS))
+@pytest.mark.parametrize("fstype", sorted(storage.REFUSED_FS))
 def test_network_file_systems_fail_because_flock_and_fsync_are_unreliable(fstype: str) -> None:
     check = check_filesystem(Path("/srv/state"), mount(fstype, "/srv"))
     assert check.level is Level.FAIL
@@ -147,12 +146,12 @@ def test_inotify_limits_are_read_and_missing_ones_are_none(tmp_path: Path) -> No
 
 
 def test_inotify_at_the_kernel_defaults_is_ok() -> None:
-    check = check_inotify(dict(doctor.INOTIFY_MINIMUMS), rescan_s=5.0)
+    check = check_inotify(dict(checks.INOTIFY_MINIMUMS), rescan_s=5.0)
     assert check.level is Level.OK
 
 
 def test_a_low_inotify_limit_warns_naming_it_and_the_sysctl_to_raise_it() -> None:
-    limits = dict(doctor.INOTIFY_MINIMUMS) | {"max_user_instances": 8}
+    limits = dict(checks.INOTIFY_MINIMUMS) | {"max_user_instances": 8}
     check = check_inotify(limits, rescan_s=5.0)
     assert check.level is Level.WARN
     assert "max_user_instances" in check.summary and "every 5 s" in check.summary
@@ -161,7 +160,7 @@ def test_a_low_inotify_limit_warns_naming_it_and_the_sysctl_to_raise_it() -> Non
 
 
 def test_no_inotify_at_all_warns_that_the_inbox_is_only_listed() -> None:
-    check = check_inotify(dict.fromkeys(doctor.INOTIFY_MINIMUMS), rescan_s=2.0)
+    check = check_inotify(dict.fromkeys(checks.INOTIFY_MINIMUMS), rescan_s=2.0)
     assert check.level is Level.WARN
     assert "every 2 s" in check.summary
 
@@ -334,8 +333,8 @@ LOCKS = """\
 
 def test_flock_entries_are_parsed_with_hex_device_numbers() -> None:
     assert parse_flocks(LOCKS) == [
-        doctor.FileLock(4242, (0xFE, 0x01), 2180171),
-        doctor.FileLock(17, (0, 0x1B), 542),
+        checks.FileLock(4242, (0xFE, 0x01), 2180171),
+        checks.FileLock(17, (0, 0x1B), 542),
     ]
 
 
@@ -386,7 +385,7 @@ def test_without_proc_locks_the_lock_is_skipped(state_dir: Path) -> None:
 # ---- systemd -------------------------------------------------------------------------------
 
 
-def systemctl(active: CommandResult, enabled: CommandResult) -> doctor.Runner:
+def systemctl(active: CommandResult, enabled: CommandResult) -> checks.Runner:
     def run(argv: Sequence[str]) -> CommandResult:
         assert argv[1] == "sentinel.service"
         return {"is-active": active, "is-enabled": enabled}[argv[0]]
