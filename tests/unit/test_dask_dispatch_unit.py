@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_daemon.daemon.dispatch.dask import check_paths
+from sentinel_daemon.daemon.dispatch.dask_task import check_paths
 from sentinel_daemon.errors import ConfigError
 from sentinel_daemon.settings import load_settings
 
