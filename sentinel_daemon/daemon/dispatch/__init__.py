@@ -39,8 +39,10 @@ class PollResult:
 class Dispatcher(Protocol):
     """What the core loop needs of a dispatch backend; no method may block for long."""
 
-    #: Whether trials can be dispatched now (a Dask scheduler may be out of reach).
-    available: bool
+    @property
+    def available(self) -> bool:
+        """Whether trials can be dispatched now (a Dask scheduler may be out of reach)."""
+
     #: Whether :meth:`describe` changes while the daemon runs, so that ``health.json`` is
     #: rewritten with it every few seconds.
     describe_changes: bool

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import os
 import time
 import uuid
 from collections import deque
@@ -60,9 +59,9 @@ from pydantic import ValidationError
 from sentinel_daemon.core.events import Event, JobFailed, WorkerLost, WorkerStarted
 from sentinel_daemon.core.ids import JobId, WorkerId
 from sentinel_daemon.daemon.dispatch import PollResult
+from sentinel_daemon.daemon.dispatch.dask_cluster import ClusterLink
 from sentinel_daemon.daemon.dispatch.dask_task import (
     PRUNE_PREFIX,
-    TOPIC,
     check_paths,
     run_trial_task,
 )
@@ -81,8 +80,6 @@ KEY_PREFIX = "sentinel-"
 SLOT_PREFIX = "dask-"
 #: A file in the state directory that Dask workers must read back (shared storage check).
 MARKER_FILE = "dispatch-id"
-#: How often the cluster's workers and resources are counted (on the helper thread).
-MEASURE_EVERY_S = 1.0
 
 
 # ---- the daemon's side --------------------------------------------------------------------
@@ -122,23 +119,12 @@ class DaskDispatcher:
         *,
         worker_state_dir: Path | None = None,
     ) -> None:
-        if settings.scheduler is None:
-            raise ValueError("dispatch.scheduler is required with dispatch.backend: dask")
         self.state_dir = Path(state_dir)
         self.settings = settings
-        self.scheduler = settings.scheduler
+        self.link = ClusterLink(settings, self._inbound_message)
+        self.scheduler = self.link.scheduler
         self.worker_state_dir = str(worker_state_dir or settings.worker_state_dir or state_dir)
         self.queue = Queue(self.state_dir / "queue")
-        self.client: distributed.Client | None = None
-        self.available = False
-        self.reason: str | None = "connecting to the scheduler"
-        self.cluster_workers = 0
-        self.capacity = 0
-        self._ops = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dask-ops")
-        self._connecting: concurrent.futures.Future[distributed.Client] | None = None
-        self._next_connect = 0.0
-        self._next_measure = 0.0
-        self._measuring: concurrent.futures.Future[None] | None = None
         self._tasks: dict[str, _Task] = {}  # command id -> task
         self._outboxes: dict[str, Outbox] = {}
         self._announced: set[str] = set()  # slots whose worker.started is recorded
@@ -147,22 +133,36 @@ class DaskDispatcher:
         self._checks: dict[str, _Check] = {}
         self._check_after: dict[str, float] = {}  # job id -> when to ask again
         self._inbound: deque[dict[str, Any]] = deque()  # filled by the client's thread
-        self._stopping = False
 
     #: :meth:`describe` carries the cluster's counts, which change while the daemon runs.
     describe_changes = True
 
     # -- the Dispatcher interface -----------------------------------------------------------
 
+    @property
+    def available(self) -> bool:
+        return self.link.available
+
+    @property
+    def client(self) -> distributed.Client | None:
+        return self.link.client
+
+    @property
+    def capacity(self) -> int:
+        """Trials the cluster can take at once: ``dispatch.slots``, or its units."""
+        if not self.link.available:
+            return 0
+        return self.settings.slots if self.settings.slots is not None else int(self.link.units)
+
     def start(self, now: float | None = None) -> None:
-        self._connect(time.monotonic() if now is None else now)
+        self.link.start(time.monotonic() if now is None else now)
 
     def worker_ids(self) -> list[WorkerId]:
         """Every slot id: they hold commands but are no processes with heartbeats."""
         return [self._slot_id(i) for i in range(self._slot_count)]
 
     def workers_alive(self) -> int:
-        return self.cluster_workers
+        return self.link.workers
 
     def worker_pids(self) -> dict[WorkerId, int]:
         return {}  # nothing runs on this host: resources are the Dask workers' hosts'
@@ -174,25 +174,31 @@ class DaskDispatcher:
         return False  # no local process to kill (the memory ceiling is Dask's own)
 
     def status_note(self) -> str | None:
-        if self.available:
+        if self.link.available:
             return None
-        return f"dask scheduler {self.scheduler}: {self.reason}; dispatching paused"
+        return f"dask scheduler {self.scheduler}: {self.link.reason}; dispatching paused"
 
     def describe(self) -> dict[str, Any]:
         """For ``health.json`` and ``sentinel status``."""
         return {
             "backend": "dask",
             "scheduler": self.scheduler,
-            "connected": self.available,
-            "reason": None if self.available else self.reason,
-            "workers": self.cluster_workers,
+            "connected": self.link.available,
+            "reason": None if self.link.available else self.link.reason,
+            "workers": self.link.workers,
             "slots": self.capacity,
             "running": sum(1 for t in self._tasks.values() if t.future is not None),
         }
 
     def poll(self, now: float) -> PollResult:
         result = PollResult()
-        client = self._client_now(now)
+        client, lost = self.link.client_now(now)
+        if lost:
+            # What the slots held was cancelled with the connection. The trials did not
+            # fail: back to pending with the same attempt, submitted again when it returns.
+            for task in list(self._tasks.values()):
+                if task.future is not None:
+                    self._requeue(task)
         if client is None:
             return result
         self._drain_inbound(result)
@@ -205,96 +211,11 @@ class DaskDispatcher:
     def stop(self, grace_s: float) -> list[Event]:
         """Leave the cluster: tasks still running are abandoned (their commands stay held,
         and the next daemon takes them back with the same attempt)."""
-        self._stopping = True
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                self.client.close(timeout=max(grace_s, 1.0))
-        self.client = None
-        self._ops.shutdown(wait=False, cancel_futures=True)
+        self.link.close(grace_s)
         return []
 
-    # -- connection --------------------------------------------------------------------------
-
-    def _connect(self, now: float) -> None:
-        if self._connecting is None and not self._stopping:
-            self._connecting = self._ops.submit(self._new_client)
-            self._next_connect = now + self.settings.retry_s
-
-    def _new_client(self) -> distributed.Client:
-        import distributed
-
-        client = distributed.Client(
-            self.scheduler,
-            timeout=self.settings.connect_timeout_s,
-            set_as_default=False,
-            name=f"sentinel-daemon-{os.getpid()}",
-        )
-        client.subscribe_topic(TOPIC, self._on_event)
-        return client
-
-    def _on_event(self, event: tuple[float, Any]) -> None:
-        # Called on the client's event-loop thread: only hand the message over.
-        if isinstance(event, tuple | list) and len(event) == 2 and isinstance(event[1], dict):
-            self._inbound.append(event[1])
-
-    def _client_now(self, now: float) -> distributed.Client | None:
-        """The connected client, or None (dispatching paused) while there is none."""
-        if self._connecting is not None and self._connecting.done():
-            connecting, self._connecting = self._connecting, None
-            try:
-                self.client = connecting.result()
-            except Exception as exc:  # OSError, TimeoutError, ...: the scheduler is away
-                self._unavailable(f"unreachable ({type(exc).__name__}: {exc})"[:300])
-        client = self.client
-        if client is not None and client.status != "running":
-            # "connecting": the client tries to reconnect by itself (its futures are gone);
-            # closed: it gave up, and a new one is made below.
-            self._unavailable(f"connection lost (client {client.status})")
-            if client.status in ("closed", "closing", "failed"):
-                with contextlib.suppress(Exception):
-                    client.close(timeout=1)
-                self.client = None
-            client = None
-        if client is None:
-            if self.client is None and now >= self._next_connect:
-                self._connect(now)
-            return None
-        if not self.available:
-            self.available, self.reason = True, None
-            log.info("dispatch.scheduler_connected", scheduler=self.scheduler)
-        if now >= self._next_measure and (self._measuring is None or self._measuring.done()):
-            self._next_measure = now + MEASURE_EVERY_S
-            self._measuring = self._ops.submit(self._measure, client)
-        return client
-
-    def _unavailable(self, reason: str) -> None:
-        if self.available or self.reason != reason:
-            log.warning(
-                "dispatch.scheduler_unavailable",
-                scheduler=self.scheduler,
-                reason=reason,
-                action="dispatching paused; commands held go back to the queue",
-            )
-        self.available, self.reason = False, reason
-        self.cluster_workers = self.capacity = 0  # measured again once connected
-        # What the slots held: cancelled by the lost connection. The trials did not fail:
-        # back to pending with the same attempt, submitted again when the scheduler returns.
-        for task in list(self._tasks.values()):
-            if task.future is not None:
-                self._requeue(task)
-
-    def _measure(self, client: distributed.Client) -> None:
-        """On the helper thread: how many workers, and how many trials they can take."""
-        try:
-            workers = client.scheduler_info(n_workers=-1).get("workers", {})
-        except Exception as exc:  # the connection went: the next poll sees it
-            log.debug("dispatch.measure_failed", error=str(exc))
-            return
-        units = sum(
-            float(w.get("resources", {}).get(self.settings.resource, 0)) for w in workers.values()
-        )
-        self.cluster_workers = len(workers)
-        self.capacity = self.settings.slots if self.settings.slots is not None else int(units)
+    def _inbound_message(self, message: dict[str, Any]) -> None:
+        self._inbound.append(message)  # on the client's thread: only hand it over
 
     # -- following tasks ---------------------------------------------------------------------
 
@@ -337,7 +258,7 @@ class DaskDispatcher:
                 return
             if not task.prune_sent:
                 task.prune_sent = True
-                self._ops.submit(self._set_prune, cid)
+                self.link.background(self._set_prune, cid)
         future = task.future
         if future is None or not future.done():
             return
@@ -412,7 +333,7 @@ class DaskDispatcher:
         self.queue.finish(task.slot, cid)
         self._tasks.pop(cid, None)
         if task.prune_sent:
-            self._ops.submit(self._clear_prune, cid)
+            self.link.background(self._clear_prune, cid)
 
     def _requeue(self, task: _Task) -> None:
         cid = task.command.command_id
@@ -424,7 +345,7 @@ class DaskDispatcher:
     def _lost(self, task: _Task, reason: str, result: PollResult) -> None:
         cid = task.command.command_id
         if task.future is not None:
-            self._ops.submit(self._set_prune, cid)  # a rerun still going stops at a report
+            self.link.background(self._set_prune, cid)  # a rerun still going stops at a report
             with contextlib.suppress(Exception):
                 task.future.cancel()
         self._tasks.pop(cid, None)
@@ -453,7 +374,7 @@ class DaskDispatcher:
                 self._submit(client, task)
             elif job_id not in self._checks and now >= self._check_after.get(job_id, 0.0):
                 self._checks[job_id] = _Check(
-                    job_id, self._ops.submit(self._check_job, client, task.command)
+                    job_id, self.link.background(self._check_job, client, task.command)
                 )
 
     def _submit(self, client: distributed.Client, task: _Task) -> None:
