@@ -42,6 +42,7 @@ from sentinel_daemon.core.events import (
     WorkerLost,
 )
 from sentinel_daemon.core.state import JobStatus, State, TrialStatus, WorkerStatus
+from sentinel_daemon.daemon.blocking import REASONS
 from sentinel_daemon.daemon.monitor import ProcessKey, ProcessReading, Readings
 
 log = structlog.get_logger(__name__)
@@ -169,8 +170,11 @@ class DaemonMetrics:
         )
         self.dispatch_blocked = Gauge(
             "sentinel_dispatch_blocked",
-            "1 while admission control holds new trials back (low host or GPU memory; "
-            "the reason is logged), else 0",
+            "1 while no new trial is dispatched for this reason, else 0: admission (host or "
+            "GPU memory under resources.min_free_*), no_scheduler (the Dask scheduler cannot "
+            "be reached), no_capacity (no Dask worker offers dispatch.resource), "
+            "writes_failing (the event log cannot be written); the log and health.json say more",
+            ["reason"],
             registry=r,
         )
         for model in ModelKind:
@@ -179,6 +183,8 @@ class DaemonMetrics:
         for role in ROLES:
             self.cpu.labels(role)
             self.rss.labels(role)
+        for reason in REASONS:
+            self.dispatch_blocked.labels(reason).set(0)
         self._cpu = {role: _CpuAccount() for role in ROLES}
         self._best_jobs: set[str] = set()
         self._server: WSGIServer | None = None
@@ -268,13 +274,16 @@ class DaemonMetrics:
 
     # ---- sampled -----------------------------------------------------------------------
 
-    def sampled(
-        self, readings: Readings, *, pending: int, workers_alive: int, blocked: bool
-    ) -> None:
+    def blocked(self, reasons: Iterable[str]) -> None:
+        """Dispatching is held back for ``reasons`` (of :data:`~.blocking.REASONS`) only."""
+        now = set(reasons)
+        for reason in REASONS:
+            self.dispatch_blocked.labels(reason).set(1 if reason in now else 0)
+
+    def sampled(self, readings: Readings, *, pending: int, workers_alive: int) -> None:
         """Refresh the sampled series from one round of the monitor's readings."""
         self.queue_pending.set(pending)
         self.workers_alive.set(workers_alive)
-        self.dispatch_blocked.set(1 if blocked else 0)
         self.host_available.set(readings.host_available_bytes)
         for gpu in readings.gpus:
             label = str(gpu.index)

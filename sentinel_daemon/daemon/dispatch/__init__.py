@@ -59,6 +59,10 @@ class Dispatcher(Protocol):
     def status_note(self) -> str | None:
         """Why dispatching is paused, for the status line; None while it is not."""
 
+    def blocked(self) -> dict[str, str]:
+        """Why this backend dispatches nothing now, by reason (``no_scheduler``,
+        ``no_capacity``), each with a sentence for the log and ``health.json``."""
+
     def describe(self) -> dict[str, Any]:
         """The backend and its counts, for ``health.json`` and ``sentinel status``."""
 
@@ -75,7 +79,9 @@ class Dispatcher(Protocol):
         """Pids of this host's worker processes (for resource sampling)."""
 
     def kill(self, worker_id: str, reason: str) -> bool:
-        """Kill a local worker to be reported lost for ``reason``; False if none runs."""
+        """End ``worker_id``'s trial: a local worker is killed, a Dask slot's task
+        cancelled; either is reported lost for ``reason`` by a later :meth:`poll`, with
+        its commands taken back. False when it is none of this dispatcher's, or holds none."""
 
 
 def open_dispatcher(
@@ -106,7 +112,13 @@ def open_dispatcher(
                 reason="dispatch.backend is dask: trials run on the Dask cluster",
                 scheduler=dispatch.scheduler,
             )
-        return DaskDispatcher(state_dir, dispatch), 0
+        dask = DaskDispatcher(
+            state_dir,
+            dispatch,
+            heartbeat_s=settings.workers.heartbeat_s,
+            heartbeat_timeout_s=settings.workers.heartbeat_timeout_s,
+        )
+        return dask, 0
     supervisor = Supervisor(
         state_dir,
         count=count,

@@ -8,13 +8,13 @@ commands into ``STATE/queue/pending/`` and reads answers from ``STATE/queue/resu
 a set of local workers would be:
 
 - it claims a pending command into one of its *slots* (``queue/workers/dask-<n>/``; one
-  command each, as many slots as the cluster offers ``dispatch.resource`` units, or
-  ``dispatch.slots``) and submits it to the scheduler as a task that asks for one unit of
-  that resource, under the key ``sentinel-<command_id>``;
+  command each, as many slots as the cluster's workers offer whole units of
+  ``dispatch.resource``, at most ``dispatch.slots``) and submits it to the scheduler as a
+  task that asks for one unit of that resource, under the key ``sentinel-<command_id>``;
 - a Dask worker runs :func:`~sentinel_daemon.daemon.dispatch.dask_task.run_trial_task`
   (the worker's side, in :mod:`~sentinel_daemon.daemon.dispatch.dask_task`): the trial code
-  of ``sentinel worker``, progress sent back with ``Worker.log_event`` and pruning asked
-  through a ``distributed.Event``;
+  of ``sentinel worker``, progress and heartbeats sent back with ``Worker.log_event``,
+  pruning asked through a ``distributed.Event``;
 - the dispatcher posts every answer into ``results/`` under the slot's id (through an
   :class:`~sentinel_daemon.queue.maildir.Outbox`, fsynced), where the daemon ingests it exactly as
   a local worker's; prune requests the actor writes into the slot's folder become the
@@ -24,30 +24,38 @@ Failures map onto what the daemon already handles. A Dask worker that dies under
 (``KilledWorker``, with the scheduler's ``allowed-failures`` at 0 as the docs advise; or,
 with a higher setting, a second execution of the same task seen starting) is reported as
 ``worker.lost`` for the slot, with the commands taken back, so the trial is retried under
-``trials.max_attempts``. A scheduler that cannot be reached pauses dispatching (``available``
-is False, ``sentinel status`` and the log say why); the commands held in slots go back to
-``pending/`` with the same attempt (the trial did not fail) and are submitted again once
-it returns. A restarted daemon takes back the commands its predecessor's slots held, with
-the same attempt, like any dead worker's. A resubmitted command never trains a finished
-trial twice: a task first looks for a complete model of its attempt on disk
+``trials.max_attempts``. So is a task that falls silent: one that a worker is processing
+but that sent nothing (no ``started``, progress or ``beat``) for
+``workers.heartbeat_timeout_s``, as a frozen worker's would (its TCP connection to the
+scheduler may stay open for minutes); its task is cancelled and its worker retired from the
+scheduler and left out of dispatching until it has gone. :meth:`DaskDispatcher.kill` (the
+daemon's ``trials.timeout_s``) ends a task the same way, without retiring its worker.
+
+A scheduler that cannot be reached pauses dispatching (``available`` is False; the reason
+is in :meth:`DaskDispatcher.blocked` for the daemon's health, metrics and log); the
+commands held in slots go back to ``pending/`` once each, with the same attempt (the trial
+did not fail), and are submitted again once it returns. A cluster whose workers offer no
+unit of the resource keeps the trials in ``pending/`` and says so (:meth:`blocked`). A
+restarted daemon takes back the commands its predecessor's slots held, with the same
+attempt, like any dead worker's. A resubmitted command never trains a finished trial twice:
+a task first looks for a complete model of its attempt on disk
 (:func:`sentinel_daemon.ml.artifacts.find_saved`) and answers with it; and the same key on the
 same Dask worker joins the execution still running there.
 
 Before the first command of a job is submitted, every Dask worker is asked to check that
-it can read the job's data and write its cache and model folders; a job whose data some
-worker cannot reach fails with the worker and the path named.
+it can read the job's data and write its cache and model folders
+(:mod:`~sentinel_daemon.daemon.dispatch.dask_paths`); a job whose data some worker cannot
+reach fails with the worker and the path named. The connection and the cluster's counts
+are :mod:`~sentinel_daemon.daemon.dispatch.dask_cluster`'s.
 
-Dask moves the function by reference and its arguments through its own protocol; every
-argument Sentinel passes is a JSON string or plain text (no pickled objects of ours), and
-answers come back as JSON-compatible dicts that the daemon validates.
+Every argument of a task is a JSON string, plain text or a number (Dask moves the function
+by reference; no pickled objects of ours), and answers are dicts that the daemon validates.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +67,14 @@ from pydantic import ValidationError
 from sentinel_daemon.core.events import Event, JobFailed, WorkerLost, WorkerStarted
 from sentinel_daemon.core.ids import JobId, WorkerId
 from sentinel_daemon.daemon.dispatch import PollResult
-from sentinel_daemon.daemon.dispatch.dask_cluster import ClusterLink
-from sentinel_daemon.daemon.dispatch.dask_task import (
-    PRUNE_PREFIX,
-    check_paths,
-    run_trial_task,
+from sentinel_daemon.daemon.dispatch.dask_cluster import (
+    CONNECTING,
+    ClusterLink,
+    ClusterView,
+    no_capacity,
 )
-from sentinel_daemon.fsutil import atomic_write_bytes
+from sentinel_daemon.daemon.dispatch.dask_paths import PathChecks
+from sentinel_daemon.daemon.dispatch.dask_task import run_trial_task
 from sentinel_daemon.queue.maildir import Outbox, Queue
 from sentinel_daemon.queue.messages import MESSAGE_ADAPTER, TrialCommand
 
@@ -78,11 +87,6 @@ log = structlog.get_logger(__name__)
 
 KEY_PREFIX = "sentinel-"
 SLOT_PREFIX = "dask-"
-#: A file in the state directory that Dask workers must read back (shared storage check).
-MARKER_FILE = "dispatch-id"
-
-
-# ---- the daemon's side --------------------------------------------------------------------
 
 
 @dataclass
@@ -94,12 +98,11 @@ class _Task:
     future: distributed.Future[Any] | None = None
     executions: list[str] = field(default_factory=list)
     prune_sent: bool = False
-
-
-@dataclass(frozen=True)
-class _Check:
-    job_id: str
-    future: concurrent.futures.Future[dict[str, list[str]]]
+    #: When its first execution was last heard from (``time.monotonic()``), or first seen
+    #: processing on a worker before it said anything; None before either.
+    heard_at: float | None = None
+    #: The address of the Dask worker running it, once known.
+    worker: str | None = None
 
 
 class DaskDispatcher:
@@ -107,9 +110,11 @@ class DaskDispatcher:
 
     The daemon drives it as it drives the local supervisor: :meth:`start`, :meth:`poll`
     each turn, :meth:`stop`. What may wait on the scheduler (connecting, counting workers,
-    path checks, prune events) runs on a helper thread; the core loop only submits (which
-    does not wait) and fetches a finished task's answer (one round trip to the worker,
-    bounded by 5 s). ``worker_state_dir`` overrides ``settings.worker_state_dir``.
+    path checks, prune events, retiring a worker) runs on helper threads; the core loop
+    only submits (which does not wait) and fetches a finished task's answer (one round trip
+    to the worker, bounded by 5 s). ``worker_state_dir`` overrides
+    ``settings.worker_state_dir``; tasks beat every ``heartbeat_s`` and are lost after
+    ``heartbeat_timeout_s`` of silence (``workers.*``).
     """
 
     def __init__(
@@ -118,21 +123,31 @@ class DaskDispatcher:
         settings: DispatchSettings,
         *,
         worker_state_dir: Path | None = None,
+        heartbeat_s: float = 1.0,
+        heartbeat_timeout_s: float = 30.0,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.settings = settings
-        self.link = ClusterLink(settings, self._inbound_message)
+        self.heartbeat_s = heartbeat_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        # Filled by the client's thread (a deque's append and popleft are atomic).
+        self._inbound: deque[dict[str, Any]] = deque()
+        self.link = ClusterLink(settings, self._inbound.append)
         self.scheduler = self.link.scheduler
         self.worker_state_dir = str(worker_state_dir or settings.worker_state_dir or state_dir)
         self.queue = Queue(self.state_dir / "queue")
+        self.paths = PathChecks(self.state_dir, self.worker_state_dir, self.link, settings.retry_s)
         self._tasks: dict[str, _Task] = {}  # command id -> task
         self._outboxes: dict[str, Outbox] = {}
         self._announced: set[str] = set()  # slots whose worker.started is recorded
         self._slot_count = 0
-        self._checked: set[str] = set()  # job ids whose paths every worker can reach
-        self._checks: dict[str, _Check] = {}
-        self._check_after: dict[str, float] = {}  # job id -> when to ask again
-        self._inbound: deque[dict[str, Any]] = deque()  # filled by the client's thread
+        self._retired: set[str] = set()  # worker addresses left out (they fell silent)
+        self._kills: dict[str, str] = {}  # slot -> why its task is to be ended (kill)
+        self._capacity_note: tuple[ClusterView | None, frozenset[str], str | None] = (
+            None,
+            frozenset(),
+            None,
+        )
 
     #: :meth:`describe` carries the cluster's counts, which change while the daemon runs.
     describe_changes = True
@@ -144,15 +159,14 @@ class DaskDispatcher:
         return self.link.available
 
     @property
-    def client(self) -> distributed.Client | None:
-        return self.link.client
-
-    @property
     def capacity(self) -> int:
-        """Trials the cluster can take at once: ``dispatch.slots``, or its units."""
-        if not self.link.available:
+        """Trials the cluster can run at once: its whole units of ``dispatch.resource``
+        (but the retired workers'), at most ``dispatch.slots``; 0 until measured."""
+        view = self.link.view
+        if not self.link.available or view is None:
             return 0
-        return self.settings.slots if self.settings.slots is not None else int(self.link.units)
+        units = view.units(self.settings.resource, self._retired)
+        return units if self.settings.slots is None else min(units, self.settings.slots)
 
     def start(self, now: float | None = None) -> None:
         self.link.start(time.monotonic() if now is None else now)
@@ -171,21 +185,50 @@ class DaskDispatcher:
         return set()
 
     def kill(self, worker_id: str, reason: str) -> bool:
-        return False  # no local process to kill (the memory ceiling is Dask's own)
+        """End the task of slot ``worker_id`` at the next :meth:`poll`: ``worker.lost`` for
+        the slot with ``reason``, its command taken back. False when the slot holds none."""
+        if not any(t.slot == worker_id for t in self._tasks.values()):
+            return False
+        self._kills[worker_id] = reason
+        return True
+
+    def blocked(self) -> dict[str, str]:
+        """``no_scheduler`` while it cannot be reached (not while first connecting), or
+        ``no_capacity`` while its workers offer no unit of ``dispatch.resource``."""
+        link = self.link
+        if not link.available:
+            if link.reason == CONNECTING:
+                return {}
+            return {"no_scheduler": f"dask scheduler {self.scheduler}: {link.reason}"}
+        view = link.view
+        if view is None:
+            return {}
+        # Asked every turn; the view changes once a second at most.
+        seen, retired, reason = self._capacity_note
+        if seen is not view or retired != self._retired:
+            reason = no_capacity(self.settings.resource, view, self._retired)
+            self._capacity_note = (view, frozenset(self._retired), reason)
+        return {} if reason is None else {"no_capacity": reason}
 
     def status_note(self) -> str | None:
-        if self.link.available:
-            return None
-        return f"dask scheduler {self.scheduler}: {self.link.reason}; dispatching paused"
+        if not self.link.available:
+            return f"dask scheduler {self.scheduler}: {self.link.reason}; dispatching paused"
+        if "no_capacity" in self.blocked():
+            return f"dask cluster: no worker offers {self.settings.resource}; trials wait"
+        return None
 
     def describe(self) -> dict[str, Any]:
         """For ``health.json`` and ``sentinel status``."""
+        view = self.link.view
         return {
             "backend": "dask",
             "scheduler": self.scheduler,
             "connected": self.link.available,
             "reason": None if self.link.available else self.link.reason,
             "workers": self.link.workers,
+            "resource": self.settings.resource,
+            "offering": 0 if view is None else len(view.offering(self.settings.resource)),
+            "retired": sorted(self._retired)[:5],
             "slots": self.capacity,
             "running": sum(1 for t in self._tasks.values() if t.future is not None),
         }
@@ -199,13 +242,24 @@ class DaskDispatcher:
             for task in list(self._tasks.values()):
                 if task.future is not None:
                     self._requeue(task)
+        for task in [t for t in self._tasks.values() if t.slot in self._kills]:
+            self._lost(task, self._kills[task.slot], result)
+        self._kills.clear()
         if client is None:
             return result
-        self._drain_inbound(result)
-        for task in list(self._tasks.values()):
-            self._follow(task, result)
-        self._finish_checks(result, now)
-        self._dispatch(client, result, now)
+        self._drain_inbound(result, now)
+        # A future cancelled by the client means its connection just went, before its
+        # status says so: dispatch nothing into it (each trial goes back to pending once).
+        cancelled = [self._follow(task, result) for task in list(self._tasks.values())]
+        self._judge_silence(result, now)
+        self._forget_retired()
+        for job_id, reason in self.paths.failed(now):
+            result.events.append(JobFailed(job_id=JobId(job_id), reason=reason))
+            for task in [t for t in self._tasks.values() if t.command.job_id == job_id]:
+                if task.future is None:
+                    self._release(task)
+        if not any(cancelled):
+            self._dispatch(client, result, now)
         return result
 
     def stop(self, grace_s: float) -> list[Event]:
@@ -214,14 +268,14 @@ class DaskDispatcher:
         self.link.close(grace_s)
         return []
 
-    def _inbound_message(self, message: dict[str, Any]) -> None:
-        self._inbound.append(message)  # on the client's thread: only hand it over
-
     # -- following tasks ---------------------------------------------------------------------
 
-    def _drain_inbound(self, result: PollResult) -> None:
+    def _drain_inbound(self, result: PollResult, now: float) -> None:
         while self._inbound:
             message = self._inbound.popleft()
+            # The scheduler adds the sender's address to each message, as "worker".
+            sender = message.get("worker")
+            self._retired.discard(str(sender))  # it speaks again: it is alive
             task = self._tasks.get(str(message.get("command_id")))
             if task is None or task.future is None:
                 continue  # a late message of a command no longer held
@@ -234,13 +288,14 @@ class DaskDispatcher:
                     self._lost(
                         task,
                         "the Dask worker running it was lost (the scheduler "
-                        f"started it again on {message.get('worker')})",
+                        f"started it again on {sender})",
                         result,
                     )
-                continue
-            # Progress of the first execution only (a second one is being stopped).
-            # (The scheduler adds its own keys, such as the sender's address, to each.)
-            if message.get("kind") == "progress" and task.executions[:1] == [execution]:
+                    continue
+            if task.executions[:1] != [execution]:
+                continue  # a second execution, being stopped
+            task.heard_at, task.worker = now, str(sender) if sender else task.worker
+            if message.get("kind") == "progress":
                 self._post(
                     task,
                     {
@@ -250,28 +305,64 @@ class DaskDispatcher:
                     },
                 )
 
-    def _follow(self, task: _Task, result: PollResult) -> None:
+    def _judge_silence(self, result: PollResult, now: float) -> None:
+        """Lose each task that a worker processes and that sent nothing for the timeout."""
+        view = self.link.view
+        timeout = self.heartbeat_timeout_s
+        for task in list(self._tasks.values()):
+            if task.future is None or task.future.done():
+                continue
+            if task.heard_at is None:
+                on = None if view is None else view.processing.get(self._key(task))
+                if on is not None:  # taken by a worker; it has this long to say so
+                    task.heard_at, task.worker = now, on
+                continue  # queued at the scheduler: no worker's silence to judge
+            silent = now - task.heard_at
+            if silent < timeout:
+                continue
+            worker = task.worker or "?"
+            self._lost(
+                task,
+                f"the Dask worker {worker} running it sent nothing for {silent:.1f} s "
+                f"(workers.heartbeat_timeout_s {timeout:g}): frozen, or cut off; it was "
+                f"retired from the scheduler",
+                result,
+            )
+            if task.worker is not None:
+                self._retired.add(task.worker)
+                self.link.retire(task.worker, f"silent for {silent:.1f} s mid-trial")
+
+    def _forget_retired(self) -> None:
+        """A retired worker that left the cluster is forgotten (an address may be reused)."""
+        view = self.link.view
+        if view is not None:
+            self._retired &= set(view.resources)
+
+    def _follow(self, task: _Task, result: PollResult) -> bool:
+        """Act on ``task``'s prune request and finished future; True when the future was
+        cancelled by the client (the connection went: the trial goes back to pending)."""
         cid = task.command.command_id
         if self.queue.should_prune(task.slot, cid):
             if task.future is None:  # still waiting for its check: nothing runs yet
                 self._release(task)
-                return
+                return False
             if not task.prune_sent:
                 task.prune_sent = True
-                self.link.background(self._set_prune, cid)
+                self.link.prune(cid, True)
         future = task.future
         if future is None or not future.done():
-            return
+            return False
         status = future.status
         if status == "finished":
             try:
                 answer = future.result(timeout=5)
             except Exception as exc:  # the result could not be fetched: treat as lost
                 self._lost(task, f"its result could not be fetched ({type(exc).__name__})", result)
-                return
+                return False
             self._answer(task, answer)
         elif status == "cancelled":
             self._requeue(task)
+            return True
         else:
             error = future.exception(timeout=5)
             name = type(error).__name__
@@ -280,6 +371,7 @@ class DaskDispatcher:
             else:  # the task itself raised outside the trial code (an import error, say)
                 self._post(task, {"kind": "failed", "error": f"dask task: {name}: {error}"})
                 self._release(task)
+        return False
 
     def _answer(self, task: _Task, answer: Any) -> None:
         if not isinstance(answer, dict) or answer.get("kind") not in ("saved", "pruned", "failed"):
@@ -313,27 +405,13 @@ class DaskDispatcher:
         self.queue.post(task.slot, message)
         return True
 
-    def _set_prune(self, command_id: str) -> None:
-        import distributed
-
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                distributed.Event(PRUNE_PREFIX + command_id, client=self.client).set()
-
-    def _clear_prune(self, command_id: str) -> None:
-        import distributed
-
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                distributed.Event(PRUNE_PREFIX + command_id, client=self.client).clear()
-
     def _release(self, task: _Task) -> None:
         """The slot's command is answered (or dropped): free the slot."""
         cid = task.command.command_id
         self.queue.finish(task.slot, cid)
         self._tasks.pop(cid, None)
         if task.prune_sent:
-            self.link.background(self._clear_prune, cid)
+            self.link.prune(cid, False)
 
     def _requeue(self, task: _Task) -> None:
         cid = task.command.command_id
@@ -345,7 +423,7 @@ class DaskDispatcher:
     def _lost(self, task: _Task, reason: str, result: PollResult) -> None:
         cid = task.command.command_id
         if task.future is not None:
-            self.link.background(self._set_prune, cid)  # a rerun still going stops at a report
+            self.link.prune(cid, True)  # a rerun still going stops at a report
             with contextlib.suppress(Exception):
                 task.future.cancel()
         self._tasks.pop(cid, None)
@@ -369,78 +447,36 @@ class DaskDispatcher:
         for task in list(self._tasks.values()):
             if task.future is not None:
                 continue
-            job_id = task.command.job_id
-            if job_id in self._checked:
+            if self.paths.passed(task.command.job_id):
                 self._submit(client, task)
-            elif job_id not in self._checks and now >= self._check_after.get(job_id, 0.0):
-                self._checks[job_id] = _Check(
-                    job_id, self.link.background(self._check_job, client, task.command)
-                )
+            else:
+                self.paths.ask(client, task.command, now)
 
     def _submit(self, client: distributed.Client, task: _Task) -> None:
+        # Retired workers are left out by name; without any, the scheduler picks freely.
+        view = self.link.view
+        only = (
+            view.offering(self.settings.resource, self._retired)
+            if self._retired and view is not None
+            else None
+        )
         task.future = client.submit(
             run_trial_task,
             task.command.model_dump_json(),
             self.worker_state_dir,
             task.slot,
-            key=KEY_PREFIX + task.command.command_id,
+            self.heartbeat_s,
+            key=self._key(task),
             resources={self.settings.resource: 1},
+            workers=only,
+            allow_other_workers=False,
             pure=False,
             retries=0,
         )
 
-    def _check_job(self, client: distributed.Client, command: TrialCommand) -> dict[str, list[str]]:
-        """On the helper thread: ask every worker whether it can serve ``command``'s job."""
-        root = Path(self.worker_state_dir)
-        data = command.data
-        reads = [str(root / data.transactions)]
-        if data.identity is not None:
-            reads.append(str(root / data.identity))
-        writes = [str(root / data.cache_dir), str(root / command.artifact_dir)]
-        marker = str(root / MARKER_FILE)
-        answers: dict[str, list[str]] = client.run(
-            check_paths, marker, self._marker_text(), reads, writes
-        )
-        return answers
-
-    def _marker_text(self) -> str:
-        """The state directory's identity, written once; workers must read it back."""
-        path = self.state_dir / MARKER_FILE
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            text = uuid.uuid4().hex
-            atomic_write_bytes(path, text.encode())
-            return text
-
-    def _finish_checks(self, result: PollResult, now: float) -> None:
-        for job_id, check in list(self._checks.items()):
-            if not check.future.done():
-                continue
-            del self._checks[job_id]
-            try:
-                answers = check.future.result()
-            except Exception as exc:  # the connection went, a worker left meanwhile...
-                log.warning("dispatch.check_failed", job=job_id, error=str(exc)[:500])
-                answers = {}
-            if not answers:  # no worker to ask (yet): ask again a little later
-                self._check_after[job_id] = now + self.settings.retry_s
-                continue
-            problems = [f"{w}: {p}" for w, ps in sorted(answers.items()) for p in ps]
-            if not problems:
-                self._checked.add(job_id)
-                log.info("dispatch.paths_checked", job=job_id, workers=len(answers))
-                continue
-            reason = (
-                "Dask workers cannot reach the job's files (shared storage must be mounted "
-                "at the same path on every worker host, see docs/dask.md): "
-                + "; ".join(problems[:5])
-            )
-            log.error("dispatch.paths_unreachable", job=job_id, problems=problems[:20])
-            result.events.append(JobFailed(job_id=JobId(job_id), reason=reason[:2000]))
-            for task in [t for t in self._tasks.values() if t.command.job_id == job_id]:
-                if task.future is None:
-                    self._release(task)
+    @staticmethod
+    def _key(task: _Task) -> str:
+        return KEY_PREFIX + task.command.command_id
 
     # -- slots -------------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ import time: the trial code (:class:`~sentinel_daemon.worker.runner.TrialRunner`
 
 A task runs the trial with the prepared data kept in the worker process across trials, the
 model saved under the shared state directory; its progress goes back as Dask structured
-events (``Worker.log_event`` on :data:`TOPIC`) through :class:`DaskChannel`, and it asks
-whether to stop through a ``distributed.Event`` named :data:`PRUNE_PREFIX` + command id.
+events (``Worker.log_event`` on :data:`TOPIC`) through :class:`DaskChannel`, a thread beats
+on the same topic while it runs, and it asks whether to stop through a
+``distributed.Event`` named :data:`PRUNE_PREFIX` + command id.
 Every argument is a JSON string or plain text, and the answer a JSON-compatible dict.
 """
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-#: The structured-events topic tasks send ``started`` and ``progress`` messages on.
+#: The structured-events topic tasks send ``started``, ``progress`` and ``beat`` messages on.
 TOPIC = "sentinel-trial"
 PRUNE_PREFIX = "sentinel-prune-"
 
@@ -113,12 +114,15 @@ class DaskChannel:
         return TrialAbandoned(str(exc))
 
 
-def run_trial_task(command_json: str, state_dir: str, slot: str) -> dict[str, Any]:
+def run_trial_task(
+    command_json: str, state_dir: str, slot: str, heartbeat_s: float = 1.0
+) -> dict[str, Any]:
     """Run one trial command on this Dask worker; its answer (a message without numbers).
 
     ``state_dir`` is the daemon's state directory as this worker mounts it; the command's
     relative paths resolve against it. One trial at a time per process (the task asks for
     a GPU unit, and a lock makes sure of it); the prepared data stays for the next trial.
+    While it runs, a thread sends a ``beat`` every ``heartbeat_s`` (:func:`_beat`).
     """
     import distributed
 
@@ -134,12 +138,43 @@ def run_trial_task(command_json: str, state_dir: str, slot: str) -> dict[str, An
             "worker": worker.address,
         },
     )
+    done = threading.Event()
+    beat = {"kind": "beat", "command_id": command.command_id, "execution": execution}
+    beating = threading.Thread(
+        target=_beat,
+        args=(worker, {**beat, "worker": worker.address}, heartbeat_s, done),
+        name=f"sentinel-beat-{command.command_id}",
+        daemon=True,
+    )
+    beating.start()
     channel = DaskChannel(worker, slot, execution)
-    with _runner_lock:
-        _runner(state_dir).answer(command, channel)
+    try:
+        with _runner_lock:
+            _runner(state_dir).answer(command, channel)
+    finally:
+        done.set()
     if channel.final is None:  # the runner only abandons a trial when stopped: it is not
         raise RuntimeError(f"trial {command.command_id} ended without an answer")
     return channel.final
+
+
+def _beat(
+    worker: distributed.Worker, message: dict[str, Any], every_s: float, done: threading.Event
+) -> None:
+    """Send ``message`` on :data:`TOPIC` every ``every_s`` until ``done``.
+
+    The daemon judges the trial by these (``workers.heartbeat_timeout_s``), as it judges a
+    local worker by its heartbeat file: a worker process that is frozen (SIGSTOP, a hung
+    driver call holding the GIL, a host that stopped) stops beating even while its TCP
+    connection to the scheduler stays open. A thread of its own, so that a long step of the
+    trial (preparing the data, a boosting round) beats all the same.
+    """
+    while not done.wait(every_s):
+        try:
+            worker.log_event(TOPIC, message)  # thread-safe: handed to the worker's loop
+        except Exception as exc:  # the worker is closing: the daemon judges the silence
+            log.debug("dask.beat_failed", error=f"{type(exc).__name__}: {exc}")
+            return
 
 
 def check_paths(marker: str, expected: str, reads: list[str], writes: list[str]) -> list[str]:
