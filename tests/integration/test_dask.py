@@ -141,6 +141,9 @@ def test_a_job_completes_on_a_dask_cluster_with_every_invariant(
     # The slow trial reported progress from the Dask worker (intermediate values).
     (first,) = of_type(events, "trial.saved", job_id=job_id, trial=0)
     assert len(first["intermediate"]) >= 10
+    # The worker kept them beside the model too, for a daemon that finds it unreported.
+    meta = orjson.loads((daemon.state_dir / first["artifact"]).with_name("meta.json").read_bytes())
+    assert meta["intermediate"] == first["intermediate"]
     assert daemon.stop() == 0
 
 
@@ -232,6 +235,9 @@ def test_the_daemon_killed_and_restarted_completes_the_job_training_nothing_twic
             assert kept in folders and len(folders) <= 2, (trial, folders)
             assert all(name.startswith("1-") for name in folders), (trial, folders)
     assert not of_type(events, "trial.failed", job_id=job_id)  # a restart costs no attempt
+    # Every trial reports each round: one taken from disk after the restart keeps its
+    # learning curve too (from its meta.json).
+    assert all(e["intermediate"] for e in of_type(events, "trial.saved", job_id=job_id))
     assert daemon.stop() == 0
 
 

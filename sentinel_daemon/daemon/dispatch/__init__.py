@@ -3,9 +3,11 @@
 The core loop knows a backend only as a :class:`Dispatcher`: the local
 :class:`~sentinel_daemon.daemon.dispatch.local.Supervisor` (worker processes on this host)
 or the :class:`~sentinel_daemon.daemon.dispatch.dask.DaskDispatcher` (tasks on a Dask
-cluster), made by :func:`open_dispatcher` from the settings. Either takes commands out of
-``STATE/queue/pending/`` and has answers posted into ``results/``; the loop polls it once a
-turn for what it saw.
+cluster; the task itself in ``dask_task``, the scheduler link in ``dask_cluster``, the
+shared-storage check in ``dask_paths``), made by :func:`open_dispatcher` from the settings.
+Either takes commands out of ``STATE/queue/pending/`` and has answers posted into
+``results/``; the loop polls it once a turn for what it saw, and asks it each turn why it
+dispatches nothing (:meth:`Dispatcher.blocked`).
 """
 
 from __future__ import annotations
