@@ -173,6 +173,38 @@ def test_a_prune_request_reaches_the_trial_on_the_cluster(
     assert daemon.stop() == 0
 
 
+def test_a_dask_trial_past_trials_timeout_s_is_cancelled_and_retried(
+    tmp_path: Path, dataset: Path, cluster: distributed.LocalCluster
+) -> None:
+    # Attempt 1 of trial 0 would take ~40 s (200 slow rounds) and beats all along: only
+    # the ceiling ends it. Its worker is slow, not gone: it is not retired.
+    long = {"xgboost": {**SLOW_SPACE["xgboost"], "n_estimators": [200, 201]}}
+    daemon = dask_daemon(
+        tmp_path,
+        dataset,
+        cluster.scheduler_address,
+        SENTINEL_TRIALS__TIMEOUT_S="8",
+        SENTINEL_RESOURCES__SAMPLE_EVERY_S="0.2",
+    )
+    try:
+        daemon.start()
+        job_id = daemon.submit(write_job(daemon.root / "jobs", "dlate", space=long))
+        daemon.wait_for_job(job_id, timeout=180)
+        assert daemon.stop() == 0
+    finally:
+        daemon.cleanup()
+    assert not violations(daemon.state_dir)
+    events = daemon.events()
+    (failed,) = of_type(events, "trial.failed", job_id=job_id, trial=0)
+    assert failed["attempt"] == 1 and failed["retry"] is True
+    assert "past trials.timeout_s (8 s)" in failed["error"], failed["error"]
+    (lost,) = of_type(events, "worker.lost")
+    assert lost["worker"].startswith("dask-") and lost["seq"] < failed["seq"]
+    assert started_trials(events, job_id, 0) == [1, 2]
+    records = [r.get("event") for r in daemon.log_records()]
+    assert "daemon.trial_timed_out" in records and "dispatch.worker_retired" not in records
+
+
 def test_a_dask_worker_killed_mid_trial_leads_to_a_retry(
     tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -451,10 +483,12 @@ def _wait_for_workers(address: str, n: int) -> None:
     """Until the scheduler at ``address`` has ``n`` workers (it may still be starting)."""
 
     def counted() -> bool:
-        with contextlib.suppress(OSError, TimeoutError):
-            with distributed.Client(address, timeout=5, set_as_default=False) as client:
-                client.wait_for_workers(n, timeout=60)
-                return True
+        with (
+            contextlib.suppress(OSError, TimeoutError),
+            distributed.Client(address, timeout=5, set_as_default=False) as client,
+        ):
+            client.wait_for_workers(n, timeout=60)
+            return True
         return False
 
     wait_for(counted, 90, f"{n} worker(s) at {address}")
