@@ -159,16 +159,19 @@ class Results:
 
     def lose(self, worker: str, reason: str) -> None:
         """A worker this daemon does not run (``sentinel-worker@``) whose trial must end
-        (``trials.timeout_s``): lost now, its commands taken back and failed this turn.
+        (``trials.timeout_s``): lost now, its commands taken back and their attempts failed.
 
-        Nothing of it can be killed from here; a result it posts later is for an attempt
-        given up, and decides nothing.
+        Nothing of it can be killed from here: it is asked to stop the trial at its next
+        report instead. An answer it posted before is real and ingested first; one it posts
+        after is for an attempt already failed here, and decides nothing.
         """
+        self.ingest()
         event = self._external_lost(WorkerId(worker), f"external worker: {reason}")
         self.core.commit([event])
-        self._backlog.lost.append(event)
-        self._backlog.taken_back += [(event.worker, c) for c in self.queue.take_back(worker)]
+        self._backlog.lost.append(event)  # its reason, should recording fail this turn
+        taken = [(event.worker, c) for c in self.queue.take_back(worker, stop=True)]
         log.warning("daemon.external_worker_lost", worker=worker, reason=reason)
+        self.record_taken_back([event], taken)
 
     def _external_lost(self, worker: WorkerId, reason: str) -> WorkerLost:
         """``worker.lost`` for an external worker (recorded as started first if unknown)."""

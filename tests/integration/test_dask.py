@@ -424,11 +424,10 @@ def test_a_cluster_without_the_gpu_resource_is_flagged_and_the_job_runs_once_one
         # Within seconds of reaching the scheduler (the cluster is measured every second).
         (connected,) = [r for r in records if r.get("event") == "dispatch.scheduler_connected"]
         assert _epoch(blocked["timestamp"]) - _epoch(connected["timestamp"]) < 5
-        # The trials wait queued: started in the log, pending in the queue, none held.
-        wait_for(
-            lambda: of_type(daemon.events(), "trial.started", job_id=job_id), 60, "trials queued"
-        )
-        assert (daemon.state_dir / "queue" / "pending" / f"{job_id}.0.1.json").exists()
+        # The trials wait queued: started in the log, then pending in the queue, none held.
+        pending = daemon.state_dir / "queue" / "pending" / f"{job_id}.0.1.json"
+        wait_for(pending.exists, 60, "trial 0 queued")
+        assert of_type(daemon.events(), "trial.started", job_id=job_id, trial=0)
         assert daemon.holder_of(f"{job_id}.0.1") is None
         cli.worker(address)  # a worker offering the resource joins
         daemon.wait_for_job(job_id, timeout=120)
