@@ -161,7 +161,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     from sentinel_daemon.log.store import read_state
     from sentinel_daemon.ml.devices import discover_gpus
-    from sentinel_daemon.tools.status import render_status, status_report
+    from sentinel_daemon.tools.status import claimed_commands, render_status, status_report
 
     state = read_state(settings.state_dir)
     report = status_report(
@@ -170,6 +170,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         job_id=args.job,
         gpus=discover_gpus(),
         pid_alive=psutil.pid_exists,
+        claimed=claimed_commands(settings.state_dir),
     )
     if args.json:
         _print_json(report)

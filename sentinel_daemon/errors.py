@@ -147,6 +147,22 @@ class UnknownJob(OperatorError):
         )
 
 
+class AmbiguousJob(OperatorError):
+    """A job name given where an id is expected, and several jobs have that name."""
+
+    def __init__(self, name: str, job_ids: list[str], state_dir: Path) -> None:
+        self.job_id = name
+        self.job_ids = job_ids
+        self.state_dir = state_dir
+        listed = ", ".join(job_ids[:5]) + (
+            f" and {len(job_ids) - 5} more" if len(job_ids) > 5 else ""
+        )
+        super().__init__(
+            f"{len(job_ids)} jobs in the event log of {state_dir} are named {name!r} "
+            f"({listed}); give the job id instead (`sentinel status` lists them)"
+        )
+
+
 class JobAlreadyEnded(OperatorError):
     def __init__(self, job_id: str, status: str, reason: str) -> None:
         self.job_id = job_id

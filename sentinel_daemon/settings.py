@@ -95,6 +95,9 @@ class TrialSettings(_Section):
     max_attempts: int = Field(default=3, ge=1, le=100)
     #: Workers report the validation score every this many boosting rounds (for pruning).
     report_every: int = Field(default=10, ge=1, le=10_000)
+    #: A trial held by a worker longer than this is ended (its worker killed, or its Dask
+    #: task cancelled) and retried as a lost worker's; null: no ceiling.
+    timeout_s: float | None = Field(default=None, gt=0.0, le=30 * 86_400.0)
 
 
 class ShutdownSettings(_Section):
@@ -134,7 +137,7 @@ class DispatchSettings(_Section):
     scheduler: str | None = None
     #: The worker resource a trial asks one unit of (``dask worker --resources GPU=1``).
     resource: str = Field(default="GPU", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-    #: Trials in flight on the cluster at most; null: the cluster's units of ``resource``.
+    #: Trials in flight on the cluster at most; null: the cluster's whole units of ``resource``.
     slots: int | None = Field(default=None, ge=1, le=4096)
     #: The state directory as Dask workers mount it (shared storage); null: the same path.
     worker_state_dir: Path | None = None

@@ -18,6 +18,9 @@ append (fsync), fold, then act. Each concern has its module:
 - :mod:`~sentinel_daemon.daemon.control`: operators' requests (cancel);
 - :mod:`~sentinel_daemon.daemon.results`: workers' answers, lost and external workers;
 - :mod:`~sentinel_daemon.daemon.health`: ``health.json``, the degraded state, the status line;
+- :mod:`~sentinel_daemon.daemon.blocking`: why dispatching is held back (admission, no
+  scheduler, no capacity, writes failing), for the log, ``health.json`` and the metrics;
+- :mod:`~sentinel_daemon.daemon.deadlines`: the per-trial ceiling, ``trials.timeout_s``;
 - :mod:`~sentinel_daemon.daemon.dispatch`: the ``Dispatcher`` Protocol, with local workers
   or a Dask cluster behind it;
 - :mod:`~sentinel_daemon.daemon.monitor` and :mod:`~sentinel_daemon.daemon.metrics`:

@@ -37,6 +37,7 @@ import structlog
 
 from sentinel_daemon.core.events import (
     Event,
+    Intermediate,
     JobFailed,
     ModelKind,
     Stage,
@@ -146,7 +147,7 @@ class JobActor:
                 return Decision(self._lost(job, inp), [])
             case Lost() | Found():
                 assert inp.found is not None  # it died after saving, before answering
-                return Decision(self._found(job, inp.command, inp.found), [])
+                return Decision(self._found(job, inp.command, inp.found, inp.intermediate), [])
             case Redispatch():
                 return Decision([], self._redispatch(job, inp.in_flight))
         return nothing()
@@ -387,7 +388,9 @@ class JobActor:
             return []
         return [failed(self.job_id, trial, f"worker lost: {inp.reason}", self.ctx.max_attempts)]
 
-    def _found(self, job: JobState, command: TrialCommand, found: FoundModel) -> list[Event]:
+    def _found(
+        self, job: JobState, command: TrialCommand, found: FoundModel, intermediate: Intermediate
+    ) -> list[Event]:
         """A complete model of the running attempt is on disk: it counts, never retrained."""
         trial = current_trial(job, command.command_id)
         if trial is None:
@@ -395,7 +398,7 @@ class JobActor:
         log.info(
             "job.model_found_on_disk", job=self.job_id, trial=trial.number, artifact=found.artifact
         )
-        return [saved_on_disk(self.job_id, trial, found)]
+        return [saved_on_disk(self.job_id, trial, found, intermediate)]
 
     def _redispatch(self, job: JobState, in_flight: frozenset[str]) -> list[Effect]:
         """Queue again every running attempt whose command is in no queue folder."""

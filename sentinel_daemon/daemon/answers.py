@@ -5,20 +5,26 @@ only for the attempt that is running (:func:`current_trial`): a replayed result,
 for an attempt already given up, decides nothing. A ``saved`` answer whose model file
 cannot be trusted (the loop checked it) fails the attempt; a model found complete on disk
 (its worker died after saving it, before answering) counts as saved. A failed attempt is retried
-while attempts are left; one that could not read the job's data fails the job.
+while attempts are left; one that could not read the job's data fails the job. A job that
+ends early (failed or cancelled) first closes the trials it leaves open (:func:`closing`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from sentinel_daemon.core.events import (
     Event,
+    Intermediate,
+    JobCancelled,
     JobFailed,
     TrialFailed,
     TrialPruned,
     TrialSaved,
+    TrialStarted,
 )
 from sentinel_daemon.core.ids import JobId, TrialNumber
-from sentinel_daemon.core.state import JobState, JobStatus, TrialState, TrialStatus
+from sentinel_daemon.core.state import JobState, JobStatus, State, TrialState, TrialStatus
 from sentinel_daemon.ml.artifacts import FoundModel
 from sentinel_daemon.queue.messages import Failed, Pruned, Saved, WorkerMessage, split_command_id
 
@@ -90,8 +96,11 @@ def answered(
     return []
 
 
-def saved_on_disk(job_id: JobId, trial: TrialState, found: FoundModel) -> TrialSaved:
-    """``trial.saved`` for a model a worker saved whole but never reported, from its metadata."""
+def saved_on_disk(
+    job_id: JobId, trial: TrialState, found: FoundModel, intermediate: Intermediate = ()
+) -> TrialSaved:
+    """``trial.saved`` for a model a worker saved whole but never reported, from its metadata
+    (``intermediate``: the reports its ``meta.json`` kept)."""
     return TrialSaved(
         job_id=job_id,
         trial=TrialNumber(trial.number),
@@ -101,6 +110,7 @@ def saved_on_disk(job_id: JobId, trial: TrialState, found: FoundModel) -> TrialS
         artifact=found.artifact,
         sha256=found.sha256,
         duration_s=found.duration_s,
+        intermediate=intermediate,
     )
 
 
@@ -113,4 +123,68 @@ def failed(job_id: JobId, trial: TrialState, error: str, max_attempts: int) -> T
         error=error[:2000],
         attempt=trial.attempt,
         retry=trial.attempt < max_attempts,
+    )
+
+
+#: ``trial.failed``'s error for a trial left open by its job's end (then the reason).
+CLOSED_BY_FAILURE = "its job failed: "
+CLOSED_BY_CANCEL = "cancelled with its job"
+
+
+def closing(state: State, events: list[Event]) -> list[Event]:
+    """``events``, with a ``trial.failed`` (``retry: false``) before each ``job.failed`` or
+    ``job.cancelled`` for every trial of that job still open (running, or waiting for a
+    retry) at that point of the batch.
+
+    So the log closes every trial it opened, with a record an operator can read, and no
+    trial of an ended job stays "running" in ``sentinel tail`` or the exported studies.
+    A trial the batch itself ends earlier (the attempt whose data error failed the job) is
+    not closed twice.
+    """
+    if not any(isinstance(e, JobFailed | JobCancelled) for e in events):
+        return events
+    out: list[Event] = []
+    open_: dict[str, dict[int, TrialFailed]] = {}  # job id -> trial -> its closing record
+    for event in events:
+        job_id = getattr(event, "job_id", None)
+        if not isinstance(job_id, str):
+            out.append(event)
+            continue
+        if job_id not in open_:
+            job = state.jobs.get(job_id)
+            running = job is not None and job.status is JobStatus.RUNNING
+            open_[job_id] = {
+                t.number: _closed(job_id, t.number, t.model, t.attempt)
+                for t in (job.trials.values() if job is not None and running else ())
+                if not t.status.ended
+            }
+        trials = open_[job_id]
+        match event:
+            # Open: an attempt started, or one failed and another follows.
+            case TrialStarted() | TrialFailed() if getattr(event, "retry", True):
+                trials[event.trial] = _closed(job_id, event.trial, event.model, event.attempt)
+            case TrialSaved() | TrialPruned() | TrialFailed():
+                trials.pop(event.trial, None)
+            case JobFailed() | JobCancelled():
+                why = (
+                    CLOSED_BY_CANCEL
+                    if isinstance(event, JobCancelled)
+                    else (CLOSED_BY_FAILURE + event.reason)[:2000]
+                )
+                out += [t.model_copy(update={"error": why}) for _, t in sorted(trials.items())]
+                trials.clear()
+            case _:
+                pass
+        out.append(event)
+    return out
+
+
+def _closed(job_id: str, trial: int, model: Any, attempt: int) -> TrialFailed:
+    return TrialFailed(
+        job_id=JobId(job_id),
+        trial=TrialNumber(trial),
+        model=model,
+        error="",
+        attempt=attempt,
+        retry=False,
     )

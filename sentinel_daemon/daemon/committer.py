@@ -2,7 +2,9 @@
 
 :meth:`Committer.commit` appends events (one fsync for the batch), folds them into the state
 and into their job's actor, then carries out their reactions (a job that ended early has its
-trials withdrawn; an ended job gets its report). :meth:`Committer.decide` has a job actor
+trials withdrawn; an ended job gets its report). Whoever decided a job's early end (its actor,
+an operator's cancel, the Dask dispatcher), the batch first closes the trials it leaves open
+(:func:`~sentinel_daemon.daemon.answers.closing`). :meth:`Committer.decide` has a job actor
 decide on an input, commits the events, and only then carries out the effects. Every part
 of the loop that records something (intake, control requests, workers' answers, start-up)
 goes through here, so nothing acts before its event is durable.
@@ -20,6 +22,7 @@ from sentinel_daemon.core.events import Event
 from sentinel_daemon.core.state import JobStatus, State
 from sentinel_daemon.daemon import journal
 from sentinel_daemon.daemon.actor import ActorContext, JobActor
+from sentinel_daemon.daemon.answers import closing
 from sentinel_daemon.daemon.decisions import Input, Tick, reactions
 from sentinel_daemon.daemon.effects import Effector
 from sentinel_daemon.daemon.metrics import DaemonMetrics
@@ -56,6 +59,7 @@ class Committer:
         """Append ``events`` (one fsync), fold them in, then carry out their reactions."""
         if not events:
             return []
+        events = closing(self.state, events)
         records = self.store.append(events)
         self.metrics.appended(len(records), self.store.appended_bytes)
         self.metrics.observe(events, self.state)

@@ -18,7 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeAlias
 
-from sentinel_daemon.core.events import Event, JobCancelled, JobCompleted, JobFailed, Stage
+from sentinel_daemon.core.events import (
+    Event,
+    Intermediate,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    Stage,
+)
 from sentinel_daemon.core.state import State
 from sentinel_daemon.daemon.stages import PrepareRequest, StageOutcome, ValidateRequest
 from sentinel_daemon.ml.artifacts import FoundModel
@@ -68,19 +75,23 @@ class Answer:
 @dataclass(frozen=True)
 class Lost:
     """The worker that held ``command`` is gone; ``found`` is a complete model of that
-    attempt on disk (it died after saving, before answering), if there is one."""
+    attempt on disk (it died after saving, before answering), if there is one, and
+    ``intermediate`` the reports its ``meta.json`` kept."""
 
     command: TrialCommand
     reason: str
     found: FoundModel | None = None
+    intermediate: Intermediate = ()
 
 
 @dataclass(frozen=True)
 class Found:
-    """At start-up: a complete model of ``command``'s attempt on disk that no answer reported."""
+    """At start-up: a complete model of ``command``'s attempt on disk that no answer
+    reported, with the reports its ``meta.json`` kept."""
 
     command: TrialCommand
     found: FoundModel
+    intermediate: Intermediate = ()
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
-"""``STATE/health.json``, the daemon's degraded state (writes failing), its status line.
+"""``STATE/health.json``, the daemon's degraded state, its status line.
 
-``sentinel status`` reads ``health.json``: the daemon's pid and working folder, the dispatch
-backend, and why the daemon is degraded, if it is. Degraded means a turn of the core loop
-failed to write: nothing of that turn was acknowledged or acted on, so the loop stops
-dispatching and tries a whole turn again every :data:`DEGRADED_RETRY_S` until one passes.
+``sentinel status`` (and ``submit``) read ``health.json``: the daemon's pid and working
+folder, the dispatch backend, and why the daemon is degraded, if it is. Degraded means no
+new trial is dispatched: either a turn of the core loop failed to write (nothing of that
+turn was acknowledged or acted on, so the loop tries a whole turn again every
+:data:`DEGRADED_RETRY_S` until one passes), or dispatching is held back for another reason
+(:mod:`~sentinel_daemon.daemon.blocking`: admission control, no Dask scheduler, no worker
+offering the resource), listed under ``blocked``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ DEGRADED_RETRY_S = 2.0
 HEALTH_BYTES = 4096
 #: How often STATUS= is sent to systemd.
 STATUS_EVERY_S = 5.0
+#: A reason's sentence in health.json at most (the file has HEALTH_BYTES).
+DETAIL_CHARS = 600
 
 
 class Health:
@@ -41,6 +46,8 @@ class Health:
         self.notifier = notifier
         #: Why writes are failing (a full disk), or None while all is well.
         self.degraded: str | None = None
+        #: Why dispatching is held back otherwise (reason -> sentence; see .blocking).
+        self.blocked: dict[str, str] = {}
         #: When the loop tries a turn again while degraded (``time.monotonic()``).
         self.retry_at = 0.0
         self._next_status = 0.0
@@ -86,7 +93,7 @@ class Health:
                 action="dispatching stopped until writes succeed again",
             )
         self.notifier.status(f"DEGRADED (writes failing, not dispatching): {reason}"[:200])
-        self.write(dispatcher, {"status": "degraded", "reason": reason, "pid": os.getpid()})
+        self.write(dispatcher)
 
     def recovered(self, dispatcher: Dispatcher | None) -> None:
         """A whole turn passed again: ``health.json`` says ok."""
@@ -94,15 +101,23 @@ class Health:
         self.degraded = None
         self.write(dispatcher)
 
-    def write(self, dispatcher: Dispatcher | None, health: dict[str, Any] | None = None) -> None:
-        """Write ``health.json``: ok (``health`` None), or what ``health`` says.
+    def write(self, dispatcher: Dispatcher | None) -> None:
+        """Write ``health.json``: ``ok``, or ``degraded`` with a reason (see the module doc).
 
         The file is created at start-up with :data:`HEALTH_BYTES` reserved and rewritten in
         place, so that it can still say "disk full" on a disk that is full (a new file, as an
         atomic replace would write, needs space). A reader may see a torn write; it then
         reads nothing, and the next rewrite fixes it. Best effort: errors are ignored.
         """
-        health = dict(health or {"status": "ok", "pid": os.getpid()})
+        blocked = {r: d[:DETAIL_CHARS] for r, d in self.blocked.items()}
+        health: dict[str, Any] = {"status": "ok", "pid": os.getpid()}
+        if self.degraded is not None:
+            health |= {"status": "degraded", "reason": self.degraded}
+        elif blocked:
+            first = next(iter(blocked))
+            why = f"dispatch blocked ({', '.join(blocked)}): {blocked[first]}"
+            health |= {"status": "degraded", "reason": why[:DETAIL_CHARS]}
+        health["blocked"] = blocked
         # Relative data paths in job files resolve against it: `sentinel submit` checks.
         health["cwd"] = str(self.cwd)
         if dispatcher is not None:

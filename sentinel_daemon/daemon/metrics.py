@@ -75,6 +75,7 @@ from sentinel_daemon.core.state import (
     TrialStatus,
     WorkerStatus,
 )
+from sentinel_daemon.daemon.blocking import REASONS
 from sentinel_daemon.daemon.monitor import ProcessKey, ProcessReading, Readings
 from sentinel_daemon.layout import EVENTS_DIR
 from sentinel_daemon.log.segfiles import list_segments
@@ -270,14 +271,17 @@ class DaemonMetrics:
         )
         self.dispatch_blocked = Gauge(
             "sentinel_dispatch_blocked",
-            "1 while admission control holds new trials back (low host or GPU memory; "
-            "the reason is logged), else 0",
+            "1 while no new trial is dispatched for this reason, else 0: admission (host or "
+            "GPU memory under resources.min_free_*), no_scheduler (the Dask scheduler cannot "
+            "be reached), no_capacity (no Dask worker offers dispatch.resource), "
+            "writes_failing (the event log cannot be written); the log and health.json say more",
+            ["reason"],
             registry=r,
         )
         self.degraded = Gauge(
             "sentinel_degraded",
-            "1 while writes to the state directory fail (a full disk) and nothing new is "
-            "dispatched (daemon.degraded in the journal says why), else 0",
+            "1 while health.json says degraded: writes to the state directory failing, or "
+            "dispatch blocked for any reason (sentinel_dispatch_blocked says which), else 0",
             registry=r,
         )
         self.build_info = Gauge(
@@ -296,6 +300,8 @@ class DaemonMetrics:
         for role in ROLES:
             self.cpu.labels(role)
             self.rss.labels(role)
+        for reason in REASONS:
+            self.dispatch_blocked.labels(reason).set(0)
         self._cpu = {role: _CpuAccount() for role in ROLES}
         self._best_jobs: set[str] = set()
         self._server: WSGIServer | None = None
@@ -390,13 +396,16 @@ class DaemonMetrics:
 
     # ---- sampled -----------------------------------------------------------------------
 
-    def sampled(
-        self, readings: Readings, *, pending: int, workers_alive: int, blocked: bool
-    ) -> None:
+    def blocked(self, reasons: Iterable[str]) -> None:
+        """Dispatching is held back for ``reasons`` (of :data:`~.blocking.REASONS`) only."""
+        now = set(reasons)
+        for reason in REASONS:
+            self.dispatch_blocked.labels(reason).set(1 if reason in now else 0)
+
+    def sampled(self, readings: Readings, *, pending: int, workers_alive: int) -> None:
         """Refresh the sampled series from one round of the monitor's readings."""
         self.queue_pending.set(pending)
         self.workers_alive.set(workers_alive)
-        self.dispatch_blocked.set(1 if blocked else 0)
         self.host_available.set(readings.host_available_bytes)
         for gpu in readings.gpus:
             label = str(gpu.index)

@@ -14,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import structlog
+from pydantic import TypeAdapter, ValidationError
 
-from sentinel_daemon.core.events import Event, WorkerLost, WorkerStarted
+from sentinel_daemon.core.events import Event, Intermediate, WorkerLost, WorkerStarted
 from sentinel_daemon.core.ids import WorkerId
 from sentinel_daemon.core.state import TrialStatus
 from sentinel_daemon.daemon.actor import JobActor
@@ -24,7 +26,13 @@ from sentinel_daemon.daemon.committer import Committer
 from sentinel_daemon.daemon.decisions import Answer, Found, Lost
 from sentinel_daemon.daemon.dispatch import PollResult
 from sentinel_daemon.log.segments import LogWriteFailed
-from sentinel_daemon.ml.artifacts import ChecksumMismatch, FoundModel, find_saved, read_checked
+from sentinel_daemon.ml.artifacts import (
+    META_FILE,
+    ChecksumMismatch,
+    FoundModel,
+    find_saved,
+    read_checked,
+)
 from sentinel_daemon.queue.maildir import Queue
 from sentinel_daemon.queue.messages import Saved, TrialCommand, WorkerMessage, split_command_id
 
@@ -35,6 +43,7 @@ UNQUEUED_REASON = "its command left the queue without a readable result (see STA
 KEPT_LOSSES = 64
 
 TakenBack = list[tuple[WorkerId, TrialCommand]]
+_INTERMEDIATE: TypeAdapter[Intermediate] = TypeAdapter(Intermediate)
 
 
 @dataclass
@@ -47,7 +56,11 @@ class _Backlog:
 
 
 def answer_of(state_dir: Path, message: WorkerMessage) -> Answer:
-    """The actor's input for ``message``; a ``saved`` one with its model file checked."""
+    """The actor's input for ``message``; a ``saved`` one with its model file checked.
+
+    A ``saved`` answer without reports (a worker that found the model already on disk,
+    given the command again) gets those its ``meta.json`` kept.
+    """
     if not isinstance(message, Saved):
         return Answer(message)
     model = f"the saved model {message.artifact}"
@@ -57,6 +70,8 @@ def answer_of(state_dir: Path, message: WorkerMessage) -> Answer:
         return Answer(message, f"{model} cannot be read ({exc.strerror})")
     except ChecksumMismatch:
         return Answer(message, f"{model} does not match the sha256 its worker reported")
+    if not message.intermediate and (kept := kept_intermediate(state_dir, message.artifact)):
+        message = message.model_copy(update={"intermediate": kept})
     return Answer(message)
 
 
@@ -65,6 +80,19 @@ def saved_model(state_dir: Path, command: TrialCommand) -> FoundModel | None:
     return find_saved(
         state_dir, command.artifact_dir, command.job_id, command.trial, command.attempt
     )
+
+
+def kept_intermediate(state_dir: Path, artifact: str) -> Intermediate:
+    """The progress reports the worker kept in the ``meta.json`` beside ``artifact``.
+
+    Empty when there are none, or they cannot be read (a model saved by an older worker,
+    which did not keep them): they are the learning curve, never needed to trust a model.
+    """
+    try:
+        meta = orjson.loads((state_dir / artifact).with_name(META_FILE).read_bytes())
+        return _INTERMEDIATE.validate_python(meta.get("intermediate") or ())
+    except (OSError, orjson.JSONDecodeError, AttributeError, ValidationError):
+        return ()
 
 
 class Results:
@@ -122,16 +150,36 @@ class Results:
             age = beat[0] if beat is not None else float("inf")
             if age < self.heartbeat_timeout_s:
                 continue
-            info = beat[1] if beat is not None else {}
-            pid = info.get("pid") if isinstance(info.get("pid"), int) else 0
-            if worker not in self.core.state.workers:
-                self.core.commit([WorkerStarted(worker=worker, pid=pid, gpu=None)])
-            reason = f"external worker: no heartbeat for {age:.1f} s"
-            event = WorkerLost(worker=worker, pid=pid, gpu=None, reason=reason)
+            event = self._external_lost(worker, f"external worker: no heartbeat for {age:.1f} s")
             found.append(event)
             taken_back += [(event.worker, c) for c in self.queue.take_back(worker)]
         self.core.commit(list(found))
         lost += found
+
+    def lose(self, worker: str, reason: str) -> None:
+        """A worker this daemon does not run (``sentinel-worker@``) whose trial must end
+        (``trials.timeout_s``): lost now, its commands taken back and their attempts failed.
+
+        Nothing of it can be killed from here: it is asked to stop the trial at its next
+        report instead. An answer it posted before is real and ingested first; one it posts
+        after is for an attempt already failed here, and decides nothing.
+        """
+        self.ingest()
+        event = self._external_lost(WorkerId(worker), f"external worker: {reason}")
+        self.core.commit([event])
+        self._backlog.lost.append(event)  # its reason, should recording fail this turn
+        taken = [(event.worker, c) for c in self.queue.take_back(worker, stop=True)]
+        log.warning("daemon.external_worker_lost", worker=worker, reason=reason)
+        self.record_taken_back([event], taken)
+
+    def _external_lost(self, worker: WorkerId, reason: str) -> WorkerLost:
+        """``worker.lost`` for an external worker (recorded as started first if unknown)."""
+        beat = self.queue.last_beat(worker)
+        info = beat[1] if beat is not None else {}
+        pid = info.get("pid") if isinstance(info.get("pid"), int) else 0
+        if worker not in self.core.state.workers:
+            self.core.commit([WorkerStarted(worker=worker, pid=pid, gpu=None)])
+        return WorkerLost(worker=worker, pid=pid, gpu=None, reason=reason)
 
     def record_taken_back(self, lost: list[WorkerLost], taken_back: TakenBack) -> None:
         """Fail the attempt of each command a lost worker held (or record its saved model)."""
@@ -169,7 +217,10 @@ class Results:
     def lost_input(self, actor: JobActor, command: TrialCommand, reason: str) -> Lost:
         """The actor's input for ``command``'s worker gone, with its model if one is on disk."""
         current = actor.current(self.core.state.jobs[command.job_id], command.command_id)
-        return Lost(command, reason, saved_model(self.state_dir, command) if current else None)
+        found = saved_model(self.state_dir, command) if current else None
+        if found is None:
+            return Lost(command, reason)
+        return Lost(command, reason, found, kept_intermediate(self.state_dir, found.artifact))
 
     def recover_saved(self) -> None:
         """At start-up: running attempts whose model is complete on disk, as saved."""
@@ -180,4 +231,5 @@ class Results:
                 if not actor.current(job, command.command_id):
                     continue
                 if (found := saved_model(self.state_dir, command)) is not None:
-                    self.core.decide(actor, Found(command, found))
+                    kept = kept_intermediate(self.state_dir, found.artifact)
+                    self.core.decide(actor, Found(command, found, kept))

@@ -42,10 +42,13 @@ import structlog
 
 from sentinel_daemon import __version__
 from sentinel_daemon.core.events import DaemonStarted, DaemonStopped
+from sentinel_daemon.core.ids import WorkerId
 from sentinel_daemon.daemon import recovery
 from sentinel_daemon.daemon.actor import ActorContext
+from sentinel_daemon.daemon.blocking import DispatchBlocks
 from sentinel_daemon.daemon.committer import Committer
 from sentinel_daemon.daemon.control import handle_requests
+from sentinel_daemon.daemon.deadlines import TrialClock
 from sentinel_daemon.daemon.dispatch import Dispatcher, open_dispatcher
 from sentinel_daemon.daemon.effects import Effector
 from sentinel_daemon.daemon.health import Health, status_line
@@ -137,6 +140,8 @@ class Daemon:
         self.reports = ReportRunner(self.state_dir)
         self.effector = Effector(self.state_dir, self.queue, self.reports)
         self.health = Health(self.state_dir, self.cwd, self.notifier)
+        self.blocks = DispatchBlocks()
+        self.trial_clock = TrialClock(settings.trials.timeout_s)
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -253,11 +258,11 @@ class Daemon:
                 self.turn(now)
             except (LogWriteFailed, OSError) as exc:
                 self.health.degrade(exc, now, self.dispatcher)
-                self.metrics.degraded.set(1)
+                self._note_blocks(now)
                 continue
             if self.health.degraded is not None:
                 self.health.recovered(self.dispatcher)
-                self.metrics.degraded.set(0)
+                self._note_blocks(now)
                 self.intake.reconsider_claimed()  # claimed in a failed turn, never recorded
             self.notifier.watchdog(now)  # only a loop that turns keeps systemd's watchdog fed
             self.health.turned(now, self.dispatcher, self.status_line)
@@ -292,11 +297,13 @@ class Daemon:
         if self.stop_state.signals == 0:
             self.reports.poll()
         self.health.dispatch_noted(self.dispatcher, self.status_line)
+        self._note_blocks(now)
         dispatching = self.stop_state.signals == 0 and self.health.degraded is None
         self._core.step(dispatching and self.dispatcher.available, self.admission.admitting)
 
     def _sample(self, now: float) -> None:
-        """Every ``resources.sample_every_s``: admission, memory ceiling, sampled metrics."""
+        """Every ``resources.sample_every_s``: admission, memory ceiling, the trials'
+        ceiling, sampled metrics."""
         if now < self._next_sample:
             return
         assert self.dispatcher is not None
@@ -304,12 +311,53 @@ class Daemon:
         self._next_sample = now + resources.sample_every_s
         ceiling = resources.worker_memory_max_bytes
         readings = sample_round(self.monitor, self.admission, self.dispatcher, ceiling)
+        in_flight = self.queue.in_flight()
+        self._end_overdue(in_flight, now)
         self.metrics.sampled(
             readings,
-            pending=sum(1 for holder in self.queue.in_flight().values() if holder is None),
+            pending=sum(1 for holder in in_flight.values() if holder is None),
             workers_alive=self.dispatcher.workers_alive(),
-            blocked=not self.admission.admitting,
         )
+
+    def _end_overdue(self, in_flight: dict[str, WorkerId | None], now: float) -> None:
+        """End every trial held past ``trials.timeout_s``: the dispatcher kills its worker
+        (or cancels its task); a worker it does not run (systemd's) is lost at once."""
+        assert self.dispatcher is not None and self.results is not None
+        timeout = self.settings.trials.timeout_s
+        if timeout is None:
+            return
+        ours = set(self.dispatcher.worker_ids())
+        for late in self.trial_clock.overdue(in_flight, now):
+            reason = late.reason(timeout)
+            if late.worker not in ours:
+                self.results.lose(late.worker, reason)
+            elif self.dispatcher.kill(late.worker, reason):  # False: under way already
+                log.warning(
+                    "daemon.trial_timed_out",
+                    command_id=late.command_id,
+                    worker=late.worker,
+                    ran_s=round(late.seconds, 1),
+                    timeout_s=timeout,
+                )
+
+    def _note_blocks(self, now: float) -> None:
+        """Gather why nothing is dispatched (:mod:`.blocking`); on a change, say so in
+        ``health.json``, the metrics and systemd's status line."""
+        assert self.dispatcher is not None
+        reasons = dict(self.dispatcher.blocked())
+        if self.admission.reason is not None:
+            reasons["admission"] = self.admission.reason
+        if self.health.degraded is not None:
+            reasons["writes_failing"] = self.health.degraded
+        changed = self.blocks.update(reasons, now)
+        # health.json says degraded while any reason holds (writes failing among them).
+        self.metrics.degraded.set(1 if self.blocks.reasons else 0)
+        if not changed:
+            return
+        self.health.blocked = self.blocks.reasons
+        self.metrics.blocked(self.blocks.reasons)
+        self.health.write(self.dispatcher)
+        self.notifier.status(self.status_line())
 
     # ---- stopping ------------------------------------------------------------------------
 

@@ -274,11 +274,14 @@ class Queue:
         _unlink(wdir / f"prune.{command_id}")
         return removed
 
-    def take_back(self, worker_id: str) -> list[TrialCommand]:
+    def take_back(self, worker_id: str, *, stop: bool = False) -> list[TrialCommand]:
         """Move every command a lost worker held into ``dead/`` and return them.
 
         Ingest :meth:`results` first: a result the worker posted before it died is real,
         and its trial must not be retried. The heartbeat stays, as the last sign of life.
+        ``stop``: the worker may still run (one the daemon cannot kill); a prune request is
+        left for each command taken, so that it stops at its next report (its answer is
+        then for an attempt given up).
         """
         wid = self._worker(worker_id)
         wdir = self.workers / wid
@@ -296,6 +299,8 @@ class Queue:
         for name in _listdir(wdir):
             if name.startswith("prune."):
                 _unlink(wdir / name)
+        for command in taken if stop else ():
+            os.close(os.open(wdir / f"prune.{command.command_id}", os.O_WRONLY | os.O_CREAT, 0o640))
         return taken
 
     def in_flight(self) -> dict[str, WorkerId | None]:

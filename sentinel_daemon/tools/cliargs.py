@@ -117,6 +117,8 @@ def _rate(text: str) -> float:
 
 
 JOB_HELP = "the job id that `sentinel submit` printed (`sentinel status` lists them)"
+#: ``status`` and ``wait`` also take a name that one job alone has.
+JOB_OR_NAME_HELP = JOB_HELP + ", or a job name that one job alone has"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "status", "jobs, stages, trials, best scores, workers, GPUs", parents=[common]
     )
     status.add_argument(
-        "job", nargs="?", default=None, metavar="JOB", help="show only this job (" + JOB_HELP + ")"
+        "job",
+        nargs="?",
+        default=None,
+        metavar="JOB",
+        help="show only this job (" + JOB_OR_NAME_HELP + ")",
     )
     wait = _add(
         sub,
@@ -166,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "4 timeout",
         parents=[common],
     )
-    wait.add_argument("job", metavar="JOB", help=JOB_HELP)
+    wait.add_argument("job", metavar="JOB", help=JOB_OR_NAME_HELP)
     wait.add_argument(
         "--timeout", type=_seconds, default=None, metavar="S", help="give up after S seconds"
     )

@@ -10,7 +10,9 @@ exit codes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import os
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,9 @@ from sentinel_daemon.core.state import (
     TrialStatus,
     WorkerStatus,
 )
-from sentinel_daemon.errors import UnknownJob
-from sentinel_daemon.layout import HEALTH_FILE
+from sentinel_daemon.errors import AmbiguousJob, UnknownJob
+from sentinel_daemon.layout import HEALTH_FILE, QUEUE_DIR
+from sentinel_daemon.queue.maildir import HEARTBEAT
 
 # ---- submit ---------------------------------------------------------------------------
 
@@ -49,8 +52,13 @@ def _n_trials(job: JobState) -> int | None:
     return n if isinstance(n, int) else None
 
 
-def job_summary(job: JobState) -> dict[str, Any]:
-    """One job as JSON-ready data: the ``status --json`` entry and the ``wait --json`` output."""
+def job_summary(job: JobState, claimed: Collection[str] | None = None) -> dict[str, Any]:
+    """One job as JSON-ready data: the ``status --json`` entry and the ``wait --json`` output.
+
+    ``claimed``: the command ids workers hold now (:func:`claimed_commands`). Then a
+    model's ``running`` counts only its trials a worker holds, and ``queued`` the rest of
+    those the log has started; without it, ``running`` counts every started trial.
+    """
     stage = max(job.stages, key=list(Stage).index, default=None)
     n_trials = _n_trials(job)
     models = []
@@ -59,15 +67,19 @@ def job_summary(job: JobState) -> dict[str, Any]:
             kind = ModelKind(name)
         except ValueError:
             continue
-        running = sum(
-            1 for t in job.trials.values() if t.model == kind and t.status is TrialStatus.RUNNING
-        )
+        started = [
+            f"{job.job_id}.{t.number}.{t.attempt}"
+            for t in job.trials.values()
+            if t.model == kind and t.status is TrialStatus.RUNNING
+        ]
+        running = len(started) if claimed is None else sum(1 for c in started if c in claimed)
         models.append(
             {
                 "model": str(kind),
                 "ended": job.ended_trials(kind),
                 "n_trials": n_trials,
                 "running": running,
+                "queued": len(started) - running,
             }
         )
     if job.status is JobStatus.RUNNING:
@@ -87,6 +99,7 @@ def job_summary(job: JobState) -> dict[str, Any]:
         "trials_ended": sum(m["ended"] for m in models),
         "trials_total": None if n_trials is None else n_trials * len(models),
         "trials_running": sum(m["running"] for m in models),
+        "trials_queued": sum(m["queued"] for m in models),
         "best_trial": best_trial,
         "best_value": best_value,
         "promoted": None
@@ -111,6 +124,41 @@ def find_job(state: State, job_id: str, state_dir: Path) -> JobState:
     return job
 
 
+def resolve_job(state: State, ref: str, state_dir: Path) -> JobState | None:
+    """The job ``ref`` names: its id, else its name when one job alone has that name.
+
+    None when no job has that id or name; :class:`AmbiguousJob` (at once, listing the
+    ids, newest first) when several jobs have that name.
+    """
+    job = state.jobs.get(check_job_id(ref))
+    if job is not None:
+        return job
+    named = [j for j in state.jobs.values() if j.name == ref]
+    if len(named) > 1:
+        newest = sorted(named, key=lambda j: j.submitted_seq, reverse=True)
+        raise AmbiguousJob(ref, [j.job_id for j in newest], state_dir)
+    return named[0] if named else None
+
+
+def claimed_commands(state_dir: Path) -> set[str]:
+    """The command ids workers hold now (``STATE/queue/workers/*/``), read without a lock
+    and without creating anything; empty when there is no queue yet."""
+    held: set[str] = set()
+    workers = Path(state_dir) / QUEUE_DIR / "workers"
+    try:
+        folders = [e for e in os.scandir(workers) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return held
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # gone meanwhile
+            held |= {
+                name[: -len(".json")]
+                for name in os.listdir(folder.path)
+                if name.endswith(".json") and name != HEARTBEAT and not name.startswith(".")
+            }
+    return held
+
+
 def status_report(
     state: State,
     state_dir: Path,
@@ -118,16 +166,24 @@ def status_report(
     job_id: str | None = None,
     gpus: Sequence[int] = (),
     pid_alive: Callable[[int], bool] = lambda pid: False,
+    claimed: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """``sentinel status`` as JSON-ready data; ``job_id`` narrows it to one job."""
-    jobs = [find_job(state, job_id, state_dir)] if job_id else list(state.jobs.values())
+    """``sentinel status`` as JSON-ready data; ``job_id`` (an id, or a name one job alone
+    has) narrows it to one job; ``claimed`` as for :func:`job_summary`."""
+    if job_id:
+        job = resolve_job(state, job_id, state_dir)
+        if job is None:
+            raise UnknownJob(job_id, state_dir)
+        jobs = [job]
+    else:
+        jobs = list(state.jobs.values())
     pid = state.daemon_pid
     alive = pid is not None and pid_alive(pid)
     return {
         "state_dir": str(state_dir),
         "last_seq": state.last_seq,
         "daemon": {"pid": pid, "alive": alive, "health": _health(state_dir) if alive else None},
-        "jobs": [job_summary(j) for j in jobs],
+        "jobs": [job_summary(j, claimed) for j in jobs],
         "workers": [
             {"worker": w.worker, "pid": w.pid, "gpu": w.gpu}
             for w in state.workers.values()
@@ -187,11 +243,14 @@ def render_status(report: dict[str, Any]) -> str:
     if health.get("status") == "degraded":
         lines.append(f"DEGRADED: {health.get('reason', '?')} (not dispatching new trials)")
     dispatch = health.get("dispatch") or {}
-    if dispatch.get("backend") == "dask":
+    dask = dispatch.get("backend") == "dask"
+    if dask:
         if dispatch.get("connected"):
+            resource = dispatch.get("resource", "GPU")
             lines.append(
                 f"dispatch: dask scheduler {dispatch.get('scheduler')}, "
-                f"{dispatch.get('workers', 0)} workers, {dispatch.get('slots', 0)} slots, "
+                f"{dispatch.get('workers', 0)} workers ({dispatch.get('offering', 0)} offer "
+                f"{resource}), {dispatch.get('slots', 0)} slots, "
                 f"{dispatch.get('running', 0)} trials running there"
             )
         else:
@@ -223,11 +282,17 @@ def render_status(report: dict[str, Any]) -> str:
     else:
         lines.append("no jobs")
     workers = report["workers"]
-    cells = [
-        f"{w['worker']} (pid {w['pid']}, {'cpu' if w['gpu'] is None else 'gpu ' + str(w['gpu'])})"
-        for w in workers
-    ]
-    lines.append(f"workers: {', '.join(cells) if cells else 'none alive'}")
+    if dask:
+        # The Dask workers are counted above; the log's workers are the daemon's slots.
+        slots = ", ".join(w["worker"] for w in workers) or "none yet"
+        lines.append(f"workers: on the Dask cluster; slots used: {slots}")
+    else:
+        cells = [
+            f"{w['worker']} (pid {w['pid']}, "
+            f"{'cpu' if w['gpu'] is None else 'gpu ' + str(w['gpu'])})"
+            for w in workers
+        ]
+        lines.append(f"workers: {', '.join(cells) if cells else 'none alive'}")
     gpus = report["gpus"]
     lines.append(f"gpus: {', '.join(map(str, gpus)) if gpus else 'none (workers train on CPU)'}")
     return "\n".join(lines)

@@ -1,6 +1,8 @@
 """``sentinel wait``: block until a job ends, with a progress line on a terminal.
 
-A job id that is not in the event log may still be on its way: its file waiting in
+The job is named by its id, or by a name that one job alone has in the log
+(:func:`~sentinel_daemon.tools.status.resolve_job`; several jobs of that name end the wait
+at once). A job id that is not in the event log may still be on its way: its file waiting in
 ``inbox/`` or taken into ``claimed/`` (the job id is ``<name>-<first 8 hex digits of the
 file's sha256>``, so a file is recognised by its hash). Only when the id is in none of
 them for ``grace`` seconds in a row does the wait end as unknown; a file the daemon
@@ -24,7 +26,7 @@ from sentinel_daemon.core.ids import check_job_id
 from sentinel_daemon.core.state import JobStatus
 from sentinel_daemon.layout import CLAIMED_DIR, INBOX_DIR, REASON_SUFFIX, REJECTED_DIR, is_job_name
 from sentinel_daemon.log.store import read_state
-from sentinel_daemon.tools.status import _stage_cell, _value, job_summary
+from sentinel_daemon.tools.status import _stage_cell, _value, job_summary, resolve_job
 
 #: How long an id found nowhere is waited for before ``wait`` gives up on it.
 DEFAULT_GRACE_S = 10.0
@@ -120,16 +122,23 @@ def wait_for_job(
 ) -> WaitResult:
     """Poll the state until ``job_id`` has ended, ``timeout`` s pass, or it proves unknown.
 
-    Unknown: for ``grace`` s in a row it was neither in the log nor a file in ``inbox/`` or
-    ``claimed/``. A file of it in ``rejected/`` ends the wait at once. ``on_poll`` sees
-    every summary and where the file waits (for a progress line).
+    ``job_id`` may also be a job's name (see the module doc; :class:`AmbiguousJob` when
+    several jobs have it). Unknown: for ``grace`` s in a row it was neither in the log nor
+    a file in ``inbox/`` or ``claimed/``. A file of it in ``rejected/`` ends the wait at
+    once. ``on_poll`` sees every summary and where the file waits (for a progress line).
     """
     check_job_id(job_id)
     start = clock()
     deadline = None if timeout is None else start + timeout
     last_seen = start  # when the job (or its file) was last seen somewhere
+    found: str | None = None  # the job's id, once the log has it
     while True:
-        job = read_state(state_dir).jobs.get(job_id)
+        state = read_state(state_dir)
+        if found is None:
+            job = resolve_job(state, job_id, state_dir)
+            found = None if job is None else job.job_id
+        else:
+            job = state.jobs.get(found)
         summary = None if job is None else job_summary(job)
         pending = None
         if job is None:

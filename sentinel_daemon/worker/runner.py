@@ -244,6 +244,8 @@ class TrialRunner:
                 "attempt": command.attempt,
                 "command_id": cid,
                 "worker_id": self.worker_id,
+                # The learning curve, for a daemon that finds this model on disk unreported.
+                "intermediate": [list(pair) for pair in intermediate],
             },
         )
         channel.send(

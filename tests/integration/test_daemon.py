@@ -449,6 +449,34 @@ def test_a_hung_worker_is_killed_after_its_heartbeat_timeout_and_its_trial_retri
     assert daemon.stop() == EXIT_OK
 
 
+def test_a_trial_past_trials_timeout_s_has_its_worker_killed_and_is_retried(
+    daemons: MakeDaemon, workspace: Path
+) -> None:
+    # Attempt 1 of trial 0 is slowed to ~40 s (200 rounds, 0.2 s a report) while it keeps
+    # heartbeating: only the ceiling can end it. The others take a few seconds at most (a
+    # fresh worker imports XGBoost and loads the data first, several seconds under load).
+    long = {"xgboost": {**SLOW_SPACE["xgboost"], "n_estimators": [200, 201]}}
+    settings = {
+        **SLOW,
+        "SENTINEL_TRIALS__TIMEOUT_S": "10",
+        "SENTINEL_RESOURCES__SAMPLE_EVERY_S": "0.2",
+    }
+    daemon = daemons(settings=settings, faults={"0@1": "slow"}).start()
+    job_id = daemon.submit(write_job(workspace / "jobs", "late", space=long))
+    worker = claimed(daemon, f"{job_id}.0.1")
+    daemon.wait_for_job(job_id, timeout=120)
+    events = check_invariants(daemon.state_dir)
+    (failed,) = of_type(events, "trial.failed", job_id=job_id, trial=0)
+    assert failed["attempt"] == 1 and failed["retry"] is True
+    assert "past trials.timeout_s (10 s)" in failed["error"], failed["error"]
+    (lost,) = [e for e in of_type(events, "worker.lost") if e["worker"] == worker]
+    assert lost["seq"] < failed["seq"] and lost["signal"] == signal.SIGKILL
+    assert started_trials(events, job_id, 0) == [1, 2]
+    (timed_out,) = [r for r in daemon.log_records() if r.get("event") == "daemon.trial_timed_out"]
+    assert timed_out["command_id"] == f"{job_id}.0.1" and 10 <= timed_out["ran_s"] < 20
+    assert daemon.stop() == EXIT_OK
+
+
 def test_a_trial_that_always_crashes_its_worker_fails_after_max_attempts_and_the_job_completes(
     daemons: MakeDaemon, workspace: Path
 ) -> None:

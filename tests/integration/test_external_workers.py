@@ -97,3 +97,49 @@ def test_a_job_runs_on_external_workers_and_a_silent_one_has_its_trial_retried(
     assert failed["retry"] is True and "no heartbeat" in failed["error"]
     assert not of_type(events, "worker.started", worker="w0-1-1")  # no local workers
     assert daemon.stop() == 0
+
+
+def test_an_external_workers_trial_past_trials_timeout_s_is_failed_and_the_worker_stops_it(
+    tmp_path: Path, dataset: Path
+) -> None:
+    # Attempt 1 of trial 0 would take ~40 s (200 slow rounds) on a worker systemd runs: the
+    # daemon cannot kill it, so it counts it lost and leaves it a prune request.
+    copy_dataset(dataset, tmp_path / "data")
+    daemon = DaemonProcess(
+        tmp_path,
+        workers=0,
+        settings={
+            "SENTINEL_TRIALS__TIMEOUT_S": "6",
+            "SENTINEL_TRIALS__REPORT_EVERY": "1",
+            "SENTINEL_RESOURCES__SAMPLE_EVERY_S": "0.2",
+        },
+        faults={"0@1": "slow"},
+    )
+    long = {"xgboost": {**SLOW_SPACE["xgboost"], "n_estimators": [200, 201]}}
+    worker = None
+    try:
+        daemon.start()
+        job_id = daemon.submit(write_job(daemon.root / "jobs", "extlate", space=long))
+        worker = start_worker(daemon, "gpu0")
+        # The one worker stops the stale attempt at its next report and runs the retry.
+        daemon.wait_for_job(job_id, timeout=120)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert daemon.stop() == 0
+    finally:
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        daemon.cleanup()
+    events = check_invariants(daemon.state_dir)
+    (lost,) = of_type(events, "worker.lost", worker="gpu0")
+    assert (
+        "external worker: its trial" in lost["reason"]
+        and "trials.timeout_s (6 s)" in lost["reason"]
+    )
+    (failed,) = of_type(events, "trial.failed", job_id=job_id, trial=0)
+    assert failed["attempt"] == 1 and failed["retry"] is True and lost["seq"] < failed["seq"]
+    assert [e["attempt"] for e in of_type(events, "trial.started", job_id=job_id, trial=0)] == [
+        1,
+        2,
+    ]
+    assert not of_type(events, "trial.pruned", job_id=job_id)  # the stopped attempt's answer

@@ -1,4 +1,5 @@
-"""The Dask backend's pure parts: the shared-storage check a worker runs, and its settings."""
+"""The Dask backend's pure parts: the shared-storage check a worker runs, what the cluster
+offers, and its settings."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_daemon.daemon.dispatch.dask import check_paths
+from sentinel_daemon.daemon.dispatch.dask_cluster import ClusterView, no_capacity
+from sentinel_daemon.daemon.dispatch.dask_task import check_paths
 from sentinel_daemon.errors import ConfigError
 from sentinel_daemon.settings import load_settings
 
@@ -63,3 +65,32 @@ def test_the_dask_backend_without_a_scheduler_is_refused_naming_the_key(
         load_settings()
     monkeypatch.setenv("SENTINEL_DISPATCH__SCHEDULER", "tcp://10.0.0.5:8786")
     assert load_settings().dispatch.scheduler == "tcp://10.0.0.5:8786"
+
+
+def test_capacity_counts_whole_units_of_the_resource_and_leaves_retired_workers_out() -> None:
+    view = ClusterView(
+        {
+            "tcp://a:1": {"GPU": 2.0},
+            "tcp://b:1": {"GPU": 0.5, "CPU": 8.0},
+            "tcp://c:1": {"GPU": 1.0},
+        }
+    )
+    assert view.units("GPU") == 3 and view.units("CPU") == 8 and view.units("TPU") == 0
+    assert view.units("GPU", exclude={"tcp://a:1"}) == 1
+    assert view.offering("GPU", exclude={"tcp://c:1"}) == ["tcp://a:1"]
+    assert no_capacity("GPU", view) is None
+    assert no_capacity("GPU", view, retired={"tcp://a:1", "tcp://c:1"}) is not None
+
+
+def test_a_cluster_without_the_resource_is_named_with_the_workers_it_has() -> None:
+    view = ClusterView({"tcp://10.0.0.7:4001": {}, "tcp://10.0.0.8:4001": {"GPU": 1.0}})
+    reason = no_capacity("GPU", view, retired={"tcp://10.0.0.8:4001"})
+    assert reason is not None
+    assert "no Dask worker offers a whole unit of GPU (dispatch.resource)" in reason
+    assert "2 worker(s): tcp://10.0.0.7:4001 (no resources)" in reason
+    assert "tcp://10.0.0.8:4001 (retired: it fell silent)" in reason
+    assert "--resources GPU=1" in reason
+    many = ClusterView({f"tcp://h{i}:1": {"CPU": 4.0} for i in range(9)})
+    text = no_capacity("GPU", many)
+    assert text is not None and "(CPU=4)" in text and "and 4 more" in text
+    assert "0 worker(s): no worker" in (no_capacity("GPU", ClusterView()) or "")

@@ -29,10 +29,12 @@ from sentinel_daemon.core.events import (
 )
 from sentinel_daemon.core.state import State, apply
 from sentinel_daemon.daemon.actor import ActorContext, JobActor
+from sentinel_daemon.daemon.answers import closing
 from sentinel_daemon.daemon.decisions import (
     Answer,
     BestWritten,
     Decision,
+    Found,
     Input,
     Lost,
     PutCommand,
@@ -304,3 +306,67 @@ def test_a_job_that_ended_early_is_withdrawn_and_one_with_trials_gets_a_report(
     q.append(failed)
     assert reactions(failed, q.state) == [Withdraw(JOB), WriteReport(JOB)]
     assert q.decide(Tick(dispatching=True)) == ([], [])  # an ended job decides nothing
+
+
+def test_a_model_found_on_disk_is_saved_with_the_reports_its_meta_kept(pure: Any) -> None:
+    p = pure(n_trials=1, parallelism=1)
+    p.at(Stage.SEARCH)
+    (put,) = p.run(Tick(dispatching=True)).effects
+    assert isinstance(put, PutCommand)
+    found = FoundModel(
+        artifact=f"jobs/{JOB}/trials/0/1-w/model.ubj",
+        sha256=SHA,
+        metrics={"roc_auc": 0.77},
+        value=0.77,
+        train_seconds=2.0,
+        duration_s=2.0,
+    )
+    curve = ((5, 0.7), (10, 0.77))
+    (saved,) = p.decide(Found(put.command, found, curve)).events
+    assert isinstance(saved, TrialSaved) and saved.intermediate == curve
+    (lost_saved,) = p.decide(Lost(put.command, "exit code 1", found, curve)).events
+    assert isinstance(lost_saved, TrialSaved) and lost_saved.intermediate == curve
+
+
+def test_a_failed_job_closes_its_open_trials_first_each_once(pure: Any) -> None:
+    p = pure(n_trials=3, parallelism=3)
+    p.at(Stage.SEARCH)
+    for _ in range(3):
+        p.run(Tick(dispatching=True))
+    model = {n: t.model for n, t in p.state.jobs[JOB].trials.items()}
+    p.append(p.saved(0, 0.8))
+    p.append(TrialFailed(job_id=JOB, trial=1, model=model[1], error="x", attempt=1, retry=True))
+    # Trial 2 fails for good in the very batch that fails the job (a data error).
+    data_error = TrialFailed(
+        job_id=JOB, trial=2, model=model[2], error="DataError: gone", attempt=1, retry=False
+    )
+    failed = JobFailed(job_id=JOB, reason="its data: gone")
+    batch = closing(p.state, [data_error, failed])
+    assert batch[0] == data_error and batch[-1] == failed
+    (closed,) = batch[1:-1]  # trial 1, waiting for its retry; not 0 (saved) nor 2 (ended)
+    assert (closed.trial, closed.attempt, closed.retry) == (1, 1, False)
+    assert closed.error == "its job failed: its data: gone"
+    p.append(*batch)
+    # Folded into counts as the job ended: nothing left running or waiting for a retry.
+    counts = p.state.jobs[JOB].trial_counts
+    assert sorted((str(s), n) for c in counts.values() for s, n in c.items()) == [
+        ("failed", 1),
+        ("failed", 1),
+        ("saved", 1),
+    ]
+
+
+def test_a_cancelled_job_closes_its_running_trials_and_other_batches_pass_unchanged(
+    pure: Any,
+) -> None:
+    p = pure(n_trials=2, parallelism=2)
+    p.at(Stage.SEARCH)
+    started = [e for _ in range(2) for e in p.run(Tick(dispatching=True)).events]
+    assert closing(p.state, started) is started  # no job ends: the batch as it is
+    cancelled = JobCancelled(job_id=JOB, reason="cancelled by an operator")
+    *closed, last = closing(p.state, [cancelled])
+    assert last == cancelled
+    assert [(c.trial, c.error, c.retry) for c in closed if isinstance(c, TrialFailed)] == [
+        (0, "cancelled with its job", False),
+        (1, "cancelled with its job", False),
+    ]

@@ -176,7 +176,6 @@ def test_cpu_seconds_only_grow_when_a_worker_ends_or_its_pid_is_reused() -> None
             ),
             pending=4,
             workers_alive=len(workers),
-            blocked=True,
         )
         return value(m, "sentinel_cpu_seconds_total", role="worker") or 0.0
 
@@ -186,9 +185,20 @@ def test_cpu_seconds_only_grow_when_a_worker_ends_or_its_pid_is_reused() -> None
     assert value(m, "sentinel_resident_memory_bytes", role="worker") == 10
     assert value(m, "sentinel_cpu_seconds_total", role="daemon") == 2.0
     assert value(m, "sentinel_queue_pending_commands") == 4
-    assert value(m, "sentinel_dispatch_blocked") == 1
     assert value(m, "sentinel_gpu_memory_total_bytes", gpu="0") == 4 << 30
     assert value(m, "sentinel_gpu_utilisation_ratio", gpu="0") == 0.25
+
+
+def test_dispatch_blocked_is_one_series_per_reason_each_zero_until_it_holds() -> None:
+    m = DaemonMetrics()
+    reasons = ("admission", "no_scheduler", "no_capacity", "writes_failing")
+    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [0, 0, 0, 0]
+    m.blocked(["no_capacity", "admission"])
+    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [1, 0, 1, 0]
+    m.blocked(["no_scheduler"])
+    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [0, 1, 0, 0]
+    m.blocked([])
+    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [0, 0, 0, 0]
 
 
 def test_the_server_serves_the_registry_on_loopback_and_closes_its_port() -> None:

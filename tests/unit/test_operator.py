@@ -10,13 +10,19 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sentinel_daemon.core.events import JobSubmitted, TrialStarted, WorkerExited
+from sentinel_daemon.core.events import Event, JobSubmitted, TrialStarted, WorkerExited
 from sentinel_daemon.core.ids import check_job_id
 from sentinel_daemon.core.state import JobStatus, fold
-from sentinel_daemon.errors import BadJobId, JobAlreadyEnded, UnknownJob
+from sentinel_daemon.errors import AmbiguousJob, BadJobId, JobAlreadyEnded, UnknownJob
 from sentinel_daemon.layout import CONTROL_DIR
+from sentinel_daemon.log.store import Store
 from sentinel_daemon.tools.cancel import cancel_request_path, request_cancel
-from sentinel_daemon.tools.status import job_summary, render_status, status_report
+from sentinel_daemon.tools.status import (
+    claimed_commands,
+    job_summary,
+    render_status,
+    status_report,
+)
 from sentinel_daemon.tools.wait import Outcome, find_pending, progress_line, wait_for_job
 from tests.jobevents import failed, finish, running, worker
 
@@ -27,8 +33,8 @@ def test_a_running_job_reports_its_stage_trials_per_model_and_best_saved_trial()
     assert summary["status"] == "running"
     assert summary["stage"] == {"name": "search", "completed": False}
     assert summary["models"] == [
-        {"model": "xgboost", "ended": 2, "n_trials": 2, "running": 0},
-        {"model": "lightgbm", "ended": 0, "n_trials": 2, "running": 1},
+        {"model": "xgboost", "ended": 2, "n_trials": 2, "running": 0, "queued": 0},
+        {"model": "lightgbm", "ended": 0, "n_trials": 2, "running": 1, "queued": 0},
     ]
     assert (summary["trials_ended"], summary["trials_total"], summary["trials_running"]) == (
         2,
@@ -58,7 +64,9 @@ def test_a_spec_without_models_or_budget_shows_the_models_seen_and_an_unknown_to
         ]
     )
     summary = job_summary(state.jobs["j1"])
-    assert summary["models"] == [{"model": "lightgbm", "ended": 0, "n_trials": None, "running": 1}]
+    assert summary["models"] == [
+        {"model": "lightgbm", "ended": 0, "n_trials": None, "running": 1, "queued": 0}
+    ]
     assert summary["trials_total"] is None and summary["stage"] is None
     assert "0/? trials" in progress_line("j1", summary)
 
@@ -252,3 +260,82 @@ def test_a_rejected_job_file_ends_the_wait_at_once_with_its_reason(tmp_path: Pat
     )
     assert result.outcome is Outcome.REJECTED and clock.now == 0.0
     assert result.detail == f"{path}: models: 'svm' is not a model"
+
+
+# ---- what RUN counts, and jobs named by name ----------------------------------------------
+
+
+def test_run_counts_only_trials_a_worker_holds_and_the_rest_are_queued() -> None:
+    job = fold(running("j1")).jobs["j1"]  # lightgbm trial 2, attempt 1, started
+    queued = job_summary(job, claimed=set())
+    assert (queued["trials_running"], queued["trials_queued"]) == (0, 1)
+    held = job_summary(job, claimed={"j1.2.1", "other.0.1"})
+    assert (held["trials_running"], held["trials_queued"]) == (1, 0)
+    assert job_summary(job, claimed={"j1.2.2"})["trials_running"] == 0  # another attempt's
+    report = status_report(fold(running("j1")), Path("st"), claimed=set())
+    row = render_status(report).splitlines()[2].split()
+    assert row[:2] == ["j1", "fraud"] and row[row.index("0/2") + 1] == "0"  # RUN
+
+
+def test_claimed_commands_are_read_from_the_workers_folders_without_creating_any(
+    tmp_path: Path,
+) -> None:
+    assert claimed_commands(tmp_path) == set()
+    assert list(tmp_path.iterdir()) == []  # a status must not make the queue
+    worker_dir = tmp_path / "queue" / "workers" / "w0-1-1"
+    worker_dir.mkdir(parents=True)
+    for name in ("j1.2.1.json", "heartbeat.json", ".j1.3.1.json.tmp", "prune.j1.2.1"):
+        (worker_dir / name).write_text("{}")
+    (tmp_path / "queue" / "workers" / "dask-0").mkdir()
+    (tmp_path / "queue" / "workers" / "dask-0" / "j2.0.1.json").write_text("{}")
+    assert claimed_commands(tmp_path) == {"j1.2.1", "j2.0.1"}
+
+
+def test_status_takes_a_name_that_one_job_alone_has_and_refuses_a_shared_one() -> None:
+    one = fold(running("fraud-1a2b3c4d"))
+    (summary,) = status_report(one, Path("st"), job_id="fraud")["jobs"]
+    assert summary["job_id"] == "fraud-1a2b3c4d"
+    two = fold([*running("fraud-1a2b3c4d"), *failed("fraud-99999999", "gone")])
+    with pytest.raises(AmbiguousJob) as err:
+        status_report(two, Path("st"), job_id="fraud")
+    assert err.value.job_ids == ["fraud-99999999", "fraud-1a2b3c4d"]  # newest first
+    assert "give the job id" in str(err.value) and "fraud-1a2b3c4d" in str(err.value)
+    with pytest.raises(UnknownJob):
+        status_report(one, Path("st"), job_id="fraud-nightly")
+
+
+def write_log(state_dir: Path, events: list[Event]) -> None:
+    store = Store.open(state_dir)
+    try:
+        store.append(events)
+    finally:
+        store.close()
+
+
+def test_wait_takes_a_job_name_and_refuses_a_shared_one_at_once(tmp_path: Path) -> None:
+    write_log(tmp_path, [*running("fraud-1a2b3c4d"), *finish("fraud-1a2b3c4d")])
+    clock = FakeClock()
+    result = wait_for_job(tmp_path, "fraud", timeout=60, clock=clock, sleep=clock.sleep)
+    assert result.outcome is Outcome.ENDED and clock.now == 0.0
+    assert result.job is not None and result.job["job_id"] == "fraud-1a2b3c4d"
+    write_log(tmp_path, running("fraud-99999999"))
+    with pytest.raises(AmbiguousJob):
+        wait_for_job(tmp_path, "fraud", timeout=60, clock=clock, sleep=clock.sleep)
+    assert clock.now == 0.0  # at once, not after the timeout
+
+
+def test_the_status_of_a_dask_daemon_counts_the_cluster_and_names_the_slots() -> None:
+    state = fold([*running("j1"), worker("dask-0", 0)])
+    state.daemon_pid = 7
+    report = status_report(state, Path("st"), pid_alive=lambda pid: True)
+    report["daemon"]["health"] = {
+        "status": "degraded",
+        "reason": "dispatch blocked (no_capacity): no Dask worker offers a whole unit of GPU",
+        "dispatch": {"backend": "dask", "scheduler": "tcp://s:8786", "connected": True,
+                     "workers": 1, "offering": 0, "resource": "GPU", "slots": 0, "running": 0},
+    }  # fmt: skip
+    lines = render_status(report).splitlines()
+    assert lines[1].startswith("DEGRADED: dispatch blocked (no_capacity)")
+    assert "1 workers (0 offer GPU), 0 slots" in lines[2]
+    assert "workers: on the Dask cluster; slots used: dask-0" in lines
+    assert not any("none alive" in line for line in lines)

@@ -151,6 +151,20 @@ def test_take_back_moves_a_lost_workers_commands_to_dead_and_returns_them(queue:
     assert len(list(queue.dead.glob("fraud-1.1.1.lost.json*"))) == 2
 
 
+def test_take_back_with_stop_leaves_a_running_worker_a_prune_request_for_each(
+    queue: Queue,
+) -> None:
+    for trial in (1, 2):
+        queue.put(command(trial))
+    queue.claim("external")
+    queue.claim("other")
+    assert [c.trial for c in queue.take_back("external", stop=True)] == [1]
+    assert queue.should_prune("external", "fraud-1.1.1")  # it stops at its next report
+    assert not queue.should_prune("other", "fraud-1.2.1")
+    assert queue.finish("external", "fraud-1.1.1") is False  # gone; the request goes too
+    assert not queue.should_prune("external", "fraud-1.1.1")
+
+
 def _reason(moved_to: Path) -> str:
     return moved_to.with_name(moved_to.name + ".reason").read_text()
 

@@ -96,7 +96,7 @@ EVERY_SETTING_CHANGED: dict[str, Any] = {
         "restart_backoff_min_s": 0.2,
         "restart_backoff_max_s": 4.0,
     },
-    "trials": {"max_attempts": 5, "report_every": 3},
+    "trials": {"max_attempts": 5, "report_every": 3, "timeout_s": 3600.0},
     "shutdown": {"grace_s": 7.0, "worker_grace_s": 3.0},
     "metrics": {"enabled": False, "address": "0.0.0.0", "port": 9999},
     "resources": {

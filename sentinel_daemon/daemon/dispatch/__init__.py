@@ -3,9 +3,11 @@
 The core loop knows a backend only as a :class:`Dispatcher`: the local
 :class:`~sentinel_daemon.daemon.dispatch.local.Supervisor` (worker processes on this host)
 or the :class:`~sentinel_daemon.daemon.dispatch.dask.DaskDispatcher` (tasks on a Dask
-cluster), made by :func:`open_dispatcher` from the settings. Either takes commands out of
-``STATE/queue/pending/`` and has answers posted into ``results/``; the loop polls it once a
-turn for what it saw.
+cluster; the task itself in ``dask_task``, the scheduler link in ``dask_cluster``, the
+shared-storage check in ``dask_paths``), made by :func:`open_dispatcher` from the settings.
+Either takes commands out of ``STATE/queue/pending/`` and has answers posted into
+``results/``; the loop polls it once a turn for what it saw, and asks it each turn why it
+dispatches nothing (:meth:`Dispatcher.blocked`).
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ class PollResult:
 class Dispatcher(Protocol):
     """What the core loop needs of a dispatch backend; no method may block for long."""
 
-    #: Whether trials can be dispatched now (a Dask scheduler may be out of reach).
-    available: bool
+    @property
+    def available(self) -> bool:
+        """Whether trials can be dispatched now (a Dask scheduler may be out of reach)."""
+
     #: Whether :meth:`describe` changes while the daemon runs, so that ``health.json`` is
     #: rewritten with it every few seconds.
     describe_changes: bool
@@ -56,6 +60,10 @@ class Dispatcher(Protocol):
 
     def status_note(self) -> str | None:
         """Why dispatching is paused, for the status line; None while it is not."""
+
+    def blocked(self) -> dict[str, str]:
+        """Why this backend dispatches nothing now, by reason (``no_scheduler``,
+        ``no_capacity``), each with a sentence for the log and ``health.json``."""
 
     def describe(self) -> dict[str, Any]:
         """The backend and its counts, for ``health.json`` and ``sentinel status``."""
@@ -73,7 +81,9 @@ class Dispatcher(Protocol):
         """Pids of this host's worker processes (for resource sampling)."""
 
     def kill(self, worker_id: str, reason: str) -> bool:
-        """Kill a local worker to be reported lost for ``reason``; False if none runs."""
+        """End ``worker_id``'s trial: a local worker is killed, a Dask slot's task
+        cancelled; either is reported lost for ``reason`` by a later :meth:`poll`, with
+        its commands taken back. False when it is none of this dispatcher's, or holds none."""
 
 
 def open_dispatcher(
@@ -104,7 +114,14 @@ def open_dispatcher(
                 reason="dispatch.backend is dask: trials run on the Dask cluster",
                 scheduler=dispatch.scheduler,
             )
-        return DaskDispatcher(state_dir, dispatch, queue=settings.queue), 0
+        dask = DaskDispatcher(
+            state_dir,
+            dispatch,
+            queue=settings.queue,
+            heartbeat_s=settings.workers.heartbeat_s,
+            heartbeat_timeout_s=settings.workers.heartbeat_timeout_s,
+        )
+        return dask, 0
     supervisor = Supervisor(
         state_dir,
         count=count,

@@ -8,13 +8,13 @@ commands into ``STATE/queue/pending/`` and reads answers from ``STATE/queue/resu
 a set of local workers would be:
 
 - it claims a pending command into one of its *slots* (``queue/workers/dask-<n>/``; one
-  command each, as many slots as the cluster offers ``dispatch.resource`` units, or
-  ``dispatch.slots``) and submits it to the scheduler as a task that asks for one unit of
-  that resource, under the key ``sentinel-<command_id>``;
-- a Dask worker runs :func:`run_trial_task`: the trial code of ``sentinel worker``
-  (:class:`~sentinel_daemon.worker.runner.TrialRunner`), with the prepared data kept in the worker
-  process across trials, the model saved under the shared state directory, progress sent
-  back with ``Worker.log_event`` and pruning asked through a ``distributed.Event``;
+  command each, as many slots as the cluster's workers offer whole units of
+  ``dispatch.resource``, at most ``dispatch.slots``) and submits it to the scheduler as a
+  task that asks for one unit of that resource, under the key ``sentinel-<command_id>``;
+- a Dask worker runs :func:`~sentinel_daemon.daemon.dispatch.dask_task.run_trial_task`
+  (the worker's side, in :mod:`~sentinel_daemon.daemon.dispatch.dask_task`): the trial code
+  of ``sentinel worker``, progress and heartbeats sent back with ``Worker.log_event``,
+  pruning asked through a ``distributed.Event``;
 - the dispatcher posts every answer into ``results/`` under the slot's id (through an
   :class:`~sentinel_daemon.queue.maildir.Outbox`, fsynced), where the daemon ingests it exactly as
   a local worker's; prune requests the actor writes into the slot's folder become the
@@ -24,34 +24,38 @@ Failures map onto what the daemon already handles. A Dask worker that dies under
 (``KilledWorker``, with the scheduler's ``allowed-failures`` at 0 as the docs advise; or,
 with a higher setting, a second execution of the same task seen starting) is reported as
 ``worker.lost`` for the slot, with the commands taken back, so the trial is retried under
-``trials.max_attempts``. A scheduler that cannot be reached pauses dispatching (``available``
-is False, ``sentinel status`` and the log say why); the commands held in slots go back to
-``pending/`` with the same attempt (the trial did not fail) and are submitted again once
-it returns. A restarted daemon takes back the commands its predecessor's slots held, with
-the same attempt, like any dead worker's. A resubmitted command never trains a finished
-trial twice: a task first looks for a complete model of its attempt on disk
+``trials.max_attempts``. So is a task that falls silent: one that a worker is processing
+but that sent nothing (no ``started``, progress or ``beat``) for
+``workers.heartbeat_timeout_s``, as a frozen worker's would (its TCP connection to the
+scheduler may stay open for minutes); its task is cancelled and its worker retired from the
+scheduler and left out of dispatching until it has gone. :meth:`DaskDispatcher.kill` (the
+daemon's ``trials.timeout_s``) ends a task the same way, without retiring its worker.
+
+A scheduler that cannot be reached pauses dispatching (``available`` is False; the reason
+is in :meth:`DaskDispatcher.blocked` for the daemon's health, metrics and log); the
+commands held in slots go back to ``pending/`` once each, with the same attempt (the trial
+did not fail), and are submitted again once it returns. A cluster whose workers offer no
+unit of the resource keeps the trials in ``pending/`` and says so (:meth:`blocked`). A
+restarted daemon takes back the commands its predecessor's slots held, with the same
+attempt, like any dead worker's. A resubmitted command never trains a finished trial twice:
+a task first looks for a complete model of its attempt on disk
 (:func:`sentinel_daemon.ml.artifacts.find_saved`) and answers with it; and the same key on the
 same Dask worker joins the execution still running there.
 
 Before the first command of a job is submitted, every Dask worker is asked to check that
-it can read the job's data and write its cache and model folders; a job whose data some
-worker cannot reach fails with the worker and the path named.
+it can read the job's data and write its cache and model folders
+(:mod:`~sentinel_daemon.daemon.dispatch.dask_paths`); a job whose data some worker cannot
+reach fails with the worker and the path named. The connection and the cluster's counts
+are :mod:`~sentinel_daemon.daemon.dispatch.dask_cluster`'s.
 
-Dask moves the function by reference and its arguments through its own protocol; every
-argument Sentinel passes is a JSON string or plain text (no pickled objects of ours), and
-answers come back as JSON-compatible dicts that the daemon validates.
+Every argument of a task is a JSON string, plain text or a number (Dask moves the function
+by reference; no pickled objects of ours), and answers are dicts that the daemon validates.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import os
-import re
-import socket
-import threading
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,165 +67,26 @@ from pydantic import ValidationError
 from sentinel_daemon.core.events import Event, JobFailed, WorkerLost, WorkerStarted
 from sentinel_daemon.core.ids import JobId, WorkerId
 from sentinel_daemon.daemon.dispatch import PollResult
-from sentinel_daemon.fsutil import atomic_write_bytes
+from sentinel_daemon.daemon.dispatch.dask_cluster import (
+    CONNECTING,
+    ClusterLink,
+    ClusterView,
+    no_capacity,
+)
+from sentinel_daemon.daemon.dispatch.dask_paths import PathChecks
+from sentinel_daemon.daemon.dispatch.dask_task import run_trial_task
 from sentinel_daemon.queue.maildir import Outbox, Queue
-from sentinel_daemon.queue.messages import MESSAGE_ADAPTER, Progress, TrialCommand
+from sentinel_daemon.queue.messages import MESSAGE_ADAPTER, TrialCommand
 
 if TYPE_CHECKING:
     import distributed
 
     from sentinel_daemon.settings import DispatchSettings, QueueSettings
-    from sentinel_daemon.worker.runner import TrialRunner
 
 log = structlog.get_logger(__name__)
 
-#: The structured-events topic tasks send ``started`` and ``progress`` messages on.
-TOPIC = "sentinel-trial"
 KEY_PREFIX = "sentinel-"
-PRUNE_PREFIX = "sentinel-prune-"
 SLOT_PREFIX = "dask-"
-#: A file in the state directory that Dask workers must read back (shared storage check).
-MARKER_FILE = "dispatch-id"
-#: How often the cluster's workers and resources are counted (on the helper thread).
-MEASURE_EVERY_S = 1.0
-
-
-# ---- the Dask worker's side ----------------------------------------------------------------
-
-_runner_lock = threading.Lock()
-_runners: dict[str, TrialRunner] = {}
-
-
-def _runner_id() -> str:
-    """This process's name in artifact folders: host and pid, as a worker id allows."""
-    raw = f"{socket.gethostname()}-{os.getpid()}"
-    return re.sub(r"[^A-Za-z0-9_-]", "-", raw)[-60:].lstrip("-_") or f"dask-{os.getpid()}"
-
-
-def _runner(state_dir: str) -> TrialRunner:
-    """The runner of this worker process for ``state_dir`` (its prepared data persists)."""
-    from sentinel_daemon.ml.devices import discover_gpus
-    from sentinel_daemon.worker.runner import TrialRunner
-
-    runner = _runners.get(state_dir)
-    if runner is None:
-        # A GPU host runs one `dask worker --resources GPU=1` per GPU, with
-        # CUDA_VISIBLE_DEVICES naming it: any GPU seen means "cuda" (the one visible).
-        gpu = 0 if discover_gpus() else None
-        threads = int(os.environ.get("SENTINEL_DASK_THREADS", "0")) or None
-        runner = TrialRunner(Path(state_dir), _runner_id(), gpu=gpu, threads=threads)
-        _runners[state_dir] = runner
-    return runner
-
-
-class DaskChannel:
-    """A task's :class:`~sentinel_daemon.worker.runner.Channel`: progress as structured events.
-
-    Each message is validated here exactly as the local worker's :class:`Outbox` would
-    (a NaN score fails in the task, as a trial failure); the daemon numbers and posts it.
-    The final answer (saved, pruned, failed) is kept and returned as the task's result.
-    """
-
-    def __init__(self, worker: distributed.Worker, slot: str, execution: str) -> None:
-        self.worker = worker
-        self.slot = slot
-        self.execution = execution
-        self.final: dict[str, Any] | None = None
-        self._prune: distributed.Event | None = None
-
-    def send(self, kind: Any, command_id: str, **fields: Any) -> Any:
-        message = kind.model_validate(
-            {**fields, "worker_id": self.slot, "msg_seq": 1, "command_id": command_id}
-        )
-        payload = message.model_dump(mode="json", exclude={"worker_id", "msg_seq"})
-        if kind is Progress:
-            try:
-                self.worker.log_event(TOPIC, {**payload, "execution": self.execution})
-            except Exception as exc:
-                raise self._gone(exc) from exc
-        else:
-            self.final = payload
-        return message
-
-    def should_prune(self, command_id: str) -> bool:
-        import distributed
-
-        try:
-            if self._prune is None:
-                self._prune = distributed.Event(PRUNE_PREFIX + command_id)
-            return bool(self._prune.is_set())
-        except Exception as exc:
-            raise self._gone(exc) from exc
-
-    def _gone(self, exc: Exception) -> Exception:
-        """The scheduler cannot be reached: the daemon will not hear an answer, and the
-        trial did not fail. Leave it (the daemon submits it again, same attempt)."""
-        from sentinel_daemon.worker.runner import TrialAbandoned
-
-        log.warning("dask.channel_lost", slot=self.slot, error=f"{type(exc).__name__}: {exc}")
-        return TrialAbandoned(str(exc))
-
-
-def run_trial_task(command_json: str, state_dir: str, slot: str) -> dict[str, Any]:
-    """Run one trial command on this Dask worker; its answer (a message without numbers).
-
-    ``state_dir`` is the daemon's state directory as this worker mounts it; the command's
-    relative paths resolve against it. One trial at a time per process (the task asks for
-    a GPU unit, and a lock makes sure of it); the prepared data stays for the next trial.
-    """
-    import distributed
-
-    worker = distributed.get_worker()
-    command = TrialCommand.model_validate_json(command_json)
-    execution = uuid.uuid4().hex
-    worker.log_event(
-        TOPIC,
-        {
-            "kind": "started",
-            "command_id": command.command_id,
-            "execution": execution,
-            "worker": worker.address,
-        },
-    )
-    channel = DaskChannel(worker, slot, execution)
-    with _runner_lock:
-        _runner(state_dir).answer(command, channel)
-    if channel.final is None:  # the runner only abandons a trial when stopped: it is not
-        raise RuntimeError(f"trial {command.command_id} ended without an answer")
-    return channel.final
-
-
-def check_paths(marker: str, expected: str, reads: list[str], writes: list[str]) -> list[str]:
-    """On a worker: what keeps it from serving the daemon's state directory and a job.
-
-    ``marker`` must hold ``expected`` (the daemon wrote it: the worker sees the very same
-    state directory, not an empty folder at that path); ``reads`` must be readable files;
-    each of ``writes`` must be a folder it can create or write into (nothing is created).
-    """
-    try:
-        with open(marker, encoding="utf-8") as fh:
-            seen = fh.read().strip()
-    except OSError as exc:
-        seen = f"unreadable ({exc.strerror})"
-    if seen != expected:
-        return [
-            f"does not see the daemon's state directory at {os.path.dirname(marker)} "
-            f"({os.path.basename(marker)} is {seen[:40]!r}, not the daemon's)"
-        ]
-    problems: list[str] = []
-    for path in reads:
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            problems.append(f"cannot read {path}")
-    for folder in writes:
-        existing = folder
-        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-            problems.append(f"cannot write into {folder} ({existing} is not a writable folder)")
-    return problems
-
-
-# ---- the daemon's side --------------------------------------------------------------------
 
 
 @dataclass
@@ -233,12 +98,11 @@ class _Task:
     future: distributed.Future[Any] | None = None
     executions: list[str] = field(default_factory=list)
     prune_sent: bool = False
-
-
-@dataclass(frozen=True)
-class _Check:
-    job_id: str
-    future: concurrent.futures.Future[dict[str, list[str]]]
+    #: When its first execution was last heard from (``time.monotonic()``), or first seen
+    #: processing on a worker before it said anything; None before either.
+    heard_at: float | None = None
+    #: The address of the Dask worker running it, once known.
+    worker: str | None = None
 
 
 class DaskDispatcher:
@@ -246,10 +110,12 @@ class DaskDispatcher:
 
     The daemon drives it as it drives the local supervisor: :meth:`start`, :meth:`poll`
     each turn, :meth:`stop`. What may wait on the scheduler (connecting, counting workers,
-    path checks, prune events) runs on a helper thread; the core loop only submits (which
-    does not wait) and fetches a finished task's answer (one round trip to the worker,
-    bounded by 5 s). ``worker_state_dir`` overrides ``settings.worker_state_dir``; ``queue``
-    holds the queue's settings (the daemon's ``queue`` section).
+    path checks, prune events, retiring a worker) runs on helper threads; the core loop
+    only submits (which does not wait) and fetches a finished task's answer (one round trip
+    to the worker, bounded by 5 s). ``worker_state_dir`` overrides
+    ``settings.worker_state_dir``; tasks beat every ``heartbeat_s`` and are lost after
+    ``heartbeat_timeout_s`` of silence (``workers.*``); ``queue`` holds the queue's settings
+    (the daemon's ``queue`` section).
     """
 
     def __init__(
@@ -259,48 +125,60 @@ class DaskDispatcher:
         *,
         worker_state_dir: Path | None = None,
         queue: QueueSettings | None = None,
+        heartbeat_s: float = 1.0,
+        heartbeat_timeout_s: float = 30.0,
     ) -> None:
-        if settings.scheduler is None:
-            raise ValueError("dispatch.scheduler is required with dispatch.backend: dask")
         self.state_dir = Path(state_dir)
         self.settings = settings
-        self.scheduler = settings.scheduler
+        self.heartbeat_s = heartbeat_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        # Filled by the client's thread (a deque's append and popleft are atomic).
+        self._inbound: deque[dict[str, Any]] = deque()
+        self.link = ClusterLink(settings, self._inbound.append)
+        self.scheduler = self.link.scheduler
         self.worker_state_dir = str(worker_state_dir or settings.worker_state_dir or state_dir)
         self.queue = Queue(self.state_dir / "queue", queue)  # its outboxes' seq_block
-        self.client: distributed.Client | None = None
-        self.available = False
-        self.reason: str | None = "connecting to the scheduler"
-        self.cluster_workers = 0
-        self.capacity = 0
-        self._ops = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dask-ops")
-        self._connecting: concurrent.futures.Future[distributed.Client] | None = None
-        self._next_connect = 0.0
-        self._next_measure = 0.0
-        self._measuring: concurrent.futures.Future[None] | None = None
+        self.paths = PathChecks(self.state_dir, self.worker_state_dir, self.link, settings.retry_s)
         self._tasks: dict[str, _Task] = {}  # command id -> task
         self._outboxes: dict[str, Outbox] = {}
         self._announced: set[str] = set()  # slots whose worker.started is recorded
         self._slot_count = 0
-        self._checked: set[str] = set()  # job ids whose paths every worker can reach
-        self._checks: dict[str, _Check] = {}
-        self._check_after: dict[str, float] = {}  # job id -> when to ask again
-        self._inbound: deque[dict[str, Any]] = deque()  # filled by the client's thread
-        self._stopping = False
+        self._retired: set[str] = set()  # worker addresses left out (they fell silent)
+        self._kills: dict[str, str] = {}  # slot -> why its task is to be ended (kill)
+        self._capacity_note: tuple[ClusterView | None, frozenset[str], str | None] = (
+            None,
+            frozenset(),
+            None,
+        )
 
     #: :meth:`describe` carries the cluster's counts, which change while the daemon runs.
     describe_changes = True
 
     # -- the Dispatcher interface -----------------------------------------------------------
 
+    @property
+    def available(self) -> bool:
+        return self.link.available
+
+    @property
+    def capacity(self) -> int:
+        """Trials the cluster can run at once: its whole units of ``dispatch.resource``
+        (but the retired workers'), at most ``dispatch.slots``; 0 until measured."""
+        view = self.link.view
+        if not self.link.available or view is None:
+            return 0
+        units = view.units(self.settings.resource, self._retired)
+        return units if self.settings.slots is None else min(units, self.settings.slots)
+
     def start(self, now: float | None = None) -> None:
-        self._connect(time.monotonic() if now is None else now)
+        self.link.start(time.monotonic() if now is None else now)
 
     def worker_ids(self) -> list[WorkerId]:
         """Every slot id: they hold commands but are no processes with heartbeats."""
         return [self._slot_id(i) for i in range(self._slot_count)]
 
     def workers_alive(self) -> int:
-        return self.cluster_workers
+        return self.link.workers
 
     def worker_pids(self) -> dict[WorkerId, int]:
         return {}  # nothing runs on this host: resources are the Dask workers' hosts'
@@ -309,136 +187,97 @@ class DaskDispatcher:
         return set()
 
     def kill(self, worker_id: str, reason: str) -> bool:
-        return False  # no local process to kill (the memory ceiling is Dask's own)
+        """End the task of slot ``worker_id`` at the next :meth:`poll`: ``worker.lost`` for
+        the slot with ``reason``, its command taken back. False when the slot holds none."""
+        if not any(t.slot == worker_id for t in self._tasks.values()):
+            return False
+        self._kills[worker_id] = reason
+        return True
+
+    def blocked(self) -> dict[str, str]:
+        """``no_scheduler`` while it cannot be reached (not while first connecting), or
+        ``no_capacity`` while its workers offer no unit of ``dispatch.resource``."""
+        link = self.link
+        if not link.available:
+            if link.reason == CONNECTING:
+                return {}
+            return {"no_scheduler": f"dask scheduler {self.scheduler}: {link.reason}"}
+        view = link.view
+        if view is None:
+            return {}
+        # Asked every turn; the view changes once a second at most.
+        seen, retired, reason = self._capacity_note
+        if seen is not view or retired != self._retired:
+            reason = no_capacity(self.settings.resource, view, self._retired)
+            self._capacity_note = (view, frozenset(self._retired), reason)
+        return {} if reason is None else {"no_capacity": reason}
 
     def status_note(self) -> str | None:
-        if self.available:
-            return None
-        return f"dask scheduler {self.scheduler}: {self.reason}; dispatching paused"
+        if not self.link.available:
+            return f"dask scheduler {self.scheduler}: {self.link.reason}; dispatching paused"
+        if "no_capacity" in self.blocked():
+            return f"dask cluster: no worker offers {self.settings.resource}; trials wait"
+        return None
 
     def describe(self) -> dict[str, Any]:
         """For ``health.json`` and ``sentinel status``."""
+        view = self.link.view
         return {
             "backend": "dask",
             "scheduler": self.scheduler,
-            "connected": self.available,
-            "reason": None if self.available else self.reason,
-            "workers": self.cluster_workers,
+            "connected": self.link.available,
+            "reason": None if self.link.available else self.link.reason,
+            "workers": self.link.workers,
+            "resource": self.settings.resource,
+            "offering": 0 if view is None else len(view.offering(self.settings.resource)),
+            "retired": sorted(self._retired)[:5],
             "slots": self.capacity,
             "running": sum(1 for t in self._tasks.values() if t.future is not None),
         }
 
     def poll(self, now: float) -> PollResult:
         result = PollResult()
-        client = self._client_now(now)
+        client, lost = self.link.client_now(now)
+        if lost:
+            # What the slots held was cancelled with the connection. The trials did not
+            # fail: back to pending with the same attempt, submitted again when it returns.
+            for task in list(self._tasks.values()):
+                if task.future is not None:
+                    self._requeue(task)
+        for task in [t for t in self._tasks.values() if t.slot in self._kills]:
+            self._lost(task, self._kills[task.slot], result)
+        self._kills.clear()
         if client is None:
             return result
-        self._drain_inbound(result)
-        for task in list(self._tasks.values()):
-            self._follow(task, result)
-        self._finish_checks(result, now)
-        self._dispatch(client, result, now)
+        self._drain_inbound(result, now)
+        # A future cancelled by the client means its connection just went, before its
+        # status says so: dispatch nothing into it (each trial goes back to pending once).
+        cancelled = [self._follow(task, result) for task in list(self._tasks.values())]
+        self._judge_silence(result, now)
+        self._forget_retired()
+        for job_id, reason in self.paths.failed(now):
+            result.events.append(JobFailed(job_id=JobId(job_id), reason=reason))
+            for task in [t for t in self._tasks.values() if t.command.job_id == job_id]:
+                if task.future is None:
+                    self._release(task)
+        if not any(cancelled):
+            self._dispatch(client, result, now)
         return result
 
     def stop(self, grace_s: float) -> list[Event]:
         """Leave the cluster: tasks still running are abandoned (their commands stay held,
         and the next daemon takes them back with the same attempt)."""
-        self._stopping = True
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                self.client.close(timeout=max(grace_s, 1.0))
-        self.client = None
-        self._ops.shutdown(wait=False, cancel_futures=True)
+        self.link.close(grace_s)
         return []
-
-    # -- connection --------------------------------------------------------------------------
-
-    def _connect(self, now: float) -> None:
-        if self._connecting is None and not self._stopping:
-            self._connecting = self._ops.submit(self._new_client)
-            self._next_connect = now + self.settings.retry_s
-
-    def _new_client(self) -> distributed.Client:
-        import distributed
-
-        client = distributed.Client(
-            self.scheduler,
-            timeout=self.settings.connect_timeout_s,
-            set_as_default=False,
-            name=f"sentinel-daemon-{os.getpid()}",
-        )
-        client.subscribe_topic(TOPIC, self._on_event)
-        return client
-
-    def _on_event(self, event: tuple[float, Any]) -> None:
-        # Called on the client's event-loop thread: only hand the message over.
-        if isinstance(event, tuple | list) and len(event) == 2 and isinstance(event[1], dict):
-            self._inbound.append(event[1])
-
-    def _client_now(self, now: float) -> distributed.Client | None:
-        """The connected client, or None (dispatching paused) while there is none."""
-        if self._connecting is not None and self._connecting.done():
-            connecting, self._connecting = self._connecting, None
-            try:
-                self.client = connecting.result()
-            except Exception as exc:  # OSError, TimeoutError, ...: the scheduler is away
-                self._unavailable(f"unreachable ({type(exc).__name__}: {exc})"[:300])
-        client = self.client
-        if client is not None and client.status != "running":
-            # "connecting": the client tries to reconnect by itself (its futures are gone);
-            # closed: it gave up, and a new one is made below.
-            self._unavailable(f"connection lost (client {client.status})")
-            if client.status in ("closed", "closing", "failed"):
-                with contextlib.suppress(Exception):
-                    client.close(timeout=1)
-                self.client = None
-            client = None
-        if client is None:
-            if self.client is None and now >= self._next_connect:
-                self._connect(now)
-            return None
-        if not self.available:
-            self.available, self.reason = True, None
-            log.info("dispatch.scheduler_connected", scheduler=self.scheduler)
-        if now >= self._next_measure and (self._measuring is None or self._measuring.done()):
-            self._next_measure = now + MEASURE_EVERY_S
-            self._measuring = self._ops.submit(self._measure, client)
-        return client
-
-    def _unavailable(self, reason: str) -> None:
-        if self.available or self.reason != reason:
-            log.warning(
-                "dispatch.scheduler_unavailable",
-                scheduler=self.scheduler,
-                reason=reason,
-                action="dispatching paused; commands held go back to the queue",
-            )
-        self.available, self.reason = False, reason
-        self.cluster_workers = self.capacity = 0  # measured again once connected
-        # What the slots held: cancelled by the lost connection. The trials did not fail:
-        # back to pending with the same attempt, submitted again when the scheduler returns.
-        for task in list(self._tasks.values()):
-            if task.future is not None:
-                self._requeue(task)
-
-    def _measure(self, client: distributed.Client) -> None:
-        """On the helper thread: how many workers, and how many trials they can take."""
-        try:
-            workers = client.scheduler_info(n_workers=-1).get("workers", {})
-        except Exception as exc:  # the connection went: the next poll sees it
-            log.debug("dispatch.measure_failed", error=str(exc))
-            return
-        units = sum(
-            float(w.get("resources", {}).get(self.settings.resource, 0)) for w in workers.values()
-        )
-        self.cluster_workers = len(workers)
-        self.capacity = self.settings.slots if self.settings.slots is not None else int(units)
 
     # -- following tasks ---------------------------------------------------------------------
 
-    def _drain_inbound(self, result: PollResult) -> None:
+    def _drain_inbound(self, result: PollResult, now: float) -> None:
         while self._inbound:
             message = self._inbound.popleft()
+            # The scheduler adds the sender's address to each message, as "worker".
+            sender = message.get("worker")
+            self._retired.discard(str(sender))  # it speaks again: it is alive
             task = self._tasks.get(str(message.get("command_id")))
             if task is None or task.future is None:
                 continue  # a late message of a command no longer held
@@ -451,13 +290,14 @@ class DaskDispatcher:
                     self._lost(
                         task,
                         "the Dask worker running it was lost (the scheduler "
-                        f"started it again on {message.get('worker')})",
+                        f"started it again on {sender})",
                         result,
                     )
-                continue
-            # Progress of the first execution only (a second one is being stopped).
-            # (The scheduler adds its own keys, such as the sender's address, to each.)
-            if message.get("kind") == "progress" and task.executions[:1] == [execution]:
+                    continue
+            if task.executions[:1] != [execution]:
+                continue  # a second execution, being stopped
+            task.heard_at, task.worker = now, str(sender) if sender else task.worker
+            if message.get("kind") == "progress":
                 self._post(
                     task,
                     {
@@ -467,28 +307,64 @@ class DaskDispatcher:
                     },
                 )
 
-    def _follow(self, task: _Task, result: PollResult) -> None:
+    def _judge_silence(self, result: PollResult, now: float) -> None:
+        """Lose each task that a worker processes and that sent nothing for the timeout."""
+        view = self.link.view
+        timeout = self.heartbeat_timeout_s
+        for task in list(self._tasks.values()):
+            if task.future is None or task.future.done():
+                continue
+            if task.heard_at is None:
+                on = None if view is None else view.processing.get(self._key(task))
+                if on is not None:  # taken by a worker; it has this long to say so
+                    task.heard_at, task.worker = now, on
+                continue  # queued at the scheduler: no worker's silence to judge
+            silent = now - task.heard_at
+            if silent < timeout:
+                continue
+            worker = task.worker or "?"
+            self._lost(
+                task,
+                f"the Dask worker {worker} running it sent nothing for {silent:.1f} s "
+                f"(workers.heartbeat_timeout_s {timeout:g}): frozen, or cut off; it was "
+                f"retired from the scheduler",
+                result,
+            )
+            if task.worker is not None:
+                self._retired.add(task.worker)
+                self.link.retire(task.worker, f"silent for {silent:.1f} s mid-trial")
+
+    def _forget_retired(self) -> None:
+        """A retired worker that left the cluster is forgotten (an address may be reused)."""
+        view = self.link.view
+        if view is not None:
+            self._retired &= set(view.resources)
+
+    def _follow(self, task: _Task, result: PollResult) -> bool:
+        """Act on ``task``'s prune request and finished future; True when the future was
+        cancelled by the client (the connection went: the trial goes back to pending)."""
         cid = task.command.command_id
         if self.queue.should_prune(task.slot, cid):
             if task.future is None:  # still waiting for its check: nothing runs yet
                 self._release(task)
-                return
+                return False
             if not task.prune_sent:
                 task.prune_sent = True
-                self._ops.submit(self._set_prune, cid)
+                self.link.prune(cid, True)
         future = task.future
         if future is None or not future.done():
-            return
+            return False
         status = future.status
         if status == "finished":
             try:
                 answer = future.result(timeout=5)
             except Exception as exc:  # the result could not be fetched: treat as lost
                 self._lost(task, f"its result could not be fetched ({type(exc).__name__})", result)
-                return
+                return False
             self._answer(task, answer)
         elif status == "cancelled":
             self._requeue(task)
+            return True
         else:
             error = future.exception(timeout=5)
             name = type(error).__name__
@@ -497,6 +373,7 @@ class DaskDispatcher:
             else:  # the task itself raised outside the trial code (an import error, say)
                 self._post(task, {"kind": "failed", "error": f"dask task: {name}: {error}"})
                 self._release(task)
+        return False
 
     def _answer(self, task: _Task, answer: Any) -> None:
         if not isinstance(answer, dict) or answer.get("kind") not in ("saved", "pruned", "failed"):
@@ -530,27 +407,13 @@ class DaskDispatcher:
         self.queue.post(task.slot, message)
         return True
 
-    def _set_prune(self, command_id: str) -> None:
-        import distributed
-
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                distributed.Event(PRUNE_PREFIX + command_id, client=self.client).set()
-
-    def _clear_prune(self, command_id: str) -> None:
-        import distributed
-
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                distributed.Event(PRUNE_PREFIX + command_id, client=self.client).clear()
-
     def _release(self, task: _Task) -> None:
         """The slot's command is answered (or dropped): free the slot."""
         cid = task.command.command_id
         self.queue.finish(task.slot, cid)
         self._tasks.pop(cid, None)
         if task.prune_sent:
-            self._ops.submit(self._clear_prune, cid)
+            self.link.prune(cid, False)
 
     def _requeue(self, task: _Task) -> None:
         cid = task.command.command_id
@@ -562,7 +425,7 @@ class DaskDispatcher:
     def _lost(self, task: _Task, reason: str, result: PollResult) -> None:
         cid = task.command.command_id
         if task.future is not None:
-            self._ops.submit(self._set_prune, cid)  # a rerun still going stops at a report
+            self.link.prune(cid, True)  # a rerun still going stops at a report
             with contextlib.suppress(Exception):
                 task.future.cancel()
         self._tasks.pop(cid, None)
@@ -586,78 +449,36 @@ class DaskDispatcher:
         for task in list(self._tasks.values()):
             if task.future is not None:
                 continue
-            job_id = task.command.job_id
-            if job_id in self._checked:
+            if self.paths.passed(task.command.job_id):
                 self._submit(client, task)
-            elif job_id not in self._checks and now >= self._check_after.get(job_id, 0.0):
-                self._checks[job_id] = _Check(
-                    job_id, self._ops.submit(self._check_job, client, task.command)
-                )
+            else:
+                self.paths.ask(client, task.command, now)
 
     def _submit(self, client: distributed.Client, task: _Task) -> None:
+        # Retired workers are left out by name; without any, the scheduler picks freely.
+        view = self.link.view
+        only = (
+            view.offering(self.settings.resource, self._retired)
+            if self._retired and view is not None
+            else None
+        )
         task.future = client.submit(
             run_trial_task,
             task.command.model_dump_json(),
             self.worker_state_dir,
             task.slot,
-            key=KEY_PREFIX + task.command.command_id,
+            self.heartbeat_s,
+            key=self._key(task),
             resources={self.settings.resource: 1},
+            workers=only,
+            allow_other_workers=False,
             pure=False,
             retries=0,
         )
 
-    def _check_job(self, client: distributed.Client, command: TrialCommand) -> dict[str, list[str]]:
-        """On the helper thread: ask every worker whether it can serve ``command``'s job."""
-        root = Path(self.worker_state_dir)
-        data = command.data
-        reads = [str(root / data.transactions)]
-        if data.identity is not None:
-            reads.append(str(root / data.identity))
-        writes = [str(root / data.cache_dir), str(root / command.artifact_dir)]
-        marker = str(root / MARKER_FILE)
-        answers: dict[str, list[str]] = client.run(
-            check_paths, marker, self._marker_text(), reads, writes
-        )
-        return answers
-
-    def _marker_text(self) -> str:
-        """The state directory's identity, written once; workers must read it back."""
-        path = self.state_dir / MARKER_FILE
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            text = uuid.uuid4().hex
-            atomic_write_bytes(path, text.encode())
-            return text
-
-    def _finish_checks(self, result: PollResult, now: float) -> None:
-        for job_id, check in list(self._checks.items()):
-            if not check.future.done():
-                continue
-            del self._checks[job_id]
-            try:
-                answers = check.future.result()
-            except Exception as exc:  # the connection went, a worker left meanwhile...
-                log.warning("dispatch.check_failed", job=job_id, error=str(exc)[:500])
-                answers = {}
-            if not answers:  # no worker to ask (yet): ask again a little later
-                self._check_after[job_id] = now + self.settings.retry_s
-                continue
-            problems = [f"{w}: {p}" for w, ps in sorted(answers.items()) for p in ps]
-            if not problems:
-                self._checked.add(job_id)
-                log.info("dispatch.paths_checked", job=job_id, workers=len(answers))
-                continue
-            reason = (
-                "Dask workers cannot reach the job's files (shared storage must be mounted "
-                "at the same path on every worker host, see docs/dask.md): "
-                + "; ".join(problems[:5])
-            )
-            log.error("dispatch.paths_unreachable", job=job_id, problems=problems[:20])
-            result.events.append(JobFailed(job_id=JobId(job_id), reason=reason[:2000]))
-            for task in [t for t in self._tasks.values() if t.command.job_id == job_id]:
-                if task.future is None:
-                    self._release(task)
+    @staticmethod
+    def _key(task: _Task) -> str:
+        return KEY_PREFIX + task.command.command_id
 
     # -- slots -------------------------------------------------------------------------------
 
@@ -680,9 +501,4 @@ class DaskDispatcher:
         return outbox
 
 
-__all__ = [
-    "DaskChannel",
-    "DaskDispatcher",
-    "check_paths",
-    "run_trial_task",
-]
+__all__ = ["DaskDispatcher"]

@@ -189,6 +189,10 @@ class Supervisor:
         """Why dispatching is paused, for the status line; never, for local workers."""
         return None
 
+    def blocked(self) -> dict[str, str]:
+        """Nothing holds local workers back here (admission control is the daemon's)."""
+        return {}
+
     def describe(self) -> dict[str, object]:
         """The backend, for ``health.json`` and ``sentinel status``."""
         return {"backend": "local", "workers": len(self.worker_ids())}
