@@ -111,10 +111,10 @@ from sentinel_daemon.core.events import (
     TrialStarted,
 )
 from sentinel_daemon.core.ids import JobId, TrialNumber
-from sentinel_daemon.core.jobspec import parse_job_file
 from sentinel_daemon.core.space import resolve_space
 from sentinel_daemon.daemon.stages import PrepareRequest, run_prepare
 from sentinel_daemon.fsutil import atomic_write_bytes
+from sentinel_daemon.jobfile import parse_job_file
 from sentinel_daemon.layout import EVENTS_DIR, INBOX_DIR
 from sentinel_daemon.log.records import format_ts
 from sentinel_daemon.log.store import Store

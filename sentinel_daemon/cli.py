@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from sentinel_daemon.errors import SentinelError, StateDirMissing
+from sentinel_daemon.layout import EVENTS_DIR
 from sentinel_daemon.logs import configure_logging
 from sentinel_daemon.settings import Settings, load_settings
 from sentinel_daemon.tools.cliargs import UsageError, build_parser
@@ -62,7 +63,7 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
         raw_line,
     )
 
-    events_dir = settings.state_dir / "events"
+    events_dir = settings.state_dir / EVENTS_DIR
     keep = RecordFilter(tuple(args.type), args.job)
     fmt = raw_line if args.json else human_line
     # Take the follow position first, so nothing appended while the past records are

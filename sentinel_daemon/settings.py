@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sentinel_daemon.errors import ConfigError
+from sentinel_daemon.layout import DATA_DIR
 
 ENV_PREFIX = "SENTINEL_"
 #: The settings file of every command (``--config`` wins over it).
@@ -183,7 +184,7 @@ class Settings(BaseSettings):
         """``data_roots``, or the defaults (STATE/data and the working folder) when empty."""
         if self.data_roots:
             return list(self.data_roots)
-        return [self.state_dir / "data", cwd or Path.cwd()]
+        return [self.state_dir / DATA_DIR, cwd or Path.cwd()]
 
     @classmethod
     def settings_customise_sources(

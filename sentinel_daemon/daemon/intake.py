@@ -19,10 +19,11 @@ from pathlib import Path
 import structlog
 
 from sentinel_daemon.core.events import JobRejected, JobSubmitted
-from sentinel_daemon.core.jobspec import JobSpecError, parse_job_file
+from sentinel_daemon.core.jobspec import JobSpecError
 from sentinel_daemon.daemon.committer import Committer
 from sentinel_daemon.daemon.inbox import Inbox, InboxFileGone
 from sentinel_daemon.fsutil import fsync_dir
+from sentinel_daemon.jobfile import parse_job_file
 from sentinel_daemon.layout import CLAIMED_DIR, INBOX_DIR, REJECTED_DIR, is_job_name, job_dir
 from sentinel_daemon.settings import Settings
 

@@ -58,7 +58,7 @@ from sentinel_daemon.daemon.monitor import AdmissionGate, ResourceMonitor, sampl
 from sentinel_daemon.daemon.reports import ReportRunner
 from sentinel_daemon.daemon.results import Results
 from sentinel_daemon.fsutil import restrict_umask
-from sentinel_daemon.layout import CONTROL_DIR
+from sentinel_daemon.layout import CONTROL_DIR, QUEUE_DIR
 from sentinel_daemon.log.segments import LogWriteFailed
 from sentinel_daemon.log.store import Store
 from sentinel_daemon.ml.devices import discover_gpus
@@ -120,7 +120,7 @@ class Daemon:
         # 0 is a real choice: only workers systemd runs (sentinel-worker@.service) train.
         self.worker_count = workers if workers is not None else settings.workers.count
         self.worker_env = worker_env or {}
-        self.queue = Queue(self.state_dir / "queue", settings.queue)
+        self.queue = Queue(self.state_dir / QUEUE_DIR, settings.queue)
         # Not a SimpleQueue: on Python 3.11 its get(timeout=...) blocks forever when a signal
         # (SIGTERM) interrupts the wait and the deadline passes before it resumes (CI saw the
         # daemon ignore SIGTERM so). Queue waits on threading locks, which check for that.

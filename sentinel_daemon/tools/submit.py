@@ -19,15 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sentinel_daemon.core.jobspec import (
-    DEFAULT_MAX_BYTES,
-    JobSpecError,
-    ParsedJob,
-    parse_job_file,
-    read_job_bytes,
-)
+from sentinel_daemon.core.jobspec import JobSpecError, ParsedJob
 from sentinel_daemon.errors import InboxError, LogError, OperatorError, StateDirMissing
 from sentinel_daemon.fsutil import fsync_dir
+from sentinel_daemon.jobfile import DEFAULT_MAX_BYTES, parse_job_file, read_job_bytes
 from sentinel_daemon.layout import CLAIMED_DIR, INBOX_DIR, JOB_SUFFIXES, is_job_name
 from sentinel_daemon.log.store import read_state
 from sentinel_daemon.settings import Settings
@@ -57,7 +52,7 @@ def submit_file(
 ) -> Path:
     """Place a copy of ``src`` in the inbox atomically and durably; return its path there.
 
-    ``src`` is read once, like :func:`~sentinel_daemon.core.jobspec.parse_job_file` reads it
+    ``src`` is read once, like :func:`~sentinel_daemon.jobfile.parse_job_file` reads it
     (no links, FIFOs or devices; at most ``max_bytes``). Pass the sha256 that validation
     saw as ``expected_sha256``: if the file changed since, :class:`InboxError` is raised
     instead of submitting bytes other than the ones validated (the job id printed to the

@@ -70,6 +70,7 @@ import structlog
 
 from sentinel_daemon.errors import ConfigError
 from sentinel_daemon.fsutil import restrict_umask
+from sentinel_daemon.layout import QUEUE_DIR
 from sentinel_daemon.logs import configure_logging
 from sentinel_daemon.queue.maildir import ClaimedCommand, Queue
 from sentinel_daemon.settings import (
@@ -120,7 +121,7 @@ class Worker(TrialRunner):
         self.parent_pid = parent_pid
         if stop is not None:
             self.stop = stop
-        self.queue = Queue(self.state_dir / "queue", queue)
+        self.queue = Queue(self.state_dir / QUEUE_DIR, queue)
         #: :func:`~sentinel_daemon.settings.settings_digest` of the settings it runs with.
         self.settings_id = settings_id
         self.channel = QueueChannel(self.queue, worker_id)

@@ -46,10 +46,10 @@ from sentinel_daemon.core.events import (
     TrialSaved,
     TrialStarted,
 )
-from sentinel_daemon.core.jobspec import parse_job_file
 from sentinel_daemon.core.state import fold
 from sentinel_daemon.daemon.stages import export_best
 from sentinel_daemon.errors import SentinelError
+from sentinel_daemon.jobfile import parse_job_file
 from sentinel_daemon.log.segments import LogScan
 from sentinel_daemon.log.store import Store, decode_record
 from sentinel_daemon.ml.artifacts import save_model

@@ -44,7 +44,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from sentinel_daemon.core.jobspec import MAX_DEPTH, JobSpecError, ParsedJob, parse_job_file
+from sentinel_daemon.core.jobspec import JobSpecError, ParsedJob
+from sentinel_daemon.jobfile import MAX_DEPTH, parse_job_file
 from tests.daemonkit import job_doc, of_type, write_job
 from tests.faults import faultkit
 from tests.faults.faultkit import FAULT_SETTINGS, MakeDaemon, violations

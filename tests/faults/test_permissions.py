@@ -45,7 +45,7 @@ import structlog
 import yaml
 
 from sentinel_daemon import cli
-from sentinel_daemon.core.jobspec import read_job_bytes
+from sentinel_daemon.jobfile import read_job_bytes
 from sentinel_daemon.log.store import Store
 from tests.daemonkit import DaemonProcess, copy_dataset, is_event, job_doc, of_type
 from tests.faults.faultkit import FAULT_SETTINGS, violations

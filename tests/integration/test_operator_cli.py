@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from sentinel_daemon.core.events import DaemonStarted, Event, JobCancelled
-from sentinel_daemon.core.jobspec import parse_job_file
 from sentinel_daemon.core.state import State, state_as_dict
+from sentinel_daemon.jobfile import parse_job_file
 from sentinel_daemon.log.store import Store, read_state
 from tests.helpers import wait_for
 from tests.jobevents import failed, finish, running, worker

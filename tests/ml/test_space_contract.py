@@ -23,8 +23,9 @@ import yaml
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from sentinel_daemon.core.jobspec import JobSpecError, LightGBMSpace, XGBoostSpace, parse_job_file
+from sentinel_daemon.core.jobspec import JobSpecError, LightGBMSpace, XGBoostSpace
 from sentinel_daemon.core.space import MODELS, ParamSpec, SpaceError, default_space, resolve_space
+from sentinel_daemon.jobfile import parse_job_file
 from sentinel_daemon.ml.space import distributions, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

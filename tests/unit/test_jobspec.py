@@ -17,15 +17,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sentinel_daemon.core.jobspec import (
-    MAX_DEPTH,
-    JobSpec,
-    JobSpecError,
-    ParsedJob,
-    job_id,
-    parse_job_file,
-)
+from sentinel_daemon.core.jobspec import JobSpec, JobSpecError, ParsedJob, job_id
 from sentinel_daemon.errors import SentinelError
+from sentinel_daemon.jobfile import MAX_DEPTH, parse_job_file
 
 VALID_YAML = """\
 name: ieee-fraud

@@ -75,6 +75,7 @@ from sentinel_daemon.daemon.dispatch.dask_cluster import (
 )
 from sentinel_daemon.daemon.dispatch.dask_paths import PathChecks
 from sentinel_daemon.daemon.dispatch.dask_task import run_trial_task
+from sentinel_daemon.layout import QUEUE_DIR
 from sentinel_daemon.queue.maildir import Outbox, Queue
 from sentinel_daemon.queue.messages import MESSAGE_ADAPTER, TrialCommand
 
@@ -137,7 +138,7 @@ class DaskDispatcher:
         self.link = ClusterLink(settings, self._inbound.append)
         self.scheduler = self.link.scheduler
         self.worker_state_dir = str(worker_state_dir or settings.worker_state_dir or state_dir)
-        self.queue = Queue(self.state_dir / "queue", queue)  # its outboxes' seq_block
+        self.queue = Queue(self.state_dir / QUEUE_DIR, queue)  # its outboxes' seq_block
         self.paths = PathChecks(self.state_dir, self.worker_state_dir, self.link, settings.retry_s)
         self._tasks: dict[str, _Task] = {}  # command id -> task
         self._outboxes: dict[str, Outbox] = {}

@@ -37,6 +37,7 @@ import structlog
 from sentinel_daemon.core.events import Event, WorkerExited, WorkerLost, WorkerStarted
 from sentinel_daemon.core.ids import WorkerId
 from sentinel_daemon.daemon.dispatch import PollResult
+from sentinel_daemon.layout import QUEUE_DIR
 from sentinel_daemon.queue.maildir import HEARTBEAT, Queue
 from sentinel_daemon.signals import signal_name
 
@@ -98,7 +99,7 @@ class Supervisor:
         if not 0 <= low <= high:
             raise ValueError(f"restart_backoff_s must be (min, max), 0 <= min <= max: {low, high}")
         self.state_dir = Path(state_dir)
-        self.queue = Queue(self.state_dir / "queue")
+        self.queue = Queue(self.state_dir / QUEUE_DIR)
         self.count = count
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else heartbeat_timeout_s / 5
