@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -124,3 +125,20 @@ def free_name(path: Path, companion: str = "", *, keep_suffix: bool = True) -> P
         if not os.path.lexists(candidate)
         and not (companion and os.path.lexists(candidate.with_name(candidate.name + companion)))
     )
+
+
+def file_kind(mode: int) -> str:
+    """What a file of this ``st_mode`` is, for messages: 'a regular file', 'a directory', ..."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (a pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"

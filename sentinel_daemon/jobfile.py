@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sentinel_daemon.core.jobspec import JobSpec, JobSpecError, ParsedJob
+from sentinel_daemon.fsutil import file_kind
 from sentinel_daemon.layout import JOB_SUFFIXES
 
 #: Deepest nesting a job file may have. A valid one needs 5 (search.space.model.param.list);
@@ -143,18 +144,9 @@ def read_job_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
 def _require_regular(path: Path, mode: int) -> None:
     if stat.S_ISREG(mode):
         return
+    what = file_kind(mode)
     if stat.S_ISLNK(mode):
-        what = "a symbolic link; put the file itself in the inbox (links are not followed)"
-    elif stat.S_ISDIR(mode):
-        what = "a directory"
-    elif stat.S_ISFIFO(mode):
-        what = "a FIFO"
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        what = "a device"
-    elif stat.S_ISSOCK(mode):
-        what = "a socket"
-    else:
-        what = "not a regular file"
+        what += "; put the file itself in the inbox (links are not followed)"
     raise JobSpecError(path, "-", f"is {what}; a job file must be a regular file")
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sentinel_daemon.errors import LogCorrupt, LogGap, LogUnreadable
+from sentinel_daemon.fsutil import file_kind
 from sentinel_daemon.log.records import BadRecord, Position, decode_line
 
 SEGMENT_RE = re.compile(r"^(\d{20})\.jsonl$")
@@ -78,8 +79,6 @@ def events_dir_unreadable(events_dir: Path, exc: OSError) -> LogUnreadable:
 
 def kind_of(path: Path, mode: int) -> str:
     """What a file that is not a regular file is, for messages: 'a directory', ..."""
-    if stat.S_ISDIR(mode):
-        return "a directory"
     if stat.S_ISLNK(mode):
         try:
             target = os.readlink(path)
@@ -87,13 +86,7 @@ def kind_of(path: Path, mode: int) -> str:
             return "a symbolic link"
         dangling = "" if os.path.exists(path) else ", which does not exist"
         return f"a symbolic link to {target}{dangling}"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+    return file_kind(mode)
 
 
 def segment_size(path: Path) -> int:

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from sentinel_daemon.fsutil import file_kind
 from sentinel_daemon.ml.errors import DataError
 
 _FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -111,16 +112,7 @@ def open_data(path: Path, roots: Sequence[Path] | None = None) -> DataFile:
 def _require_regular(path: Path, mode: int) -> None:
     if stat.S_ISREG(mode):
         return
-    if stat.S_ISDIR(mode):
-        what = "a folder"
-    elif stat.S_ISFIFO(mode):
-        what = "a FIFO (a pipe)"
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        what = "a device"
-    elif stat.S_ISSOCK(mode):
-        what = "a socket"
-    else:
-        what = "not a regular file"
+    what = file_kind(mode)
     raise DataError(path, None, f"is {what}, not a data file; point the job at a regular file")
 
 
