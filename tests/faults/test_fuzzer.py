@@ -678,3 +678,38 @@ def test_collect_is_the_same_for_the_same_seed() -> None:
     names = [fuzzkit.hostile_name(rng_a, k) for k in fuzzkit.NAME_KINDS]
     assert names == [fuzzkit.hostile_name(rng_b, k) for k in fuzzkit.NAME_KINDS]
     assert all(0 < len(n) <= fuzzkit.NAME_MAX and b"/" not in n and b"\0" not in n for n in names)
+
+
+def test_every_schema_case_is_refused_by_the_job_check(tmp_path: Path) -> None:
+    """The schema generator's cases are all invalid (so "rejected" is the only right
+    outcome in the daemon), and they reach every field and every search-space parameter."""
+    from sentinel_daemon.core.jobspec import JobSpecError, parse_job_file
+    from sentinel_daemon.core.space import MODELS, default_space
+
+    (tmp_path / "data").mkdir()
+    for name in (TRANSACTIONS, IDENTITY):
+        (tmp_path / "data" / name).write_text("TransactionID\n1\n")
+    cases = fuzzkit.schema_cases()
+    accepted = []
+    for i, case in enumerate(cases):
+        label, doc = fuzzkit.schema_doc(random.Random(i), i, [case])
+        for suffix in (b".yaml", b".json"):
+            path = tmp_path / f"case-{i}{suffix.decode()}"
+            path.write_bytes(fuzzkit.render(doc, suffix, i))
+            try:
+                parse_job_file(path, data_roots=[tmp_path], base_dir=tmp_path)
+            except JobSpecError:
+                continue
+            accepted.append(f"{label} ({suffix.decode()})")
+    assert not accepted, accepted
+    labels = " ".join(c.label for c in cases)
+    leaves = [leaf.path for leaf in fuzzkit.schema_leaves()]
+    assert {"name", "data.transactions", "search.n_trials", "quality_gate.min_test_auc"} <= set(
+        leaves
+    )
+    for leaf in leaves:
+        assert f"{leaf}:" in labels, f"no case for {leaf}"
+    for model in MODELS:
+        for param in default_space(model):
+            for what in ("below its bounds", "above its bounds", "NaN", "reversed", "empty list"):
+                assert f"search.space.{model}.{param}: {what}" in labels
