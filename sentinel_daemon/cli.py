@@ -14,6 +14,7 @@ refuses a missing one (``doctor`` reports it as a check, ``gen-data`` uses none)
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import signal
@@ -27,6 +28,7 @@ import orjson
 
 from sentinel_daemon.errors import SentinelError, StateDirMissing
 from sentinel_daemon.logs import configure_logging
+from sentinel_daemon.printable import json_safe, printable
 from sentinel_daemon.settings import Settings, load_settings
 from sentinel_daemon.tools.cliargs import UsageError, build_parser
 
@@ -343,10 +345,16 @@ def _kind(exc: BaseException) -> str:
 def _error(
     args: argparse.Namespace | None, code: int, kind: str, message: str, **facts: Any
 ) -> int:
-    """Report an error: as JSON on stdout under ``--json``, always as a line on stderr."""
+    """Report an error: as JSON on stdout under ``--json``, always as a line on stderr.
+
+    The line escapes control characters (:func:`~sentinel_daemon.printable.printable`): a
+    message may quote a file name or data from outside.
+    """
     if args is not None and getattr(args, "json", False):
-        _print_json({"error": {"kind": kind, "message": message, "exit_code": code, **facts}})
-    print(f"sentinel: {message}", file=sys.stderr)
+        safe = {k: json_safe(v) if isinstance(v, str) else v for k, v in facts.items()}
+        error = {"kind": kind, "message": json_safe(message), "exit_code": code, **safe}
+        _print_json({"error": error})
+    print(f"sentinel: {printable(message)}", file=sys.stderr)
     return code
 
 
@@ -413,6 +421,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `sentinel tail | head` closes the pipe early; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:
+        return _error(args, EXIT_PROBLEM, "os_error", os_error_message(exc))
+
+
+def os_error_message(exc: OSError) -> str:
+    """A failed system call, said for an operator: the path, what failed, what to do."""
+    where = exc.filename if exc.filename is not None else "a file"
+    what = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = (
+            f"the file system holding it is full; free space there (`df -h {where}` shows "
+            f"how much is left) and run the command again: nothing half-written was left"
+        )
+    elif exc.errno == errno.EROFS:
+        todo = "the file system is read-only; remount it read-write and run the command again"
+    else:
+        todo = "fix that and run the command again"
+    return f"{where}: {what}; {todo}"
 
 
 if __name__ == "__main__":
