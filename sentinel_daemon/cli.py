@@ -121,9 +121,9 @@ def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_lines(out: list[str], err: list[str]) -> None:
     for line in out:
-        print(line)
+        print(printable(line))
     for line in err:
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
 
 
 def cmd_gen_data(args: argparse.Namespace, settings: Settings) -> int:
@@ -152,9 +152,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             }
         )
     else:
-        print(done.job_id)
+        print(printable(done.job_id))
         for warning in done.warnings:
-            print(f"sentinel: warning: {warning}", file=sys.stderr)
+            print(f"sentinel: warning: {printable(warning)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -229,7 +229,7 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
             args,
             EXIT_PROBLEM,
             "rejected",
-            f"job {args.job} was rejected: {result.detail}",
+            f"job {args.job} was rejected: {result.detail}",  # escaped by _error
             job_id=args.job,
         )
     if args.json:
@@ -242,7 +242,9 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
         else:
             where = "not in the log yet"
         print(
-            f"sentinel: timed out after {args.timeout:g}s waiting for job {args.job} ({where})",
+            printable(
+                f"sentinel: timed out after {args.timeout:g}s waiting for job {args.job} ({where})"
+            ),
             file=sys.stderr,
         )
         return EXIT_TIMEOUT
@@ -251,10 +253,10 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
         if not args.json:
             best = job["best_value"]
             tail = "" if best is None else f"; best {best:.4f} (trial {job['best_trial']})"
-            print(f"job {args.job} completed{tail}")
+            print(printable(f"job {args.job} completed{tail}"))
         return EXIT_OK
     reason = f": {job['reason']}" if job["reason"] else ""
-    print(f"sentinel: job {args.job} {job['status']}{reason}", file=sys.stderr)
+    print(printable(f"sentinel: job {args.job} {job['status']}{reason}"), file=sys.stderr)
     return EXIT_PROBLEM
 
 
@@ -269,7 +271,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json({"job_id": args.job, "request": str(path)})
     else:
-        print(f"cancel requested for {args.job}; the daemon records job.cancelled")
+        print(printable(f"cancel requested for {args.job}; the daemon records job.cancelled"))
     return EXIT_OK
 
 
@@ -294,7 +296,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json({"job_id": args.job, "report": str(index), "written": written})
     else:
-        print(index)
+        print(printable(index))
     return EXIT_OK
 
 
@@ -306,8 +308,8 @@ def cmd_export_optuna(args: argparse.Namespace, settings: Settings) -> int:
         _print_json({"job_id": args.job, "out": str(args.out), "studies": counts})
     else:
         for name, n in counts.items():
-            print(f"{name}: {n} trials")
-        print(f"wrote {args.out}; open it with: optuna-dashboard {args.out}")
+            print(printable(f"{name}: {n} trials"))
+        print(printable(f"wrote {args.out}; open it with: optuna-dashboard {args.out}"))
     return EXIT_OK
 
 
@@ -318,7 +320,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(report(settings.state_dir, checks))
     else:
-        print(render(settings.state_dir, checks))
+        print("\n".join(map(printable, render(settings.state_dir, checks).split("\n"))))
     return EXIT_PROBLEM if failed(checks) else EXIT_OK
 
 
