@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import functools
 import os
 import queue as queue_mod
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -263,13 +265,22 @@ class Daemon:
             if self.health.degraded is not None:
                 self.health.recovered(self.dispatcher)
                 self._note_blocks(now)
-                self.intake.reconsider_claimed()  # claimed in a failed turn, never recorded
+                # claimed in a failed turn, never recorded
+                self._guarded(now, self.intake.reconsider_claimed)
             self.notifier.watchdog(now)  # only a loop that turns keeps systemd's watchdog fed
             self.health.turned(now, self.dispatcher, self.status_line)
             busy = any(j.trials for j in self._core.state.running_jobs())
             with contextlib.suppress(queue_mod.Empty):
                 path = self.files.get(timeout=BUSY_TICK_S if busy else IDLE_TICK_S)
-                self.intake.take(path)
+                self._guarded(now, functools.partial(self.intake.take, path))
+
+    def _guarded(self, now: float, work: Callable[[], None]) -> None:
+        """Run ``work`` (which writes); a failed write degrades the daemon, as a failed turn."""
+        try:
+            work()
+        except (LogWriteFailed, OSError) as exc:
+            self.health.degrade(exc, now, self.dispatcher)
+            self._note_blocks(now)
 
     def turn(self, now: float) -> None:
         """One pass over every source of events; each decision is durable before its act."""

@@ -22,7 +22,17 @@ from tests.conftest import REPO
 
 PACKAGE = "sentinel_daemon"
 BASE_MODULES = frozenset(
-    {"__init__", "errors", "fsutil", "logs", "settings", "layout", "sdnotify", "signals"}
+    {
+        "__init__",
+        "errors",
+        "fsutil",
+        "logs",
+        "settings",
+        "layout",
+        "sdnotify",
+        "signals",
+        "printable",
+    }
 )
 #: layer -> the layers it may import (besides itself).
 ALLOWED: dict[str, frozenset[str]] = {
