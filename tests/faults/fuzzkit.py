@@ -497,6 +497,8 @@ def _bad_utf8(rng: random.Random, data: bytes) -> bytes:
 def _one_class(rng: random.Random, data: bytes) -> bytes:
     lines = _lines(data)
     header = lines[0].split(b",")
+    if b'"isFraud"' not in header:  # the identity file has no label
+        return _wrong_types(rng, data)
     j = header.index(b'"isFraud"')
     for i in range(1, len(lines)):
         fields = lines[i].split(b",")

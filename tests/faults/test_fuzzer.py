@@ -680,6 +680,14 @@ def test_collect_is_the_same_for_the_same_seed() -> None:
     assert all(0 < len(n) <= fuzzkit.NAME_MAX and b"/" not in n and b"\0" not in n for n in names)
 
 
+def test_every_data_mutation_applies_to_both_files(dataset: Path) -> None:
+    files = {name: (dataset / name).read_bytes() for name in (TRANSACTIONS, IDENTITY)}
+    for label, mutation in fuzzkit.DATA_MUTATIONS.items():
+        for data in files.values():
+            for seed in range(3):
+                assert mutation(random.Random(seed), data) != data or label == "CRLF line ends"
+
+
 def test_every_schema_case_is_refused_by_the_job_check(tmp_path: Path) -> None:
     """The schema generator's cases are all invalid (so "rejected" is the only right
     outcome in the daemon), and they reach every field and every search-space parameter."""
