@@ -16,6 +16,8 @@ trials are dispatched one by one), :data:`DECISIONS_PER_TURN` at most.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sentinel_daemon.core.events import Event
@@ -36,9 +38,17 @@ class Committer:
     """Appends to ``store``'s log for the loop, and keeps one job actor per running job."""
 
     def __init__(
-        self, store: Store, effector: Effector, metrics: DaemonMetrics, ctx: ActorContext
+        self,
+        store: Store,
+        effector: Effector,
+        metrics: DaemonMetrics,
+        ctx: ActorContext,
+        watch: Callable[[list[Event], float], None] | None = None,
     ) -> None:
         self.store = store
+        #: Told of every batch once it is durable (the host pause looks for trials the
+        #: host failed), with ``time.monotonic()``.
+        self.watch = watch
         self.effector = effector
         self.metrics = metrics
         self.ctx = ctx
@@ -64,6 +74,8 @@ class Committer:
         self.metrics.appended(len(records), self.store.appended_bytes)
         self.metrics.observe(events, self.state)
         journal.write(events, self.state)
+        if self.watch is not None:
+            self.watch(events, time.monotonic())
         for event in events:
             job_id = getattr(event, "job_id", None)
             if job_id is not None and job_id in self.actors:

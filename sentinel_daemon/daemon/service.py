@@ -54,6 +54,8 @@ from sentinel_daemon.daemon.deadlines import TrialClock
 from sentinel_daemon.daemon.dispatch import Dispatcher, open_dispatcher
 from sentinel_daemon.daemon.effects import Effector
 from sentinel_daemon.daemon.health import Health, status_line
+from sentinel_daemon.daemon.hostpause import REASON as HOST_REASON
+from sentinel_daemon.daemon.hostpause import HostPause
 from sentinel_daemon.daemon.intake import Intake
 from sentinel_daemon.daemon.metrics import DaemonMetrics
 from sentinel_daemon.daemon.monitor import AdmissionGate, ResourceMonitor, sample_round
@@ -144,6 +146,7 @@ class Daemon:
         self.health = Health(self.state_dir, self.cwd, self.notifier)
         self.blocks = DispatchBlocks()
         self.trial_clock = TrialClock(settings.trials.timeout_s)
+        self.host = HostPause(self.state_dir, settings.resources.min_free_disk_bytes)
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -164,7 +167,7 @@ class Daemon:
         self.metrics.initialise(self.store.state)
         trials = self.settings.trials
         ctx = ActorContext(self.state_dir, trials.max_attempts, trials.report_every)
-        self.core = Committer(self.store, self.effector, self.metrics, ctx)
+        self.core = Committer(self.store, self.effector, self.metrics, ctx, self.host.observe)
         previous = _install_signals(self.stop_state)
         try:
             if self.settings.metrics.enabled:
@@ -309,7 +312,9 @@ class Daemon:
             self.reports.poll()
         self.health.dispatch_noted(self.dispatcher, self.status_line)
         self._note_blocks(now)
-        dispatching = self.stop_state.signals == 0 and self.health.degraded is None
+        dispatching = (
+            self.stop_state.signals == 0 and self.health.degraded is None and not self.host.reason
+        )
         self._core.step(dispatching and self.dispatcher.available, self.admission.admitting)
 
     def _sample(self, now: float) -> None:
@@ -322,6 +327,7 @@ class Daemon:
         self._next_sample = now + resources.sample_every_s
         ceiling = resources.worker_memory_max_bytes
         readings = sample_round(self.monitor, self.admission, self.dispatcher, ceiling)
+        self.host.sample(now)
         in_flight = self.queue.in_flight()
         self._end_overdue(in_flight, now)
         self.metrics.sampled(
@@ -358,6 +364,8 @@ class Daemon:
         reasons = dict(self.dispatcher.blocked())
         if self.admission.reason is not None:
             reasons["admission"] = self.admission.reason
+        if self.host.reason is not None:
+            reasons[HOST_REASON] = self.host.reason
         if self.health.degraded is not None:
             reasons["writes_failing"] = self.health.degraded
         changed = self.blocks.update(reasons, now)
