@@ -36,6 +36,7 @@ import contextlib
 import errno
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -441,6 +442,8 @@ class Fuzz:
 
 
 END_TYPES = ("job.completed", "job.failed", "job.cancelled")
+#: A reason that says how a process ended but not why (issue 13, class 5): not a reason.
+VAGUE = re.compile(r"ended with (exit code -?\d+|signal \d+[^:]*)$")
 
 
 # ---- the verdict -------------------------------------------------------------------------------
@@ -467,7 +470,8 @@ def judge(fz: Fuzz) -> None:
     for name, data in rejected.items():
         if data:
             by_content[fuzzkit.hashlib.sha256(data).hexdigest()] = name
-    n_rejected_events = sum(1 for e in events if e.type == "job.rejected")
+    reasons = [(e.file, e.reason) for e in events if e.type == "job.rejected"]  # type: ignore[union-attr]
+    n_rejected_events = len(reasons)
     for inp in fz.inputs:
         if not inp.dropped:
             inp.outcome = "not dropped"
@@ -489,6 +493,8 @@ def judge(fz: Fuzz) -> None:
             inp.detail = getattr(end, "reason", "")
             if end.type != "job.completed" and not inp.detail.strip():
                 inp.problems.append(f"{end.type} without a reason")
+            elif VAGUE.search(inp.detail):
+                inp.problems.append(f"{end.type} without saying why: {inp.detail!r}")
             if inp.expect == "reject":
                 inp.problems.append(f"accepted a job file past the schema: {inp.label}")
             rows = prepared.get(sub.job_id, {}).get("rows")  # type: ignore[union-attr]
@@ -513,10 +519,17 @@ def judge(fz: Fuzz) -> None:
             with open(reason, "rb") as fh:
                 inp.detail = fh.read().decode("utf-8", "replace").strip()
         except FileNotFoundError:
-            inp.problems.append("rejected without a .reason beside it")
+            # On a full disk the .reason may not be writable: the reason is then in the
+            # log only (job.rejected), which is where it must be.
+            said = [r for r in reasons if r[0].endswith("/" + inp.name.decode(errors="replace"))]
+            if inp.kind == KIND_FULL and said and said[0][1].strip():
+                inp.outcome = "rejected (reason in the log only: the disk was full)"
+                inp.detail = said[0][1]
+            else:
+                inp.problems.append("rejected without a .reason beside it")
         if not inp.detail and not inp.problems:
             inp.problems.append("rejected with an empty reason")
-    matched = sum(1 for i in fz.inputs if i.outcome == "rejected")
+    matched = sum(1 for i in fz.inputs if i.outcome.startswith("rejected"))
     if n_rejected_events < matched:
         fz.inputs[0].problems.append(
             f"{matched} files in rejected/ but {n_rejected_events} job.rejected events"
@@ -533,7 +546,7 @@ def record_rows(fz: Fuzz, extra: dict[str, list[str]]) -> list[str]:
         bad = [i for i in mine if i.problems]
         problems += [f"{kind} #{i.n} {i.label} {i.name!r}: {'; '.join(i.problems)}" for i in bad]
         ok = [i for i in mine if not i.problems]
-        refused = sum(1 for i in ok if i.outcome == "rejected")
+        refused = sum(1 for i in ok if i.outcome.startswith("rejected"))
         note = f"{kind}: outcomes {dict(outcomes)}"
         if kind in (KIND_NAMES, KIND_DATA, KIND_AFTER, KIND_FULL):
             note += f"; by kind {dict(labels)}"
@@ -608,7 +621,7 @@ def test_hostile_inputs_never_stop_the_daemon_and_each_ends_with_a_reason(
     events = daemon.events()
     for job in fz.good_jobs:
         end = next((e for e in events if e["type"] in END_TYPES and e["job_id"] == job), None)
-        if end is None or end["type"] != "job.completed":
+        if end is None or end["type"] != "job.completed" or VAGUE.search(end.get("reason", "")):
             said = f"{end['type']}: {end['reason']}" if end else "no end"
             good.append(f"good job {job}: {said}")
     extra["a good job beside them completes"] = good
