@@ -59,7 +59,13 @@ from sentinel_daemon.core.state import (
     TrialState,
     TrialStatus,
 )
-from sentinel_daemon.daemon.answers import answered, current_trial, failed, saved_on_disk
+from sentinel_daemon.daemon.answers import (
+    MAX_UNCHARGED,
+    answered,
+    current_trial,
+    failed,
+    saved_on_disk,
+)
 from sentinel_daemon.daemon.decisions import (
     Answer,
     BestWritten,
@@ -77,6 +83,7 @@ from sentinel_daemon.daemon.decisions import (
     WriteBest,
     nothing,
 )
+from sentinel_daemon.daemon.hostpause import host_condition
 from sentinel_daemon.daemon.promotion import completed, gate, model_card, promote, validate_request
 from sentinel_daemon.daemon.stages import PrepareRequest, ValidateRequest
 from sentinel_daemon.layout import CACHE_DIR, trial_dir
@@ -126,6 +133,8 @@ class JobActor:
         self.built = False
         self._seq = 0
         self._idle: tuple[int, int, bool] | None = None
+        #: Stage runs the host failed (a full disk), run again (see _stage_ended).
+        self.host_reruns = 0
 
     def decide(self, state: State, inp: Input, now: datetime) -> Decision:
         """Events and effects for ``inp``, from the state (``now``: the wall clock, UTC)."""
@@ -242,6 +251,14 @@ class JobActor:
         if current is None or current.status is not StageStatus.RUNNING:
             return []
         outcome = ended.outcome
+        if not outcome.ok and host_condition(outcome.error) and self.host_reruns < MAX_UNCHARGED:
+            # The host's disk failed it, not the job: run it again (dispatch pauses while
+            # the disk is full: .hostpause), as a trial would be, without failing the job.
+            self.host_reruns += 1
+            log.warning(
+                "job.stage_rerun", job=self.job_id, stage=str(ended.stage), error=outcome.error
+            )
+            return []
         if not outcome.ok:
             return [JobFailed(job_id=self.job_id, reason=f"{ended.stage} failed: {outcome.error}")]
         if ended.stage is Stage.PREPARE:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -149,7 +150,7 @@ class Intake:
                     )
                 ]
             )
-            self.core.actor(parsed.job_id)
+            self.core.guard(parsed.job_id, "starting it", partial(self.core.actor, parsed.job_id))
         elif job.file != rel or any(folder.glob("job.*")):
             # Only a file recorded under this very name and never moved in is a leftover of
             # a crash; anything else is the same job sent again.

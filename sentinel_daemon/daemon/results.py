@@ -207,7 +207,9 @@ class Results:
         self.ingest()
         for job_id in list(self.core.actors):
             job = self.core.state.jobs[job_id]
-            actor = self.core.actors[job_id]
+            actor = self.core.actors.get(job_id)
+            if actor is None:
+                continue  # its job failed meanwhile
             for trial in list(job.trials.values()):
                 if trial.status is TrialStatus.RUNNING:
                     command = actor.command(trial.number, trial.model, trial.params, trial.attempt)
@@ -225,7 +227,9 @@ class Results:
     def recover_saved(self) -> None:
         """At start-up: running attempts whose model is complete on disk, as saved."""
         for job in self.core.state.running_jobs():
-            actor = self.core.actors[job.job_id]
+            actor = self.core.actors.get(job.job_id)
+            if actor is None:
+                continue
             for t in list(job.trials.values()):
                 command = actor.command(t.number, t.model, t.params, t.attempt)
                 if not actor.current(job, command.command_id):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import functools
 import os
 import queue as queue_mod
 import signal
@@ -35,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -202,8 +202,10 @@ class Daemon:
         generation = core.commit([DaemonStarted(pid=os.getpid(), version=__version__)])[-1]
         core.commit(recovery.reap_orphans(state))
         stale = self.queue.recover()
-        for job in state.running_jobs():
-            core.actor(job.job_id).rebuild(job)
+        for job in state.running_jobs():  # one that cannot go on fails now, never the start
+            core.guard(
+                job.job_id, "rebuilding it from the log", partial(recovery.rebuild, core, job)
+            )
         self.results = Results(self.state_dir, self.queue, core, timeout)
         self.results.ingest()
         self.results.recover_saved()
@@ -275,7 +277,7 @@ class Daemon:
             busy = any(j.trials for j in self._core.state.running_jobs())
             with contextlib.suppress(queue_mod.Empty):
                 path = self.files.get(timeout=BUSY_TICK_S if busy else IDLE_TICK_S)
-                self._guarded(now, functools.partial(self.intake.take, path))
+                self._guarded(now, partial(self.intake.take, path))
 
     def _guarded(self, now: float, work: Callable[[], None]) -> None:
         """Run ``work`` (which writes); a failed write degrades the daemon, as a failed turn."""
