@@ -26,7 +26,7 @@ import math
 import os
 import random
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -51,6 +51,22 @@ def fuzz_seed() -> int:
     """``SENTINEL_FAULTS_SEED``, else :data:`DEFAULT_SEED`."""
     raw = os.environ.get(SEED_ENV)
     return int(raw) if raw else DEFAULT_SEED
+
+
+class Deck:
+    """Draws from ``items`` in a shuffled order, each once before any comes again, so that
+    a short run still covers every kind."""
+
+    def __init__(self, rng: random.Random, items: Sequence[Any]) -> None:
+        self.rng = rng
+        self.items = list(items)
+        self.left: list[Any] = []
+
+    def draw(self) -> Any:
+        if not self.left:
+            self.left = list(self.items)
+            self.rng.shuffle(self.left)
+        return self.left.pop()
 
 
 def rng_for(seed: int, name: str) -> random.Random:
@@ -546,10 +562,11 @@ def data_job(rng: random.Random, n: int, folder: str, data: dict[str, bytes]) ->
     return f"fz-data-{n}".encode() + suffix, render(doc, suffix, n)
 
 
-def mutate_data(rng: random.Random, original: dict[str, bytes]) -> tuple[str, dict[str, bytes]]:
-    """One mutation of one of the two files (or the identity file left out)."""
+def mutate_data(
+    rng: random.Random, original: dict[str, bytes], label: str
+) -> tuple[str, dict[str, bytes]]:
+    """Mutation ``label`` of one of the two files (or of the only one)."""
     which = TRANSACTIONS if rng.random() < 0.75 or IDENTITY not in original else IDENTITY
-    label = rng.choice(sorted(DATA_MUTATIONS))
     out = dict(original)
     out[which] = DATA_MUTATIONS[label](rng, original[which])
     return f"{which}: {label}", out

@@ -75,11 +75,11 @@ FULL_SECONDS = float(os.environ.get("SENTINEL_FUZZ_SECONDS", "600"))
 TMPFS_SIZE = "1g" if full() else "96m"
 #: Inputs of each kind per round.
 ROUND = {
-    "names": 12 if full() else 9,
+    "names": 12 if full() else 9,  # 9: each name kind once
     "schema": 12 if full() else 8,
     "mutants": 4 if full() else 3,
-    "data before": 4 if full() else 3,
-    "data after": 4 if full() else 3,
+    "data before": 4 if full() else 13,  # 13: each mutation once
+    "data after": 4 if full() else 5,  # each change once (at a moment drawn for each)
     "disk full": 1,  # episodes; each drops a few files while the disk is full
 }
 KIND_NAMES = "inbox file names (random bytes)"
@@ -171,6 +171,9 @@ class Fuzz:
         self.outside_rows = 1777
         self.episodes = 0
         self.n = 0
+        self.name_kinds = fuzzkit.Deck(self.rng, [k for k in fuzzkit.NAME_KINDS if k not in SKIP])
+        self.mutations = fuzzkit.Deck(self.rng, sorted(fuzzkit.DATA_MUTATIONS))
+        self.afters = fuzzkit.Deck(self.rng, fuzzkit.AFTER_ACCEPTANCE)
         #: Why the disk cannot be filled here ("" when it can).
         self.no_fill = ""
 
@@ -189,7 +192,7 @@ class Fuzz:
 
     def name_input(self) -> Input:
         n = self._next()
-        kind = self.rng.choice([k for k in fuzzkit.NAME_KINDS if k not in SKIP])
+        kind = self.name_kinds.draw()
         used = {i.name for i in self.inputs}
         name = fuzzkit.hostile_name(self.rng, kind)
         while name in used or name in (b".", b".."):
@@ -237,11 +240,10 @@ class Fuzz:
         if self.rng.random() < 0.15:
             del files[IDENTITY]
         if after:
-            label = self.rng.choice(fuzzkit.AFTER_ACCEPTANCE)
-            when = self.rng.choice(fuzzkit.AFTER_WHEN)
+            label, when = self.afters.draw(), self.rng.choice(fuzzkit.AFTER_WHEN)
             mutation = None
         else:
-            label, files = fuzzkit.mutate_data(self.rng, files)
+            label, files = fuzzkit.mutate_data(self.rng, files, self.mutations.draw())
             mutation = label
         fuzzkit.place(self.workspace / folder, files)
         name, content = fuzzkit.data_job(self.rng, n, folder, files)
@@ -271,7 +273,9 @@ class Fuzz:
                 doc = job_doc(f"fz-full-{n}", n_trials=1 if what == "valid" else 0)
                 name = f"fz-full-{n}.yaml".encode()
                 content = fuzzkit.render(doc, b".yaml", n)
-            made.append(self.add(Input(n, KIND_FULL, f"{what} file", name, content)))
+            # A valid one is cancelled once accepted: the good job is the one that runs
+            # through the full disk (and a short run stays short).
+            made.append(self.add(Input(n, KIND_FULL, f"{what} file", name, content, cancel=True)))
         return made
 
     # -- dropping ------------------------------------------------------------------------
