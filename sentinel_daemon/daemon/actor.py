@@ -111,6 +111,9 @@ class ActorContext:
     state_dir: Path
     max_attempts: int
     report_every: int
+    #: The folders data files must resolve into when a stage or a worker opens them (the
+    #: settings' ``data_roots``): checked then too, not only when the job was accepted.
+    data_roots: tuple[Path, ...] | None = None
 
 
 class JobActor:
@@ -455,4 +458,5 @@ class JobActor:
             cache_dir=self.ctx.state_dir / CACHE_DIR,
             test_fraction=v.test_fraction,
             valid_fraction=v.valid_fraction,
+            data_roots=self.ctx.data_roots,
         )

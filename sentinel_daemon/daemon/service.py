@@ -61,6 +61,8 @@ from sentinel_daemon.daemon.metrics import DaemonMetrics
 from sentinel_daemon.daemon.monitor import AdmissionGate, ResourceMonitor, sample_round
 from sentinel_daemon.daemon.reports import ReportRunner
 from sentinel_daemon.daemon.results import Results
+from sentinel_daemon.daemon.scrubber import Scrubber
+from sentinel_daemon.errors import StateDirUnusable
 from sentinel_daemon.fsutil import restrict_umask
 from sentinel_daemon.layout import CONTROL_DIR
 from sentinel_daemon.log.segments import LogWriteFailed
@@ -147,6 +149,7 @@ class Daemon:
         self.blocks = DispatchBlocks()
         self.trial_clock = TrialClock(settings.trials.timeout_s)
         self.host = HostPause(self.state_dir, settings.resources.min_free_disk_bytes)
+        self.scrubber: Scrubber | None = None
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -156,7 +159,11 @@ class Daemon:
             return self._run()
 
     def _run(self) -> int:
-        recovery.make_folders(self.state_dir)
+        try:
+            recovery.make_folders(self.state_dir)
+        except OSError as exc:
+            where = Path(exc.filename) if exc.filename else self.state_dir
+            raise StateDirUnusable(where, exc.strerror or str(exc)) from exc
         self.health.write(None)
         self.store = Store.open(
             self.state_dir,
@@ -166,7 +173,8 @@ class Daemon:
         )
         self.metrics.initialise(self.store.state)
         trials = self.settings.trials
-        ctx = ActorContext(self.state_dir, trials.max_attempts, trials.report_every)
+        roots = tuple(Path(os.path.abspath(r)) for r in self.settings.resolved_data_roots(self.cwd))
+        ctx = ActorContext(self.state_dir, trials.max_attempts, trials.report_every, roots)
         self.core = Committer(self.store, self.effector, self.metrics, ctx, self.host.observe)
         previous = _install_signals(self.stop_state)
         try:
@@ -189,6 +197,8 @@ class Daemon:
         self.effector.stop_stages()
         if self.dispatcher is not None and self.dispatcher.worker_ids():
             self.dispatcher.stop(grace_s=0.0)
+        if self.scrubber is not None:
+            self.scrubber.join(timeout=30.0)  # it reads segments: let it end first
         if self.store is not None:
             self.store.close(snapshot=True)
             self.store = None
@@ -226,6 +236,7 @@ class Daemon:
         )
         self.dispatcher.start()
         self.intake.start()
+        self.scrubber = Scrubber(core.store)
         self.notifier.ready(self.status_line())
         log.info(
             "daemon.ready",
@@ -371,8 +382,11 @@ class Daemon:
         if self.health.degraded is not None:
             reasons["writes_failing"] = self.health.degraded
         changed = self.blocks.update(reasons, now)
+        if self.scrubber is not None and (damage := self.scrubber.poll()):
+            self.health.damage = damage
+            changed = True
         # health.json says degraded while any reason holds (writes failing among them).
-        self.metrics.degraded.set(1 if self.blocks.reasons else 0)
+        self.metrics.degraded.set(1 if self.blocks.reasons or self.health.damage else 0)
         if not changed:
             return
         self.health.blocked = self.blocks.reasons

@@ -97,6 +97,7 @@ def _prepared(d: TrialData) -> ml.Prepared:
         d.cache_dir,
         test_fraction=d.test_fraction,
         valid_fraction=d.valid_fraction,
+        data_roots=d.data_roots,
     )
 
 

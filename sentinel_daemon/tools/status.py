@@ -246,8 +246,14 @@ def render_status(report: dict[str, Any]) -> str:
         who = f"pid {daemon['pid']}, not running (it stopped without recording it)"
     lines = [f"daemon: {who}; log at seq {report['last_seq']}; state {report['state_dir']}"]
     health = daemon.get("health") or {}
-    if health.get("status") == "degraded":
+    damage = health.get("damage") or []
+    if health.get("status") == "degraded" and not (damage and not health.get("blocked")):
         lines.append(f"DEGRADED: {health.get('reason', '?')} (not dispatching new trials)")
+    if damage:
+        lines.append(
+            f"EVENT LOG DAMAGED (the daemon runs on its snapshot): {'; '.join(damage)}; "
+            f"see `sentinel log verify`, mend with `sentinel log repair`"
+        )
     dispatch = health.get("dispatch") or {}
     dask = dispatch.get("backend") == "dask"
     if dask:
