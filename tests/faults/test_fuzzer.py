@@ -558,6 +558,9 @@ def record_rows(fz: Fuzz, extra: dict[str, list[str]]) -> list[str]:
         note = f"{kind} (seed {fz.seed}): outcomes {dict(outcomes)}"
         if kind in (KIND_NAMES, KIND_DATA, KIND_AFTER, KIND_FULL):
             note += f"; by kind {dict(labels)}"
+        completed = sorted({i.label for i in mine if i.outcome == "job.completed"})
+        if kind in (KIND_DATA, KIND_AFTER) and completed:
+            note += f"; completed: {completed}"
         if kind == KIND_FULL:
             note += f"; {fz.episodes} disk-full episodes"
         if kind in SKIP:
