@@ -12,6 +12,7 @@ model, a model complete on disk) is read here, so that the actors' decisions nee
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -115,7 +116,11 @@ class Results:
             actor = self.core.actors.get(job_id)
             # A stale answer (a replay, an attempt given up) decides nothing: not even checked.
             if job is not None and actor is not None and actor.current(job, message.command_id):
-                self.core.decide(actor, answer_of(self.state_dir, message))
+                # Reading the answer (its model checked) is the job's, as deciding on it is.
+                read = partial(answer_of, self.state_dir, message)
+                answer = self.core.guard(job_id, "reading a worker's answer", read)
+                if answer is not None:
+                    self.core.decide(actor, answer)
             self.queue.ack(path)
 
     def polled(self, polled: PollResult) -> tuple[list[WorkerLost], TakenBack]:
