@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import random
 import re
@@ -477,7 +478,7 @@ def judge(fz: Fuzz) -> None:
     by_content: dict[str, bytes] = {}
     for name, data in rejected.items():
         if data:
-            by_content[fuzzkit.hashlib.sha256(data).hexdigest()] = name
+            by_content[hashlib.sha256(data).hexdigest()] = name
     reasons = [(e.file, e.reason) for e in events if e.type == "job.rejected"]  # type: ignore[union-attr]
     n_rejected_events = len(reasons)
     for inp in fz.inputs:
