@@ -406,7 +406,10 @@ class JobActor:
         trial = current_trial(job, inp.command.command_id)
         if trial is None:
             return []
-        return [failed(self.job_id, trial, f"worker lost: {inp.reason}", self.ctx.max_attempts)]
+        why = f"worker lost: {inp.reason}"
+        if inp.host:
+            why += " (while the state directory's disk was full)"
+        return [failed(self.job_id, trial, why, self.ctx.max_attempts, host=inp.host)]
 
     def _found(
         self, job: JobState, command: TrialCommand, found: FoundModel, intermediate: Intermediate

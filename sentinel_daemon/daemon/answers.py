@@ -117,14 +117,17 @@ def saved_on_disk(
     )
 
 
-def failed(job_id: JobId, trial: TrialState, error: str, max_attempts: int) -> TrialFailed:
+def failed(
+    job_id: JobId, trial: TrialState, error: str, max_attempts: int, *, host: bool = False
+) -> TrialFailed:
     """The running attempt of ``trial`` failed with ``error``; retried while attempts remain.
 
-    An error that says the host failed it (a full disk: :func:`.hostpause.host_condition`)
-    is not charged: it is retried without using an attempt, :data:`MAX_UNCHARGED` times at
-    most (then it is charged as any other).
+    An error that says the host failed it (a full disk: :func:`.hostpause.host_condition`),
+    or ``host`` (its worker was lost while the disk was full), is not charged: it is retried
+    without using an attempt, :data:`MAX_UNCHARGED` times at most (then it is charged).
     """
-    charged = not (host_condition(error) and trial.uncharged < MAX_UNCHARGED)
+    by_host = host or host_condition(error)
+    charged = not (by_host and trial.uncharged < MAX_UNCHARGED)
     spent = trial.attempt - trial.uncharged
     return TrialFailed(
         job_id=job_id,

@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 
 #: After a trial failed for the host, dispatch stays paused at least this long.
 HOLD_S = 5.0
+#: A worker lost this soon after the disk was found full is counted lost to the host.
+RECENT_S = 30.0
 #: The reason of :mod:`~sentinel_daemon.daemon.blocking` this module holds.
 REASON = "disk_full"
 
@@ -73,6 +75,7 @@ class HostPause:
         self.reason: str | None = None
         self._hit: str | None = None  # the last trial error that said so
         self._hold_until = 0.0
+        self._paused_at: float | None = None  # when a pause last held
 
     def observe(self, events: Iterable[Event], now: float) -> None:
         """Events just recorded: a trial attempt failed for the host pauses dispatch now."""
@@ -80,6 +83,7 @@ class HostPause:
             if isinstance(event, TrialFailed) and not event.charged:
                 self._hit = event.error
                 self._hold_until = now + HOLD_S
+                self._paused_at = now
                 self.reason = self._sentence(None)
 
     def sample(self, now: float) -> str | None:
@@ -88,10 +92,16 @@ class HostPause:
         low = free is not None and free < self.min_free_bytes
         if low or now < self._hold_until:
             self.reason = self._sentence(free)
+            self._paused_at = now
         else:
             self._hit = None
             self.reason = None
         return self.reason
+
+    def recent(self, now: float) -> bool:
+        """Whether the disk was full now or within :data:`RECENT_S` (a worker lost then most
+        likely died of it: its attempt is not charged)."""
+        return self._paused_at is not None and now - self._paused_at < RECENT_S
 
     def _sentence(self, free: int | None) -> str:
         where = f"{self.state_dir}"
@@ -107,4 +117,4 @@ class HostPause:
         return text + "; free space there, dispatch resumes by itself (no attempt is charged)"
 
 
-__all__ = ["HOLD_S", "REASON", "HostPause", "free_bytes", "host_condition"]
+__all__ = ["HOLD_S", "REASON", "RECENT_S", "HostPause", "free_bytes", "host_condition"]

@@ -11,6 +11,7 @@ model, a model complete on disk) is read here, so that the actors' decisions nee
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -107,6 +108,9 @@ class Results:
         self.core = core
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._backlog = _Backlog()
+        #: Whether the state directory's disk is, or just was, full (.hostpause): a worker
+        #: lost then is lost to the host, its attempt not charged.
+        self.host_full: Callable[[], bool] = lambda: False
 
     def ingest(self) -> None:
         """Every answer in ``results/`` to its job's actor, then acknowledged."""
@@ -226,8 +230,9 @@ class Results:
         current = actor.current(self.core.state.jobs[command.job_id], command.command_id)
         found = saved_model(self.state_dir, command) if current else None
         if found is None:
-            return Lost(command, reason)
-        return Lost(command, reason, found, kept_intermediate(self.state_dir, found.artifact))
+            return Lost(command, reason, host=self.host_full())
+        kept = kept_intermediate(self.state_dir, found.artifact)
+        return Lost(command, reason, found, kept, host=self.host_full())
 
     def recover_saved(self) -> None:
         """At start-up: running attempts whose model is complete on disk, as saved."""

@@ -217,6 +217,7 @@ class Daemon:
                 job.job_id, "rebuilding it from the log", partial(recovery.rebuild, core, job)
             )
         self.results = Results(self.state_dir, self.queue, core, timeout)
+        self.results.host_full = lambda: self.host.recent(time.monotonic())
         self.results.ingest()
         self.results.recover_saved()
         for job_id in recovery.missing_reports(state, self.state_dir):

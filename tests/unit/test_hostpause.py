@@ -9,7 +9,13 @@ from sentinel_daemon.core.events import TrialFailed, TrialStarted, decode, encod
 from sentinel_daemon.core.ids import JobId, TrialNumber
 from sentinel_daemon.core.state import State, TrialState, TrialStatus, apply
 from sentinel_daemon.daemon.answers import MAX_UNCHARGED, failed
-from sentinel_daemon.daemon.hostpause import HOLD_S, HostPause, free_bytes, host_condition
+from sentinel_daemon.daemon.hostpause import (
+    HOLD_S,
+    RECENT_S,
+    HostPause,
+    free_bytes,
+    host_condition,
+)
 from tests.unit.test_state import submitted
 
 ENOSPC = "OSError: [Errno 28] No space left on device: 'jobs/j/trials/3/1-w0/model.ubj'"
@@ -86,3 +92,15 @@ def test_the_pause_holds_while_the_disk_is_low_and_a_while_after_a_host_failure(
 def test_free_bytes_reads_the_file_system_and_none_for_a_missing_path(tmp_path: Path) -> None:
     assert (free_bytes(tmp_path) or 0) > 0
     assert free_bytes(tmp_path / "missing") is None
+
+
+def test_a_worker_lost_while_the_disk_was_full_is_not_charged(tmp_path: Path) -> None:
+    lost = failed(JOB, _trial(attempt=3), "worker lost: exit code 1", 3, host=True)
+    assert (lost.charged, lost.retry) == (False, True)
+    free = {"bytes": 1 << 20}
+    pause = HostPause(tmp_path, 16 << 20, measure=lambda _: free["bytes"])
+    assert not pause.recent(0.0)
+    pause.sample(0.0)
+    free["bytes"] = 100 << 20
+    assert pause.sample(1.0) is None and pause.recent(1.0)  # space back, but just now
+    assert not pause.recent(1.0 + RECENT_S)
