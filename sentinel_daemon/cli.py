@@ -14,6 +14,7 @@ refuses a missing one (``doctor`` reports it as a check, ``gen-data`` uses none)
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ import orjson
 from sentinel_daemon.errors import SentinelError, StateDirMissing
 from sentinel_daemon.layout import EVENTS_DIR
 from sentinel_daemon.logs import configure_logging
+from sentinel_daemon.printable import json_safe, printable
 from sentinel_daemon.settings import Settings, load_settings
 from sentinel_daemon.tools.cliargs import UsageError, build_parser
 
@@ -120,9 +122,9 @@ def cmd_log(args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_lines(out: list[str], err: list[str]) -> None:
     for line in out:
-        print(line)
+        print(printable(line))
     for line in err:
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
 
 
 def cmd_gen_data(args: argparse.Namespace, settings: Settings) -> int:
@@ -151,9 +153,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             }
         )
     else:
-        print(done.job_id)
+        print(printable(done.job_id))
         for warning in done.warnings:
-            print(f"sentinel: warning: {warning}", file=sys.stderr)
+            print(f"sentinel: warning: {printable(warning)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -228,7 +230,7 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
             args,
             EXIT_PROBLEM,
             "rejected",
-            f"job {args.job} was rejected: {result.detail}",
+            f"job {args.job} was rejected: {result.detail}",  # escaped by _error
             job_id=args.job,
         )
     if args.json:
@@ -241,7 +243,9 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
         else:
             where = "not in the log yet"
         print(
-            f"sentinel: timed out after {args.timeout:g}s waiting for job {args.job} ({where})",
+            printable(
+                f"sentinel: timed out after {args.timeout:g}s waiting for job {args.job} ({where})"
+            ),
             file=sys.stderr,
         )
         return EXIT_TIMEOUT
@@ -250,10 +254,10 @@ def cmd_wait(args: argparse.Namespace, settings: Settings) -> int:
         if not args.json:
             best = job["best_value"]
             tail = "" if best is None else f"; best {best:.4f} (trial {job['best_trial']})"
-            print(f"job {args.job} completed{tail}")
+            print(printable(f"job {args.job} completed{tail}"))
         return EXIT_OK
     reason = f": {job['reason']}" if job["reason"] else ""
-    print(f"sentinel: job {args.job} {job['status']}{reason}", file=sys.stderr)
+    print(printable(f"sentinel: job {args.job} {job['status']}{reason}"), file=sys.stderr)
     return EXIT_PROBLEM
 
 
@@ -268,7 +272,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json({"job_id": args.job, "request": str(path)})
     else:
-        print(f"cancel requested for {args.job}; the daemon records job.cancelled")
+        print(printable(f"cancel requested for {args.job}; the daemon records job.cancelled"))
     return EXIT_OK
 
 
@@ -293,7 +297,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json({"job_id": args.job, "report": str(index), "written": written})
     else:
-        print(index)
+        print(printable(index))
     return EXIT_OK
 
 
@@ -305,8 +309,8 @@ def cmd_export_optuna(args: argparse.Namespace, settings: Settings) -> int:
         _print_json({"job_id": args.job, "out": str(args.out), "studies": counts})
     else:
         for name, n in counts.items():
-            print(f"{name}: {n} trials")
-        print(f"wrote {args.out}; open it with: optuna-dashboard {args.out}")
+            print(printable(f"{name}: {n} trials"))
+        print(printable(f"wrote {args.out}; open it with: optuna-dashboard {args.out}"))
     return EXIT_OK
 
 
@@ -317,7 +321,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(report(settings.state_dir, checks))
     else:
-        print(render(settings.state_dir, checks))
+        print("\n".join(map(printable, render(settings.state_dir, checks).split("\n"))))
     return EXIT_PROBLEM if failed(checks) else EXIT_OK
 
 
@@ -344,10 +348,16 @@ def _kind(exc: BaseException) -> str:
 def _error(
     args: argparse.Namespace | None, code: int, kind: str, message: str, **facts: Any
 ) -> int:
-    """Report an error: as JSON on stdout under ``--json``, always as a line on stderr."""
+    """Report an error: as JSON on stdout under ``--json``, always as a line on stderr.
+
+    The line escapes control characters (:func:`~sentinel_daemon.printable.printable`): a
+    message may quote a file name or data from outside.
+    """
     if args is not None and getattr(args, "json", False):
-        _print_json({"error": {"kind": kind, "message": message, "exit_code": code, **facts}})
-    print(f"sentinel: {message}", file=sys.stderr)
+        safe = {k: json_safe(v) if isinstance(v, str) else v for k, v in facts.items()}
+        error = {"kind": kind, "message": json_safe(message), "exit_code": code, **safe}
+        _print_json({"error": error})
+    print(f"sentinel: {printable(message)}", file=sys.stderr)
     return code
 
 
@@ -414,6 +424,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `sentinel tail | head` closes the pipe early; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:
+        return _error(args, EXIT_PROBLEM, "os_error", os_error_message(exc))
+
+
+def os_error_message(exc: OSError) -> str:
+    """A failed system call, said for an operator: the path, what failed, what to do."""
+    where = exc.filename if exc.filename is not None else "a file"
+    what = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = (
+            f"the file system holding it is full; free space there (`df -h {where}` shows "
+            f"how much is left) and run the command again: nothing half-written was left"
+        )
+    elif exc.errno == errno.EROFS:
+        todo = "the file system is read-only; remount it read-write and run the command again"
+    else:
+        todo = "fix that and run the command again"
+    return f"{where}: {what}; {todo}"
 
 
 if __name__ == "__main__":

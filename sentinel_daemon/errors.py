@@ -37,6 +37,19 @@ class StateDirLocked(SentinelError):
         )
 
 
+class StateDirUnusable(SentinelError):
+    """The state directory cannot be used (made, listed or written): the daemon stops."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"state directory {path} cannot be used: {reason}. It must be a folder the "
+            f"daemon's user owns and can write, on a file system with space (`sentinel "
+            f"doctor` checks both); fix it and start again"
+        )
+
+
 class LogError(SentinelError):
     """Base of event-log errors."""
 

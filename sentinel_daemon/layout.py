@@ -26,7 +26,11 @@ for a constant. What a part keeps inside its own folder (the queue's ``pending/`
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path, PurePosixPath
+
+from sentinel_daemon.printable import has_control, printable
 
 LOCK_NAME = "daemon.lock"
 EVENTS_DIR = "events"
@@ -64,6 +68,50 @@ JOB_SUFFIXES = (".yaml", ".yml", ".json")
 def is_job_name(name: str) -> bool:
     """Whether the inbox takes a file of this name (a job suffix, no leading dot)."""
     return not name.startswith(".") and name.lower().endswith(JOB_SUFFIXES)
+
+
+#: The longest inbox file name taken, in bytes. What the daemon adds to a name it keeps
+#: (``.N`` when taken, ``.reason``, a temporary ``.NAME.reason.PID.tmp``) must stay within
+#: the file systems' NAME_MAX of 255 bytes.
+MAX_JOB_NAME_BYTES = 200
+#: A rejected file with a name it could not keep: escaped text kept at most, in bytes.
+_SAFE_STEM_BYTES = 100
+
+
+def inbox_name_problem(name: str) -> str | None:
+    """Why the inbox refuses a job file of this name, or None when it takes it.
+
+    ``name`` is as ``os.fsdecode`` gives it (bytes that are not UTF-8 as lone surrogates).
+    Refused: a name that is not UTF-8, one longer than :data:`MAX_JOB_NAME_BYTES`, one
+    holding a control character (an escape sequence, a newline...).
+    """
+    raw = os.fsencode(name)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not UTF-8"
+    if len(raw) > MAX_JOB_NAME_BYTES:
+        return f"is {len(raw)} bytes long, more than {MAX_JOB_NAME_BYTES}"
+    if has_control(name):
+        return "holds control characters"
+    return None
+
+
+def safe_name(name: str) -> str:
+    """A name to keep a refused file under: ``name`` itself when the inbox takes such a name,
+    else its escaped text (at most 100 bytes), a hash of its bytes and its suffix.
+
+    Always within :data:`MAX_JOB_NAME_BYTES`, UTF-8 and free of control characters, and
+    two different names never give the same safe name.
+    """
+    if inbox_name_problem(name) is None:
+        return name
+    raw = os.fsencode(name)
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    suffix = next((s for s in JOB_SUFFIXES if name.lower().endswith(s)), "")
+    stem = printable(name[: len(name) - len(suffix)]).replace("/", "_")
+    stem = stem.encode("utf-8")[:_SAFE_STEM_BYTES].decode("utf-8", "ignore").lstrip(".")
+    return f"{stem}~{digest}{suffix}"
 
 
 def job_dir(state_dir: Path, job_id: str) -> Path:

@@ -122,6 +122,9 @@ class ResourceSettings(_Section):
     min_free_host_bytes: int = Field(default=512 << 20, ge=0)
     #: ... nor while a GPU a worker uses has less free memory than this.
     min_free_gpu_bytes: int = Field(default=512 << 20, ge=0)
+    #: ... nor while the state directory's file system has less free space than this (a
+    #: trial that failed for a full disk is retried without using an attempt).
+    min_free_disk_bytes: int = Field(default=16 << 20, ge=0)
     #: A worker whose process tree holds more resident memory is killed (0: no ceiling).
     worker_memory_max_bytes: int = Field(default=0, ge=0)
     #: How often host, GPU and worker memory are sampled.

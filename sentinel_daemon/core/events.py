@@ -196,16 +196,21 @@ class TrialPruned(_Event):
 
 
 class TrialFailed(_Event):
-    """A trial attempt failed; ``retry`` says whether another attempt will follow."""
+    """A trial attempt failed; ``retry`` says whether another attempt will follow.
+
+    ``charged`` is false when the host failed it (a full disk): the attempt does not count
+    towards ``trials.max_attempts``.
+    """
 
     type: Literal["trial.failed"] = "trial.failed"
-    v: Literal[1] = 1
+    v: Literal[2] = 2  # v2 added charged; v1 records are upcast as charged
     job_id: JobId
     trial: TrialNumber
     model: ModelKind
     error: str
     attempt: int = Field(ge=1)
     retry: bool
+    charged: bool = True
 
 
 class ModelPromoted(_Event):
@@ -321,11 +326,17 @@ def _add_no_intermediate(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "v": 2, "intermediate": []}
 
 
+def _add_charged(payload: dict[str, Any]) -> dict[str, Any]:
+    """v1 -> v2 of ``trial.failed``: before v2 every failed attempt was charged."""
+    return {**payload, "v": 2, "charged": True}
+
+
 #: ``(type, from_version) -> function`` turning a version-N payload into version N+1.
 #: Each must be pure (a new dict; the input is left alone) and must set ``v`` to N+1.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("trial.saved", 1): _add_no_intermediate,
     ("trial.pruned", 1): _add_no_intermediate,
+    ("trial.failed", 1): _add_charged,
 }
 
 

@@ -111,6 +111,8 @@ class TrialState:
     duration_s: float | None = None
     error: str | None = None
     pruned_step: int | None = None
+    #: Failed attempts not charged to ``trials.max_attempts`` (the host failed them).
+    uncharged: int = 0
 
 
 @dataclass(slots=True)
@@ -264,11 +266,13 @@ def apply(state: State, event: Event) -> State:
     match event:
         case TrialStarted():
             if (job := _job(state, event.job_id)) is not None:
+                before = job.trials.get(event.trial)
                 job.trials[event.trial] = TrialState(
                     number=event.trial,
                     model=event.model,
                     params=event.params,
                     attempt=event.attempt,
+                    uncharged=0 if before is None else before.uncharged,
                 )
         case TrialSaved():
             state.trial_durations.add(event.duration_s)
@@ -289,6 +293,7 @@ def apply(state: State, event: Event) -> State:
                 trial.status = TrialStatus.RETRYING if event.retry else TrialStatus.FAILED
                 trial.error = event.error
                 trial.attempt = event.attempt
+                trial.uncharged += 0 if event.charged else 1
         case DaemonStarted():
             state.daemon_pid = event.pid
             state.daemon_starts += 1

@@ -59,7 +59,13 @@ from sentinel_daemon.core.state import (
     TrialState,
     TrialStatus,
 )
-from sentinel_daemon.daemon.answers import answered, current_trial, failed, saved_on_disk
+from sentinel_daemon.daemon.answers import (
+    MAX_UNCHARGED,
+    answered,
+    current_trial,
+    failed,
+    saved_on_disk,
+)
 from sentinel_daemon.daemon.decisions import (
     Answer,
     BestWritten,
@@ -77,6 +83,7 @@ from sentinel_daemon.daemon.decisions import (
     WriteBest,
     nothing,
 )
+from sentinel_daemon.daemon.hostpause import host_condition
 from sentinel_daemon.daemon.promotion import completed, gate, model_card, promote, validate_request
 from sentinel_daemon.daemon.stages import PrepareRequest, ValidateRequest
 from sentinel_daemon.layout import CACHE_DIR, trial_dir
@@ -104,6 +111,9 @@ class ActorContext:
     state_dir: Path
     max_attempts: int
     report_every: int
+    #: The folders data files must resolve into when a stage or a worker opens them (the
+    #: settings' ``data_roots``): checked then too, not only when the job was accepted.
+    data_roots: tuple[Path, ...] | None = None
 
 
 class JobActor:
@@ -126,6 +136,8 @@ class JobActor:
         self.built = False
         self._seq = 0
         self._idle: tuple[int, int, bool] | None = None
+        #: Stage runs the host failed (a full disk), run again (see _stage_ended).
+        self.host_reruns = 0
 
     def decide(self, state: State, inp: Input, now: datetime) -> Decision:
         """Events and effects for ``inp``, from the state (``now``: the wall clock, UTC)."""
@@ -242,6 +254,14 @@ class JobActor:
         if current is None or current.status is not StageStatus.RUNNING:
             return []
         outcome = ended.outcome
+        if not outcome.ok and host_condition(outcome.error) and self.host_reruns < MAX_UNCHARGED:
+            # The host's disk failed it, not the job: run it again (dispatch pauses while
+            # the disk is full: .hostpause), as a trial would be, without failing the job.
+            self.host_reruns += 1
+            log.warning(
+                "job.stage_rerun", job=self.job_id, stage=str(ended.stage), error=outcome.error
+            )
+            return []
         if not outcome.ok:
             return [JobFailed(job_id=self.job_id, reason=f"{ended.stage} failed: {outcome.error}")]
         if ended.stage is Stage.PREPARE:
@@ -386,7 +406,10 @@ class JobActor:
         trial = current_trial(job, inp.command.command_id)
         if trial is None:
             return []
-        return [failed(self.job_id, trial, f"worker lost: {inp.reason}", self.ctx.max_attempts)]
+        why = f"worker lost: {inp.reason}"
+        if inp.host:
+            why += " (while the state directory's disk was full)"
+        return [failed(self.job_id, trial, why, self.ctx.max_attempts, host=inp.host)]
 
     def _found(
         self, job: JobState, command: TrialCommand, found: FoundModel, intermediate: Intermediate
@@ -438,4 +461,5 @@ class JobActor:
             cache_dir=self.ctx.state_dir / CACHE_DIR,
             test_fraction=v.test_fraction,
             valid_fraction=v.valid_fraction,
+            data_roots=self.ctx.data_roots,
         )

@@ -25,11 +25,14 @@ from sentinel_daemon.core.events import (
 )
 from sentinel_daemon.core.ids import JobId, TrialNumber
 from sentinel_daemon.core.state import JobState, JobStatus, State, TrialState, TrialStatus
+from sentinel_daemon.daemon.hostpause import host_condition
 from sentinel_daemon.ml.artifacts import FoundModel
 from sentinel_daemon.queue.messages import Failed, Pruned, Saved, WorkerMessage, split_command_id
 
 #: How a worker's Failed message starts when the trial's data could not be read.
 DATA_ERROR = "DataError"
+#: Attempts of one trial that the host may fail without charging them (see :func:`failed`).
+MAX_UNCHARGED = 10
 
 
 def current_trial(job: JobState, command_id: str) -> TrialState | None:
@@ -85,7 +88,7 @@ def answered(
             ]
         case Failed():
             attempt_failed = failed(job_id, trial, message.error, max_attempts)
-            if message.error.startswith(DATA_ERROR):
+            if message.error.startswith(DATA_ERROR) and attempt_failed.charged:
                 # The job's own data no longer reads (deleted, replaced by garbage): every
                 # other attempt would fail the same way, so the job stops here.
                 return [
@@ -114,15 +117,26 @@ def saved_on_disk(
     )
 
 
-def failed(job_id: JobId, trial: TrialState, error: str, max_attempts: int) -> TrialFailed:
-    """The running attempt of ``trial`` failed with ``error``; retried while attempts remain."""
+def failed(
+    job_id: JobId, trial: TrialState, error: str, max_attempts: int, *, host: bool = False
+) -> TrialFailed:
+    """The running attempt of ``trial`` failed with ``error``; retried while attempts remain.
+
+    An error that says the host failed it (a full disk: :func:`.hostpause.host_condition`),
+    or ``host`` (its worker was lost while the disk was full), is not charged: it is retried
+    without using an attempt, :data:`MAX_UNCHARGED` times at most (then it is charged).
+    """
+    by_host = host or host_condition(error)
+    charged = not (by_host and trial.uncharged < MAX_UNCHARGED)
+    spent = trial.attempt - trial.uncharged
     return TrialFailed(
         job_id=job_id,
         trial=TrialNumber(trial.number),
         model=trial.model,
         error=error[:2000],
         attempt=trial.attempt,
-        retry=trial.attempt < max_attempts,
+        retry=not charged or spent < max_attempts,
+        charged=charged,
     )
 
 

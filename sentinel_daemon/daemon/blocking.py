@@ -6,7 +6,10 @@ Trials can be held back for several reasons at once, each with its own source:
   host or GPU memory under its floor;
 - ``no_scheduler``: the Dask scheduler cannot be reached;
 - ``no_capacity``: no Dask worker offers a unit of the resource trials ask for;
-- ``writes_failing``: the event log cannot be written (a full disk; the daemon is degraded).
+- ``writes_failing``: the event log cannot be written (a full disk; the daemon is degraded);
+- ``disk_full``: the state directory's file system is under ``resources.min_free_disk_bytes``
+  free, or a trial just failed for lack of space (:mod:`~sentinel_daemon.daemon.hostpause`;
+  such a trial is retried without using an attempt).
 
 The core loop gathers them each turn into :meth:`DispatchBlocks.update`, which logs
 ``dispatch.blocked`` at warning when a reason starts and ``dispatch.unblocked`` at info
@@ -23,13 +26,14 @@ import structlog
 log = structlog.get_logger(__name__)
 
 #: Every reason, in the order they are reported (each is a label of the gauge).
-REASONS = ("admission", "no_scheduler", "no_capacity", "writes_failing")
+REASONS = ("admission", "no_scheduler", "no_capacity", "writes_failing", "disk_full")
 #: What the daemon does meanwhile, for the log line that says a reason started.
 ACTIONS = {
     "admission": "no new trial or retry until memory frees (resources.min_free_*)",
     "no_scheduler": "trials wait queued; reconnecting every dispatch.retry_s",
     "no_capacity": "trials wait queued until a worker offering the resource joins",
     "writes_failing": "nothing is dispatched until the event log can be written",
+    "disk_full": "no trial or retry is dispatched until space returns; no attempt is charged",
 }
 
 

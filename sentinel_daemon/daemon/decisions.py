@@ -82,6 +82,9 @@ class Lost:
     reason: str
     found: FoundModel | None = None
     intermediate: Intermediate = ()
+    #: The state directory's disk was full when it was lost (.hostpause): the worker most
+    #: likely died of it, so the attempt is not charged.
+    host: bool = False
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,9 @@ class Health:
         self.degraded: str | None = None
         #: Why dispatching is held back otherwise (reason -> sentence; see .blocking).
         self.blocked: dict[str, str] = {}
+        #: Damage the scrub found in records the snapshot covers (.scrubber): the daemon
+        #: runs, but says so.
+        self.damage: list[str] = []
         #: When the loop tries a turn again while degraded (``time.monotonic()``).
         self.retry_at = 0.0
         self._next_status = 0.0
@@ -117,7 +120,12 @@ class Health:
             first = next(iter(blocked))
             why = f"dispatch blocked ({', '.join(blocked)}): {blocked[first]}"
             health |= {"status": "degraded", "reason": why[:DETAIL_CHARS]}
+        elif self.damage:
+            why = f"event log damaged ({len(self.damage)} findings): {self.damage[0]}"
+            health |= {"status": "degraded", "reason": why[:DETAIL_CHARS]}
         health["blocked"] = blocked
+        if self.damage:
+            health["damage"] = [d[:200] for d in self.damage[:5]]
         # Relative data paths in job files resolve against it: `sentinel submit` checks.
         health["cwd"] = str(self.cwd)
         if dispatcher is not None:

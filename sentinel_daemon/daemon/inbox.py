@@ -50,6 +50,7 @@ from sentinel_daemon.daemon.inboxdiff import Identity, InboxDiff
 from sentinel_daemon.errors import InboxError
 from sentinel_daemon.fsutil import atomic_write_bytes, free_name, fsync_dir, numbered_names
 from sentinel_daemon.layout import REASON_SUFFIX, is_job_name
+from sentinel_daemon.printable import printable
 
 log = structlog.get_logger(__name__)
 
@@ -311,7 +312,7 @@ class Inbox:
         try:
             self._on_file(self.inbox_dir / name)
         except Exception:
-            log.exception("inbox.on_file_failed", file=str(self.inbox_dir / name))
+            log.exception("inbox.on_file_failed", file=printable(self.inbox_dir / name))
 
     # ---- moving files -----------------------------------------------------------------
 
@@ -364,28 +365,42 @@ class Inbox:
                     dropped.append(Path(entry.path))
         if dropped:
             fsync_dir(self.inbox_dir)
-            log.info("inbox.claimed_twins_dropped", files=[str(p) for p in dropped])
+            log.info("inbox.claimed_twins_dropped", files=[printable(p) for p in dropped])
         return dropped
 
-    def reject(self, claimed_path: Path, reason: str) -> Path:
-        """Move a claimed file to the rejected folder with ``<name>.reason`` beside it.
+    def reject(self, path: Path, reason: str, *, name: str | None = None) -> Path:
+        """Move a claimed file (or an inbox file whose name the inbox refuses) to the
+        rejected folder, as ``name`` (default: its own), with ``<name>.reason`` beside it.
 
         The file moves first and the reason follows: after a crash in between, the file is
-        where an operator looks, and the reason is in the event log (``job.rejected``).
+        where an operator looks, and the reason is in the event log (``job.rejected``). So
+        the reason file is best effort: one that cannot be written (a full disk) is logged
+        and left out, never an error.
         """
-        claimed_path = Path(claimed_path)
-        dest = self._move(claimed_path, self.rejected_dir, companion=REASON_SUFFIX)
-        fsync_dir(claimed_path.parent)
+        path = Path(path)
+        dest = self._move(path, self.rejected_dir, companion=REASON_SUFFIX, name=name)
+        if Path(os.path.abspath(path.parent)) == self.inbox_dir:
+            with self._diff_lock:
+                self._diff.removed(path.name)
+        fsync_dir(path.parent)
         text = reason if reason.endswith("\n") else reason + "\n"
-        atomic_write_bytes(dest.with_name(dest.name + REASON_SUFFIX), text.encode("utf-8"))
+        try:
+            atomic_write_bytes(dest.with_name(dest.name + REASON_SUFFIX), text.encode("utf-8"))
+        except OSError as exc:
+            log.error(
+                "inbox.reason_not_written",
+                file=str(dest),
+                error=printable(exc),
+                action="the reason is in the event log (sentinel tail --type job.rejected)",
+            )
         return dest
 
-    def _move(self, src: Path, folder: Path, companion: str = "") -> Path:
+    def _move(self, src: Path, folder: Path, companion: str = "", name: str | None = None) -> Path:
         with self._move_lock:
             # Check-then-rename is race-free here because only the daemon (one per state
             # dir, under its lock) writes claimed/ and rejected/, and this lock covers its
             # threads; os.rename itself would silently replace an existing file.
-            dest = free_name(folder / src.name, companion)
+            dest = free_name(folder / (name or src.name), companion)
             try:
                 os.rename(src, dest)
             except FileNotFoundError:

@@ -12,8 +12,10 @@ file recorded under this very name but never moved in is moved in, not submitted
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -24,7 +26,17 @@ from sentinel_daemon.daemon.committer import Committer
 from sentinel_daemon.daemon.inbox import Inbox, InboxFileGone
 from sentinel_daemon.fsutil import fsync_dir
 from sentinel_daemon.jobfile import parse_job_file
-from sentinel_daemon.layout import CLAIMED_DIR, INBOX_DIR, REJECTED_DIR, is_job_name, job_dir
+from sentinel_daemon.layout import (
+    CLAIMED_DIR,
+    INBOX_DIR,
+    MAX_JOB_NAME_BYTES,
+    REJECTED_DIR,
+    inbox_name_problem,
+    is_job_name,
+    job_dir,
+    safe_name,
+)
+from sentinel_daemon.printable import json_safe, printable
 from sentinel_daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -64,22 +76,52 @@ class Intake:
             self.inbox = None
 
     def take(self, path: Path) -> None:
-        """Claim the inbox file ``path`` (gone already: nothing to do), then consider it."""
+        """Claim the inbox file ``path`` (gone already: nothing to do), then consider it.
+
+        A file whose name the inbox refuses (:func:`~sentinel_daemon.layout.inbox_name_problem`)
+        is rejected straight from the inbox, under a safe name: it is never claimed, since
+        ``claimed/`` could not hold what is added to a name too long.
+        """
         assert self.inbox is not None
         try:
-            claimed = self.inbox.claim(path)
+            if not self._refused_name(path):
+                self.consider(self.inbox.claim(path))
         except InboxFileGone:
             return
-        self.consider(claimed)
+
+    def _refused_name(self, path: Path) -> bool:
+        """Reject ``path`` if the inbox refuses its name; whether it did."""
+        problem = inbox_name_problem(path.name)
+        if problem is None:
+            return False
+        shown = printable(path.name)
+        rel = f"{path.parent.name}/{shown}"
+        kept = safe_name(path.name)
+        self._reject(
+            path,
+            rel,
+            f"{shown}: the file name {problem}; kept as rejected/{kept}. Job file names must "
+            f"be UTF-8, at most {MAX_JOB_NAME_BYTES} bytes, without control characters: "
+            f"rename the file and submit it again",
+            name=kept,
+        )
+        return True
 
     def reconsider_claimed(self) -> None:
         """Record every job file left in ``claimed/`` (claimed, then a crash or failed write)."""
         for claimed in sorted((self.state_dir / CLAIMED_DIR).iterdir()):
             if is_job_name(claimed.name):
-                self.consider(claimed)
+                with contextlib.suppress(InboxFileGone):
+                    self.consider(claimed)
 
     def consider(self, claimed: Path) -> None:
-        """Turn a claimed job file into ``job.submitted`` or ``job.rejected``, then move it."""
+        """Turn a claimed job file into ``job.submitted`` or ``job.rejected``, then move it.
+
+        Whatever goes wrong with the file itself (its name, its bytes, reading it) rejects
+        it; only writing the log or the state directory raises.
+        """
+        if self._refused_name(claimed):  # claimed by an older version
+            return
         rel = claimed.relative_to(self.state_dir).as_posix()
         try:
             parsed = parse_job_file(
@@ -90,6 +132,10 @@ class Intake:
             )
         except JobSpecError as exc:
             self._reject(claimed, rel, str(exc))
+            return
+        except Exception as exc:  # a file no check foresaw must not stop the daemon
+            log.exception("intake.unexpected", file=rel)
+            self._reject(claimed, rel, f"{rel}: cannot be read as a job file: {exc!r}")
             return
         job = self.core.state.jobs.get(parsed.job_id)
         folder = job_dir(self.state_dir, parsed.job_id)
@@ -105,7 +151,7 @@ class Intake:
                     )
                 ]
             )
-            self.core.actor(parsed.job_id)
+            self.core.guard(parsed.job_id, "starting it", partial(self.core.actor, parsed.job_id))
         elif job.file != rel or any(folder.glob("job.*")):
             # Only a file recorded under this very name and never moved in is a leftover of
             # a crash; anything else is the same job sent again.
@@ -124,7 +170,16 @@ class Intake:
         fsync_dir(folder)
         fsync_dir(claimed.parent)
 
-    def _reject(self, claimed: Path, rel: str, reason: str, sha256: str | None = None) -> None:
+    def _reject(
+        self,
+        path: Path,
+        rel: str,
+        reason: str,
+        sha256: str | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
         assert self.inbox is not None
-        self.core.commit([JobRejected(file=rel, reason=reason, file_sha256=sha256)])
-        self.inbox.reject(claimed, reason)
+        reason = json_safe(reason)
+        self.core.commit([JobRejected(file=json_safe(rel), reason=reason, file_sha256=sha256)])
+        self.inbox.reject(path, reason, name=name)

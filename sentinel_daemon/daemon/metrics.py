@@ -274,7 +274,8 @@ class DaemonMetrics:
             "1 while no new trial is dispatched for this reason, else 0: admission (host or "
             "GPU memory under resources.min_free_*), no_scheduler (the Dask scheduler cannot "
             "be reached), no_capacity (no Dask worker offers dispatch.resource), "
-            "writes_failing (the event log cannot be written); the log and health.json say more",
+            "writes_failing (the event log cannot be written), disk_full (the state directory's "
+            "file system under resources.min_free_disk_bytes); the log and health.json say more",
             ["reason"],
             registry=r,
         )

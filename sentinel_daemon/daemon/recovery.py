@@ -18,6 +18,7 @@ import contextlib
 import os
 import signal
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -25,7 +26,7 @@ import structlog
 
 from sentinel_daemon.core.events import Event, WorkerLost
 from sentinel_daemon.core.ids import WorkerId
-from sentinel_daemon.core.state import JobStatus, State, WorkerStatus
+from sentinel_daemon.core.state import JobState, JobStatus, State, WorkerStatus
 from sentinel_daemon.daemon.committer import Committer
 from sentinel_daemon.daemon.decisions import Redispatch
 from sentinel_daemon.fsutil import make_drop_dir
@@ -118,14 +119,25 @@ def requeue_held(queue: Queue, state: State, heartbeat_timeout_s: float) -> int:
     return requeued
 
 
+def rebuild(core: Committer, job: JobState) -> None:
+    """Make ``job``'s actor and its studies from the log (raises what the job owns)."""
+    core.actor(job.job_id).rebuild(job)
+
+
 def redispatch(core: Committer, queue: Queue) -> int:
     """Queue every running attempt whose command is in no queue folder; how many were."""
     in_flight = frozenset(queue.in_flight())
     queued = 0
     for job in core.state.running_jobs():
-        decision = core.actor(job.job_id).decide(
-            core.state, Redispatch(in_flight), datetime.now(UTC)
+        actor = core.actors.get(job.job_id)
+        if actor is None:
+            continue
+        decision = core.guard(
+            job.job_id,
+            "queuing its trials again",
+            partial(actor.decide, core.state, Redispatch(in_flight), datetime.now(UTC)),
         )
-        core.effector.carry_out(decision.effects)  # no events: the log has them running
-        queued += len(decision.effects)
+        if decision is not None:  # no events: the log has them running
+            core.effector.carry_out(decision.effects)
+            queued += len(decision.effects)
     return queued

@@ -11,7 +11,9 @@ model, a model complete on disk) is read here, so that the actors' decisions nee
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -106,6 +108,9 @@ class Results:
         self.core = core
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._backlog = _Backlog()
+        #: Whether the state directory's disk is, or just was, full (.hostpause): a worker
+        #: lost then is lost to the host, its attempt not charged.
+        self.host_full: Callable[[], bool] = lambda: False
 
     def ingest(self) -> None:
         """Every answer in ``results/`` to its job's actor, then acknowledged."""
@@ -115,7 +120,11 @@ class Results:
             actor = self.core.actors.get(job_id)
             # A stale answer (a replay, an attempt given up) decides nothing: not even checked.
             if job is not None and actor is not None and actor.current(job, message.command_id):
-                self.core.decide(actor, answer_of(self.state_dir, message))
+                # Reading the answer (its model checked) is the job's, as deciding on it is.
+                read = partial(answer_of, self.state_dir, message)
+                answer = self.core.guard(job_id, "reading a worker's answer", read)
+                if answer is not None:
+                    self.core.decide(actor, answer)
             self.queue.ack(path)
 
     def polled(self, polled: PollResult) -> tuple[list[WorkerLost], TakenBack]:
@@ -207,7 +216,9 @@ class Results:
         self.ingest()
         for job_id in list(self.core.actors):
             job = self.core.state.jobs[job_id]
-            actor = self.core.actors[job_id]
+            actor = self.core.actors.get(job_id)
+            if actor is None:
+                continue  # its job failed meanwhile
             for trial in list(job.trials.values()):
                 if trial.status is TrialStatus.RUNNING:
                     command = actor.command(trial.number, trial.model, trial.params, trial.attempt)
@@ -219,13 +230,16 @@ class Results:
         current = actor.current(self.core.state.jobs[command.job_id], command.command_id)
         found = saved_model(self.state_dir, command) if current else None
         if found is None:
-            return Lost(command, reason)
-        return Lost(command, reason, found, kept_intermediate(self.state_dir, found.artifact))
+            return Lost(command, reason, host=self.host_full())
+        kept = kept_intermediate(self.state_dir, found.artifact)
+        return Lost(command, reason, found, kept, host=self.host_full())
 
     def recover_saved(self) -> None:
         """At start-up: running attempts whose model is complete on disk, as saved."""
         for job in self.core.state.running_jobs():
-            actor = self.core.actors[job.job_id]
+            actor = self.core.actors.get(job.job_id)
+            if actor is None:
+                continue
             for t in list(job.trials.values()):
                 command = actor.command(t.number, t.model, t.params, t.attempt)
                 if not actor.current(job, command.command_id):

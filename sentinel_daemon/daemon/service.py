@@ -32,7 +32,9 @@ import queue as queue_mod
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -52,11 +54,15 @@ from sentinel_daemon.daemon.deadlines import TrialClock
 from sentinel_daemon.daemon.dispatch import Dispatcher, open_dispatcher
 from sentinel_daemon.daemon.effects import Effector
 from sentinel_daemon.daemon.health import Health, status_line
+from sentinel_daemon.daemon.hostpause import REASON as HOST_REASON
+from sentinel_daemon.daemon.hostpause import HostPause
 from sentinel_daemon.daemon.intake import Intake
 from sentinel_daemon.daemon.metrics import DaemonMetrics
 from sentinel_daemon.daemon.monitor import AdmissionGate, ResourceMonitor, sample_round
 from sentinel_daemon.daemon.reports import ReportRunner
 from sentinel_daemon.daemon.results import Results
+from sentinel_daemon.daemon.scrubber import Scrubber
+from sentinel_daemon.errors import StateDirUnusable
 from sentinel_daemon.fsutil import restrict_umask
 from sentinel_daemon.layout import CONTROL_DIR, QUEUE_DIR
 from sentinel_daemon.log.segments import LogWriteFailed
@@ -142,6 +148,8 @@ class Daemon:
         self.health = Health(self.state_dir, self.cwd, self.notifier)
         self.blocks = DispatchBlocks()
         self.trial_clock = TrialClock(settings.trials.timeout_s)
+        self.host = HostPause(self.state_dir, settings.resources.min_free_disk_bytes)
+        self.scrubber: Scrubber | None = None
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -151,7 +159,11 @@ class Daemon:
             return self._run()
 
     def _run(self) -> int:
-        recovery.make_folders(self.state_dir)
+        try:
+            recovery.make_folders(self.state_dir)
+        except OSError as exc:
+            where = Path(exc.filename) if exc.filename else self.state_dir
+            raise StateDirUnusable(where, exc.strerror or str(exc)) from exc
         self.health.write(None)
         self.store = Store.open(
             self.state_dir,
@@ -161,8 +173,9 @@ class Daemon:
         )
         self.metrics.initialise(self.store.state)
         trials = self.settings.trials
-        ctx = ActorContext(self.state_dir, trials.max_attempts, trials.report_every)
-        self.core = Committer(self.store, self.effector, self.metrics, ctx)
+        roots = tuple(Path(os.path.abspath(r)) for r in self.settings.resolved_data_roots(self.cwd))
+        ctx = ActorContext(self.state_dir, trials.max_attempts, trials.report_every, roots)
+        self.core = Committer(self.store, self.effector, self.metrics, ctx, self.host.observe)
         previous = _install_signals(self.stop_state)
         try:
             if self.settings.metrics.enabled:
@@ -184,6 +197,8 @@ class Daemon:
         self.effector.stop_stages()
         if self.dispatcher is not None and self.dispatcher.worker_ids():
             self.dispatcher.stop(grace_s=0.0)
+        if self.scrubber is not None:
+            self.scrubber.join(timeout=30.0)  # it reads segments: let it end first
         if self.store is not None:
             self.store.close(snapshot=True)
             self.store = None
@@ -197,9 +212,12 @@ class Daemon:
         generation = core.commit([DaemonStarted(pid=os.getpid(), version=__version__)])[-1]
         core.commit(recovery.reap_orphans(state))
         stale = self.queue.recover()
-        for job in state.running_jobs():
-            core.actor(job.job_id).rebuild(job)
+        for job in state.running_jobs():  # one that cannot go on fails now, never the start
+            core.guard(
+                job.job_id, "rebuilding it from the log", partial(recovery.rebuild, core, job)
+            )
         self.results = Results(self.state_dir, self.queue, core, timeout)
+        self.results.host_full = lambda: self.host.recent(time.monotonic())
         self.results.ingest()
         self.results.recover_saved()
         for job_id in recovery.missing_reports(state, self.state_dir):
@@ -219,6 +237,7 @@ class Daemon:
         )
         self.dispatcher.start()
         self.intake.start()
+        self.scrubber = Scrubber(core.store)
         self.notifier.ready(self.status_line())
         log.info(
             "daemon.ready",
@@ -263,13 +282,22 @@ class Daemon:
             if self.health.degraded is not None:
                 self.health.recovered(self.dispatcher)
                 self._note_blocks(now)
-                self.intake.reconsider_claimed()  # claimed in a failed turn, never recorded
+                # claimed in a failed turn, never recorded
+                self._guarded(now, self.intake.reconsider_claimed)
             self.notifier.watchdog(now)  # only a loop that turns keeps systemd's watchdog fed
             self.health.turned(now, self.dispatcher, self.status_line)
             busy = any(j.trials for j in self._core.state.running_jobs())
             with contextlib.suppress(queue_mod.Empty):
                 path = self.files.get(timeout=BUSY_TICK_S if busy else IDLE_TICK_S)
-                self.intake.take(path)
+                self._guarded(now, partial(self.intake.take, path))
+
+    def _guarded(self, now: float, work: Callable[[], None]) -> None:
+        """Run ``work`` (which writes); a failed write degrades the daemon, as a failed turn."""
+        try:
+            work()
+        except (LogWriteFailed, OSError) as exc:
+            self.health.degrade(exc, now, self.dispatcher)
+            self._note_blocks(now)
 
     def turn(self, now: float) -> None:
         """One pass over every source of events; each decision is durable before its act."""
@@ -298,7 +326,9 @@ class Daemon:
             self.reports.poll()
         self.health.dispatch_noted(self.dispatcher, self.status_line)
         self._note_blocks(now)
-        dispatching = self.stop_state.signals == 0 and self.health.degraded is None
+        dispatching = (
+            self.stop_state.signals == 0 and self.health.degraded is None and not self.host.reason
+        )
         self._core.step(dispatching and self.dispatcher.available, self.admission.admitting)
 
     def _sample(self, now: float) -> None:
@@ -311,6 +341,7 @@ class Daemon:
         self._next_sample = now + resources.sample_every_s
         ceiling = resources.worker_memory_max_bytes
         readings = sample_round(self.monitor, self.admission, self.dispatcher, ceiling)
+        self.host.sample(now)
         in_flight = self.queue.in_flight()
         self._end_overdue(in_flight, now)
         self.metrics.sampled(
@@ -347,11 +378,16 @@ class Daemon:
         reasons = dict(self.dispatcher.blocked())
         if self.admission.reason is not None:
             reasons["admission"] = self.admission.reason
+        if self.host.reason is not None:
+            reasons[HOST_REASON] = self.host.reason
         if self.health.degraded is not None:
             reasons["writes_failing"] = self.health.degraded
         changed = self.blocks.update(reasons, now)
+        if self.scrubber is not None and (damage := self.scrubber.poll()):
+            self.health.damage = damage
+            changed = True
         # health.json says degraded while any reason holds (writes failing among them).
-        self.metrics.degraded.set(1 if self.blocks.reasons else 0)
+        self.metrics.degraded.set(1 if self.blocks.reasons or self.health.damage else 0)
         if not changed:
             return
         self.health.blocked = self.blocks.reasons

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -48,6 +49,15 @@ EXIT_DONE = 0
 EXIT_FAILED = 1
 #: The daemon died: a restarted daemon runs the stage again, so this copy stops.
 EXIT_ORPHANED = 3
+#: The result could not be written because the state directory's disk is full (or over
+#: quota): the exit code is the only report left, and says it (see :data:`_UNREPORTED`).
+EXIT_NO_SPACE = 4
+#: The result could not be written for another reason (a read-only or failing disk).
+EXIT_UNWRITABLE = 5
+_UNREPORTED = {
+    EXIT_NO_SPACE: f"[Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}",
+    EXIT_UNWRITABLE: "an I/O error (read-only or failing disk?)",
+}
 PARENT_CHECK_S = 1.0
 
 
@@ -87,6 +97,7 @@ def _prepared(d: TrialData) -> ml.Prepared:
         d.cache_dir,
         test_fraction=d.test_fraction,
         valid_fraction=d.valid_fraction,
+        data_roots=d.data_roots,
     )
 
 
@@ -149,10 +160,19 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     except (MLError, OSError, ValueError) as exc:
         # Bad data (a missing column, an empty file...): the message names file and column.
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
-        atomic_write_bytes(args.result, orjson.dumps(result))
-        return EXIT_FAILED
-    atomic_write_bytes(args.result, orjson.dumps({"ok": True, "outputs": outputs}))
-    return EXIT_DONE
+        return _report(args.result, result, EXIT_FAILED)
+    return _report(args.result, {"ok": True, "outputs": outputs}, EXIT_DONE)
+
+
+def _report(path: Path, result: dict[str, Any], code: int) -> int:
+    """Write the result for the daemon; when that fails (the state directory's disk is
+    full), say why in the exit code, the one report that needs no disk."""
+    try:
+        atomic_write_bytes(path, orjson.dumps(result))
+    except OSError as exc:
+        print(f"sentinel-stage: cannot write {path}: {exc}", file=sys.stderr)
+        return EXIT_NO_SPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_UNWRITABLE
+    return code
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -211,6 +231,12 @@ class StageProcess:
             return StageOutcome(True, dict(result.get("outputs") or {}))
         if isinstance(result, dict) and result.get("error"):
             return StageOutcome(False, {}, str(result["error"]))
+        if code in _UNREPORTED:
+            return StageOutcome(
+                False,
+                {},
+                f"the {self.stage} process could not write its result: {_UNREPORTED[code]}",
+            )
         how = f"exit code {code}" if code >= 0 else f"signal {-code} ({signal_name(-code)})"
         error = f"the {self.stage} process ended with {how}"
         if code == -signal.SIGKILL:

@@ -30,6 +30,7 @@ from sentinel_daemon.core.state import (
 )
 from sentinel_daemon.errors import AmbiguousJob, UnknownJob
 from sentinel_daemon.layout import HEALTH_FILE, QUEUE_DIR
+from sentinel_daemon.printable import printable_all
 from sentinel_daemon.queue.maildir import HEARTBEAT
 
 # ---- submit ---------------------------------------------------------------------------
@@ -230,7 +231,12 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def render_status(report: dict[str, Any]) -> str:
-    """``sentinel status`` for people: daemon line, a table of jobs, then workers and GPUs."""
+    """``sentinel status`` for people: daemon line, a table of jobs, then workers and GPUs.
+
+    Every string of ``report`` is escaped first (names, reasons and paths come from
+    outside: :func:`~sentinel_daemon.printable.printable`).
+    """
+    report = printable_all(report)
     daemon = report["daemon"]
     if daemon["pid"] is None:
         who = "not running (stopped cleanly, or never started)"
@@ -240,8 +246,14 @@ def render_status(report: dict[str, Any]) -> str:
         who = f"pid {daemon['pid']}, not running (it stopped without recording it)"
     lines = [f"daemon: {who}; log at seq {report['last_seq']}; state {report['state_dir']}"]
     health = daemon.get("health") or {}
-    if health.get("status") == "degraded":
+    damage = health.get("damage") or []
+    if health.get("status") == "degraded" and not (damage and not health.get("blocked")):
         lines.append(f"DEGRADED: {health.get('reason', '?')} (not dispatching new trials)")
+    if damage:
+        lines.append(
+            f"EVENT LOG DAMAGED (the daemon runs on its snapshot): {'; '.join(damage)}; "
+            f"see `sentinel log verify`, mend with `sentinel log repair`"
+        )
     dispatch = health.get("dispatch") or {}
     dask = dispatch.get("backend") == "dask"
     if dask:

@@ -23,8 +23,16 @@ from sentinel_daemon.core.jobspec import JobSpecError, ParsedJob
 from sentinel_daemon.errors import InboxError, LogError, OperatorError, StateDirMissing
 from sentinel_daemon.fsutil import fsync_dir
 from sentinel_daemon.jobfile import DEFAULT_MAX_BYTES, parse_job_file, read_job_bytes
-from sentinel_daemon.layout import CLAIMED_DIR, INBOX_DIR, JOB_SUFFIXES, is_job_name
+from sentinel_daemon.layout import (
+    CLAIMED_DIR,
+    INBOX_DIR,
+    JOB_SUFFIXES,
+    MAX_JOB_NAME_BYTES,
+    inbox_name_problem,
+    is_job_name,
+)
 from sentinel_daemon.log.store import read_state
+from sentinel_daemon.printable import printable
 from sentinel_daemon.settings import Settings
 from sentinel_daemon.tools.liveness import Liveness, daemon_liveness
 from sentinel_daemon.tools.status import _health
@@ -71,6 +79,10 @@ def submit_file(
             f"{src}: the inbox takes files ending in {', '.join(JOB_SUFFIXES)} whose names "
             f"do not begin with '.'; rename the file"
         )
+    if (problem := inbox_name_problem(src.name)) is not None:
+        raise InboxError(
+            f"{printable(src)}: the file name {problem}; the daemon would reject it: rename it"
+        )
     data = read_job_bytes(src, max_bytes)
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise InboxError(f"{src} changed after it was validated; submit it again")
@@ -91,6 +103,10 @@ def submit_file(
                 break
             except FileExistsError:
                 n += 1
+    except OSError as exc:
+        if exc.filename is None:  # a write or fsync: name the folder that is full
+            raise OSError(exc.errno, exc.strerror, str(inbox_dir)) from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -136,6 +152,14 @@ def submit(path: Path, settings: Settings, *, cwd: Path | None = None) -> Submit
     cwd = Path.cwd() if cwd is None else cwd
     state_dir = settings.state_dir
     max_bytes = settings.inbox.max_job_bytes
+    if (problem := inbox_name_problem(Path(path).name)) is not None:
+        raise JobSpecError(
+            path,
+            "-",
+            f"the file name {problem}: the daemon would reject it. Job file names must be "
+            f"UTF-8, at most {MAX_JOB_NAME_BYTES} bytes, without control characters; "
+            f"rename it (or copy it to such a name) and submit that",
+        )
     parsed = parse_job_file(
         path, data_roots=settings.resolved_data_roots(cwd), base_dir=cwd, max_bytes=max_bytes
     )

@@ -18,6 +18,7 @@ import orjson
 
 from sentinel_daemon.log.records import BadRecord, Record, decode_line
 from sentinel_daemon.log.segfiles import list_segments
+from sentinel_daemon.printable import printable
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,12 @@ MAX_VALUE_CHARS = 100
 
 
 def human_line(record: Record) -> str:
-    """``ts  #seq  type  key=value ...``: one line a record, for people."""
+    """``ts  #seq  type  key=value ...``: one line a record, for people.
+
+    Values come from outside (file names, job names, data errors): control characters in
+    them are escaped visibly (:func:`~sentinel_daemon.printable.printable`), so a record
+    is one line and cannot drive the terminal. ``--json`` prints the record as it is.
+    """
     fields = []
     for key, value in record.payload.items():
         if key in ("type", "v"):
@@ -54,8 +60,9 @@ def human_line(record: Record) -> str:
         text = value if isinstance(value, str) else orjson.dumps(value).decode()
         if len(text) > MAX_VALUE_CHARS and isinstance(value, dict | list):
             text = text[: MAX_VALUE_CHARS - 3] + "..."
-        fields.append(f"{key}={text}")
-    return f"{record.ts}  #{record.seq:<6} {record.payload.get('type', '?'):<16} {' '.join(fields)}"
+        fields.append(f"{printable(key)}={printable(text)}")
+    kind = printable(record.payload.get("type", "?"))
+    return f"{printable(record.ts)}  #{record.seq:<6} {kind:<16} {' '.join(fields)}"
 
 
 def _segment_records(path: Path) -> list[Record]:

@@ -26,6 +26,7 @@ from sentinel_daemon.core.ids import check_job_id
 from sentinel_daemon.core.state import JobStatus
 from sentinel_daemon.layout import CLAIMED_DIR, INBOX_DIR, REASON_SUFFIX, REJECTED_DIR, is_job_name
 from sentinel_daemon.log.store import read_state
+from sentinel_daemon.printable import printable
 from sentinel_daemon.tools.status import _stage_cell, _value, job_summary, resolve_job
 
 #: How long an id found nowhere is waited for before ``wait`` gives up on it.
@@ -208,7 +209,11 @@ def progress_line(
 
 
 def _fit(layouts: list[list[str]], width: int) -> str:
-    """The first layout whose words fit ``width``; else the last one's whole words that do."""
+    """The first layout whose words fit ``width``; else the last one's whole words that do.
+
+    Words are escaped first (a job's name and its file's name come from outside).
+    """
+    layouts = [[printable(w) for w in words] for words in layouts]
     for words in layouts:
         text = " ".join(words)
         if len(text) <= width:

@@ -1,10 +1,16 @@
 """A full disk under the state directory: the daemon stops dispatching, says why, loses
-nothing, and resumes when space returns. The state directory is a real, small tmpfs."""
+nothing, and resumes when space returns. The state directory is a real, small tmpfs.
+
+Issue 13, class 3: a file landing in the inbox while the disk is full does not stop the
+daemon (it is rejected once space returns); a trial that fails for the full disk is
+retried without using an attempt (``trial.failed`` ``charged: false``) while dispatch
+pauses (``disk_full``); ``sentinel submit`` on the full disk says so without a traceback."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -45,14 +51,28 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(folder: Path) -> Path:
-    """Write a file until the file system is full; return it."""
+    """Write a file until the file system is full to the last byte; return it."""
     filler = folder / "filler.bin"
-    block = b"\0" * (1 << 20)
-    with contextlib.suppress(OSError), filler.open("wb") as out:
-        while True:
-            out.write(block)
-            out.flush()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for size in (1 << 20, 1 << 12, 1):  # then not even a small model file fits
+            block = b"\0" * size
+            with contextlib.suppress(OSError):
+                while os.write(fd, block) == size:
+                    pass
+    finally:
+        os.close(fd)
     return filler
+
+
+def sentinel(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sentinel_daemon.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def status(daemon: DaemonProcess) -> dict[str, object]:
@@ -112,14 +132,46 @@ def test_a_full_disk_stops_dispatching_says_why_and_the_job_resumes_when_space_r
         )
         assert degraded
         report = status(daemon)
-        assert "No space left" in report["daemon"]["health"]["reason"]  # type: ignore[index]
-        assert "daemon.degraded" in daemon.log_text()
+        health = report["daemon"]["health"]  # type: ignore[index]
+        assert "disk_full" in health["blocked"], health
+        assert "min_free_disk_bytes" in health["blocked"]["disk_full"]
         seq_when_full = daemon.events()[-1]["seq"]
+        # A (0-byte) file lands in the inbox: the daemon stays up, degraded at worst.
+        (small_disk / "inbox" / "empty.yaml").touch()
+        wait_for(
+            lambda: not (small_disk / "inbox" / "empty.yaml").exists(),
+            timeout=30,
+            what="the daemon to take the file",
+        )
+        # `sentinel submit` says the disk is full, naming the folder, without a traceback.
+        job_file = write_job(tmp_path / "jobs", "on-full-disk", n_trials=1)
+        refused = sentinel(
+            "submit", "--state-dir", str(daemon.state_dir), str(job_file), cwd=tmp_path
+        )
+        assert refused.returncode == 1, refused
+        assert "Traceback" not in refused.stderr
+        assert "No space left" in refused.stderr and "free space" in refused.stderr
+        assert str(small_disk / "inbox") in refused.stderr
+        assert daemon.running()
 
         filler.unlink()  # space returns
         daemon.wait_for_job(job_id, timeout=180)
-        assert "daemon.resumed" in daemon.log_text()
+        daemon.wait_for_event(
+            lambda e: e["type"] == "job.rejected" and e["file"].endswith("empty.yaml"),
+            what="the empty file rejected once space returned",
+        )
+        assert "dispatch.blocked" in daemon.log_text()
+        assert daemon.running()
         events = check_invariants(daemon.state_dir)
+        # The full disk is charged to no trial: every attempt it failed is retried for free.
+        host_failed = [
+            e
+            for e in of_type(events, "trial.failed", job_id=job_id)
+            if "No space" in e["error"] or "disk was full" in e["error"]
+        ]
+        assert host_failed, "no attempt failed for the full disk: the test proves nothing"
+        assert all(not e["charged"] and e["retry"] for e in host_failed), host_failed
+        assert not of_type(events, "trial.failed", job_id=job_id, retry=False)
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         assert (
             len(of_type(events, "trial.saved", job_id=job_id))

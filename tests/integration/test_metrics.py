@@ -193,7 +193,7 @@ def test_metrics_follow_the_event_log_during_a_job_after_it_and_across_a_restart
     assert (get(during, "sentinel_resident_memory_bytes", role="daemon") or 0) > 20 << 20
     assert (get(during, "sentinel_cpu_seconds_total", role="daemon") or 0) > 0
     assert (get(during, "sentinel_host_memory_available_bytes") or 0) > 0
-    for reason in ("admission", "no_scheduler", "no_capacity", "writes_failing"):
+    for reason in ("admission", "no_scheduler", "no_capacity", "writes_failing", "disk_full"):
         assert get(during, "sentinel_dispatch_blocked", reason=reason) == 0, reason
 
     # After: the counters equal the log; the fsyncs, batches and bytes match each other.

@@ -32,6 +32,7 @@ BASE_MODULES = frozenset(
         "layout",
         "sdnotify",
         "signals",
+        "printable",
     }
 )
 #: layer -> the layers it may import (besides itself).

@@ -191,14 +191,14 @@ def test_cpu_seconds_only_grow_when_a_worker_ends_or_its_pid_is_reused() -> None
 
 def test_dispatch_blocked_is_one_series_per_reason_each_zero_until_it_holds() -> None:
     m = DaemonMetrics()
-    reasons = ("admission", "no_scheduler", "no_capacity", "writes_failing")
-    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [0, 0, 0, 0]
+    reasons = ("admission", "no_scheduler", "no_capacity", "writes_failing", "disk_full")
+    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [0, 0, 0, 0, 0]
     m.blocked(["no_capacity", "admission"])
-    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [1, 0, 1, 0]
+    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [1, 0, 1, 0, 0]
     m.blocked(["no_scheduler"])
-    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [0, 1, 0, 0]
+    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [0, 1, 0, 0, 0]
     m.blocked([])
-    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [0, 0, 0, 0]
+    assert [value(m, "sentinel_dispatch_blocked", reason=r) for r in reasons] == [0, 0, 0, 0, 0]
 
 
 def test_the_server_serves_the_registry_on_loopback_and_closes_its_port() -> None:

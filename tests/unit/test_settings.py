@@ -102,6 +102,7 @@ EVERY_SETTING_CHANGED: dict[str, Any] = {
     "resources": {
         "min_free_host_bytes": 1 << 30,
         "min_free_gpu_bytes": 1 << 28,
+        "min_free_disk_bytes": 1 << 26,
         "worker_memory_max_bytes": 1 << 33,
         "sample_every_s": 0.5,
     },
