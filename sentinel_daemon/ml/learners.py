@@ -123,7 +123,9 @@ def lightgbm_device_problem(device_type: str) -> str | None:
 
     X, y = _tiny()
     params = {"device_type": device_type, "verbosity": -1, "num_leaves": 2, "min_data_in_leaf": 1}
-    with quiet_stderr(f"lightgbm {device_type} probe"):
+    # Its OpenCL compiler chatter, and LightGBM's "[Fatal]" lines when it fails: the
+    # failure is the answer, returned; none of it is news for the journal.
+    with quiet_stderr(f"lightgbm {device_type} probe", pass_others=False):
         try:
             lgb.train(params, lgb.Dataset(X, label=y), num_boost_round=1)
         except lgb.basic.LightGBMError as exc:

@@ -49,7 +49,7 @@ class Captured:
     what: str
     bytes: int = 0
     dropped_lines: int = 0
-    passed_lines: int = 0
+    passed_lines: int = 0  # other lines (written to stderr after the guard, if passed on)
     first_dropped: str = ""
     nested: bool = False
 
@@ -82,11 +82,12 @@ def split_chatter(data: bytes) -> tuple[list[bytes], list[bytes]]:
 
 
 @contextlib.contextmanager
-def quiet_stderr(what: str) -> Iterator[Captured]:
+def quiet_stderr(what: str, *, pass_others: bool = True) -> Iterator[Captured]:
     """While open, file descriptor 2 of this process (and of children started meanwhile)
     goes to a temporary file; compiler chatter written there never reaches stderr.
 
-    ``what`` names the guarded work in the debug summary (``stderr.captured``).
+    ``what`` names the guarded work in the debug summary (``stderr.captured``). With
+    ``pass_others`` False nothing is passed on (a probe whose failure is its answer).
     """
     global _active
     captured = Captured(what)
@@ -112,18 +113,18 @@ def quiet_stderr(what: str) -> Iterator[Captured]:
                 os.close(saved)
             captured.bytes = sink.seek(0, os.SEEK_END)
             sink.seek(0)
-            _sort(captured, sink.read(MAX_CAPTURED_BYTES))
+            _sort(captured, sink.read(MAX_CAPTURED_BYTES), pass_others)
     finally:
         with _lock:
             _active = False
 
 
-def _sort(captured: Captured, data: bytes) -> None:
+def _sort(captured: Captured, data: bytes, pass_others: bool) -> None:
     dropped, passed = split_chatter(data)
     captured.dropped_lines = len(dropped)
     captured.passed_lines = len(passed)
     captured.first_dropped = dropped[0].decode(errors="replace")[:200] if dropped else ""
-    if passed:
+    if passed and pass_others:
         out = memoryview(b"\n".join(passed) + b"\n")
         with contextlib.suppress(OSError):
             while out:
