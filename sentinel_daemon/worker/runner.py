@@ -130,6 +130,11 @@ class TrialRunner:
     def stopping(self) -> bool:
         return self.orphaned or self.stop.is_set()
 
+    def device_for(self, command: TrialCommand) -> str:
+        """Where ``command`` trains: this worker's device, but the CPU for a command that
+        needs a CPU worker (one a GPU worker took because no CPU worker runs)."""
+        return "cpu" if command.device == "cpu" else self.device
+
     def answer(self, command: TrialCommand, channel: Channel) -> str | None:
         """Train ``command`` and send its answer; the outcome, or None if abandoned.
 
@@ -228,7 +233,7 @@ class TrialRunner:
             command.model,
             params,
             prepared,
-            device=self.device,
+            device=self.device_for(command),
             n_threads=self.threads,
             report=report,
             report_every=command.report_every,
