@@ -131,10 +131,13 @@ class Worker(TrialRunner):
         threads: int | None = None,
         queue: QueueSettings | None = None,
         settings_id: str | None = None,
+        lightgbm_device: str = "cpu",
     ) -> None:
         if heartbeat_s <= 0:
             raise ValueError(f"heartbeat_s must be positive, not {heartbeat_s}")
-        super().__init__(state_dir, worker_id, gpu=gpu, threads=threads)
+        super().__init__(
+            state_dir, worker_id, gpu=gpu, threads=threads, lightgbm_device=lightgbm_device
+        )
         self.heartbeat_s = heartbeat_s
         self.parent_pid = parent_pid
         if stop is not None:
@@ -174,6 +177,9 @@ class Worker(TrialRunner):
                 "trials_done": self.trials_done,
                 "data_loads": self.data_loads,
                 "data_reuses": self.data_reuses,
+                # XGBoost's matrices (ml.devicedata): built once per data set and shape.
+                "matrix_builds": self.matrix_builds,
+                "matrix_reuses": self.matrix_reuses,
                 "gpu": self.gpu,
                 "lane": self.lane,
                 "threads": self.threads,
@@ -291,6 +297,7 @@ def run_worker(
         threads=threads,
         queue=None if settings is None else settings.queue,
         settings_id=None if settings is None else settings_digest(settings),
+        lightgbm_device="cpu" if settings is None else settings.models.lightgbm.device,
     )
     previous: dict[signal.Signals, Any] = {}
 

@@ -39,7 +39,7 @@ def test_lightgbm_trains_on_the_cpu_by_default_and_never_probes_opencl(
 
 def test_lightgbm_settings_map_to_its_device_types() -> None:
     assert learners.LIGHTGBM_DEVICE_TYPE == {"cpu": "cpu", "cuda": "cuda", "opencl": "gpu"}
-    with pytest.raises(ValueError, match="models.lightgbm.device"):
+    with pytest.raises(ValueError, match=r"models\.lightgbm\.device"):
         lightgbm_choice("cuda", "rocm")
 
 
