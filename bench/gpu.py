@@ -45,6 +45,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -59,7 +60,7 @@ from typing import Any
 import lightgbm
 import orjson
 import xgboost
-from benchkit import Report, bench_arguments, filesystem_of, print_notes_and_summary, progress
+from benchkit import Report, filesystem_of, print_notes_and_summary, progress
 from daemon import QUICK as DAEMON_QUICK
 from daemon import (
     BenchError,
@@ -470,8 +471,18 @@ def header(args: argparse.Namespace, root: Path, sizes: Sizes) -> list[str]:
     ]
 
 
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    """``benchkit``'s options (--quick, --dir, --keep), and --logs."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--dir", type=Path, help="make the work folder under DIR")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (debugging)")
+    parser.add_argument("--logs", type=Path, help="copy each layout's daemon log into LOGS")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = bench_arguments(__doc__, argv, keep=True)
+    args = arguments(argv)
     sizes = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     procs = Processes()
@@ -486,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"{layout}: {2 * sizes.trials} trials")
             runs[layout] = run_layout(layout, root, data, sizes, procs)
             r = runs[layout]
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / layout / "daemon.log", args.logs / f"{layout}-daemon.log")
             progress(f"  {r.wall_s:.1f} s, {r.per_minute:.1f} trials/min, {r.workers}")
     layout_table(runs)
     print()
