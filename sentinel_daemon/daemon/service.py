@@ -63,6 +63,7 @@ from sentinel_daemon.log.segments import LogWriteFailed
 from sentinel_daemon.log.store import Store
 from sentinel_daemon.ml.devices import discover_gpus
 from sentinel_daemon.queue.maildir import Queue
+from sentinel_daemon.queue.routing import DEVICES
 from sentinel_daemon.sdnotify import Notifier
 from sentinel_daemon.settings import Settings, exported, settings_digest
 
@@ -124,8 +125,10 @@ class Daemon:
         self.plan = local_plan(settings, workers=workers, gpus=self.gpus)
         self.worker_count = len(self.plan.workers)
         self.worker_env = worker_env or {}
-        # GPU and CPU workers side by side: commands go into a lane of their kind.
-        self.queue = Queue(self.state_dir / "queue", settings.queue, lanes=self.plan.lanes)
+        # GPU and CPU workers side by side: commands go into a lane of their kind. The
+        # Dask dispatcher takes each kind from its lane while the cluster has its resource.
+        lanes = frozenset(DEVICES) if settings.dispatch.backend == "dask" else self.plan.lanes
+        self.queue = Queue(self.state_dir / "queue", settings.queue, lanes=lanes)
         # Not a SimpleQueue: on Python 3.11 its get(timeout=...) blocks forever when a signal
         # (SIGTERM) interrupts the wait and the deadline passes before it resumes (CI saw the
         # daemon ignore SIGTERM so). Queue waits on threading locks, which check for that.
@@ -327,6 +330,7 @@ class Daemon:
             readings,
             pending=sum(1 for holder in in_flight.values() if holder is None),
             workers_alive=self.dispatcher.workers_alive(),
+            by_device=self.dispatcher.workers_by_device(),
         )
 
     def _end_overdue(self, in_flight: dict[str, WorkerId | None], now: float) -> None:

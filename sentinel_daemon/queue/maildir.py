@@ -189,14 +189,21 @@ class Queue:
         self._publish(name, folder / name, data, mtime_ns=self._last_put_ns)
         return PutOutcome.QUEUED
 
-    def claim(self, worker_id: str, lane: Device | None = None) -> ClaimedCommand | None:
+    def claim(
+        self, worker_id: str, lane: Device | None = None, *, every_lane: bool = False
+    ) -> ClaimedCommand | None:
         """Take the oldest pending command (by the time it was written), or None.
 
-        From ``pending/`` and, given ``lane``, that lane's folder (never another lane's).
+        From ``pending/`` and, given ``lane``, that lane's folder (never another lane's);
+        ``every_lane``: from every pending folder (the Dask dispatcher, on a cluster that
+        offers one kind of resource only).
         """
         wid = self._worker(worker_id)
         wdir = self.worker_dir(wid)
-        folders = [self.pending] if lane is None else [self.pending, self.pending_dirs[lane]]
+        if every_lane:
+            folders = list(self.pending_dirs.values())
+        else:
+            folders = [self.pending] if lane is None else [self.pending, self.pending_dirs[lane]]
         for folder, name in self._pending_oldest_first(folders):
             target = wdir / name
             try:

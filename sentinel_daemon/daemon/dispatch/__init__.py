@@ -72,6 +72,9 @@ class Dispatcher(Protocol):
     def workers_alive(self) -> int:
         """Workers running now (for the metrics)."""
 
+    def workers_by_device(self) -> dict[str, tuple[int, int]]:
+        """``device -> (workers running, their CPU threads)`` (``gpu``, ``cpu``; metrics)."""
+
     def gpus_in_use(self) -> set[int]:
         """GPUs of this host the workers use (for admission control)."""
 
