@@ -3,9 +3,11 @@
 A worker trains many trials on one prepared data set. Building XGBoost's matrices for
 each trial costs a pass over the data, and on a GPU a host-to-device copy of it too.
 :class:`DeviceData` builds them once (a :class:`xgboost.QuantileDMatrix` for the train
-split, and one for the validation split that takes its bins from it through ``ref=``)
-and hands the same pair to every later trial with the same data set and the same
-*shaping* parameters: those that change what the matrices hold, which for XGBoost's
+split; for the validation split, on a GPU one that takes its bins from it through
+``ref=``, on the CPU a plain :class:`xgboost.DMatrix`, because XGBoost's CPU predictor
+evaluates every round on a QuantileDMatrix far more slowly: ``bench/matrices.py``) and
+hands the same pair to every later trial with the same data set and the same *shaping*
+parameters: those that change what the matrices hold, which for XGBoost's
 ``hist`` method are the device and ``max_bin`` (XGBoost refuses a booster whose
 ``max_bin`` differs from its QuantileDMatrix's). Anything else a trial searches
 (depth, rates, sampling) reuses them.
@@ -56,7 +58,7 @@ class XGBoostMatrices:
     """The train and validation matrices of one data set, for one :class:`Shape`."""
 
     train: xgb.QuantileDMatrix
-    valid: xgb.QuantileDMatrix
+    valid: xgb.DMatrix  # a QuantileDMatrix (ref= train) on a GPU
     shape: Shape
     #: Built from device arrays (CuPy); False: from host arrays, copied at first use.
     from_device_arrays: bool
@@ -136,7 +138,7 @@ class DeviceData:
 
 def _build(
     prepared: Prepared, shape: Shape, nthread: int | None
-) -> tuple[xgb.QuantileDMatrix, xgb.QuantileDMatrix, bool]:
+) -> tuple[xgb.QuantileDMatrix, xgb.DMatrix, bool]:
     """Build the pair; from device arrays when on a GPU and CuPy is there."""
     threads = nthread or -1
     names = list(prepared.feature_names)
@@ -149,14 +151,21 @@ def _build(
         nthread=threads,
         feature_names=names,
     )
-    valid = xgb.QuantileDMatrix(
-        prepared.X_valid,
-        label=prepared.y_valid,
-        ref=train,
-        max_bin=shape.max_bin,
-        nthread=threads,
-        feature_names=names,
-    )
+    valid: xgb.DMatrix
+    if shape.device.startswith("cuda"):
+        # Binned like the train matrix, and kept on the GPU once copied there.
+        valid = xgb.QuantileDMatrix(
+            prepared.X_valid,
+            label=prepared.y_valid,
+            ref=train,
+            max_bin=shape.max_bin,
+            nthread=threads,
+            feature_names=names,
+        )
+    else:
+        valid = xgb.DMatrix(
+            prepared.X_valid, label=prepared.y_valid, nthread=threads, feature_names=names
+        )
     return train, valid, False
 
 

@@ -8,6 +8,7 @@ import weakref
 
 import numpy as np
 import pytest
+import xgboost as xgb
 
 from sentinel_daemon import ml
 from sentinel_daemon.ml.devicedata import DEFAULT_MAX_BIN, DeviceData
@@ -76,3 +77,16 @@ def test_cached_trials_score_and_predict_as_uncached_ones(prepared: ml.Prepared)
             ml.evaluate(plain, prepared), abs=1e-9
         )
     assert data.builds == 1
+
+
+def test_the_validation_matrix_is_binned_on_a_gpu_and_plain_on_the_cpu(
+    prepared: ml.Prepared,
+) -> None:
+    # Building needs no GPU (without CuPy they are built on the host, copied at first use).
+    data = DeviceData()
+    on_gpu = data.xgboost(prepared, device="cuda", max_bin=32)
+    assert isinstance(on_gpu.valid, xgb.QuantileDMatrix) and not on_gpu.from_device_arrays
+    on_cpu = data.xgboost(prepared, device="cpu", max_bin=32)  # another shape: rebuilt
+    assert isinstance(on_cpu.train, xgb.QuantileDMatrix)
+    assert not isinstance(on_cpu.valid, xgb.QuantileDMatrix)  # cheaper to evaluate each round
+    assert data.builds == 2
