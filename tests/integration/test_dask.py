@@ -425,7 +425,8 @@ def test_a_cluster_without_the_gpu_resource_is_flagged_and_the_job_runs_once_one
         (connected,) = [r for r in records if r.get("event") == "dispatch.scheduler_connected"]
         assert _epoch(blocked["timestamp"]) - _epoch(connected["timestamp"]) < 5
         # The trials wait queued: started in the log, then pending in the queue, none held.
-        pending = daemon.state_dir / "queue" / "pending" / f"{job_id}.0.1.json"
+        # An XGBoost trial: in the GPU lane (the daemon's queue has lanes with Dask).
+        pending = daemon.state_dir / "queue" / "pending-gpu" / f"{job_id}.0.1.json"
         wait_for(pending.exists, 60, "trial 0 queued")
         assert of_type(daemon.events(), "trial.started", job_id=job_id, trial=0)
         assert daemon.holder_of(f"{job_id}.0.1") is None

@@ -19,7 +19,7 @@ import pytest
 
 from sentinel_daemon.core.events import Event, WorkerExited, WorkerLost, WorkerStarted
 from sentinel_daemon.daemon.dispatch import PollResult
-from sentinel_daemon.daemon.dispatch.local import Supervisor, default_worker_count
+from sentinel_daemon.daemon.dispatch.local import Supervisor
 from sentinel_daemon.daemon.dispatch.plan import plan_workers
 from sentinel_daemon.ml import synth
 from sentinel_daemon.ml.devices import _visible, discover_gpus
@@ -337,8 +337,9 @@ def test_a_planned_worker_is_told_its_gpu_and_threads_and_announced_with_them(
 def test_gpu_discovery_without_a_driver_is_an_empty_list_and_one_cpu_worker() -> None:
     gpus = discover_gpus()  # no NVIDIA driver on the test machines: [] and no exception
     assert isinstance(gpus, list)
-    assert default_worker_count([]) == 1
-    assert default_worker_count([0, 1, 2]) == 3
+    plan = plan_workers(cores=2, gpus=gpus, per_gpu=2, cpu=None, count=None)
+    if not gpus:
+        assert [w.device for w in plan.workers] == ["cpu"]
 
 
 def test_cuda_visible_devices_of_the_daemon_limits_the_gpus_it_hands_out() -> None:

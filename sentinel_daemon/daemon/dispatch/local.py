@@ -420,13 +420,7 @@ def _signal_group(slot: _Slot, signum: int) -> None:
         os.killpg(slot.proc.pid, signum)
 
 
-def default_worker_count(gpus: list[int]) -> int:
-    """One worker per GPU, or a single CPU worker when there is none."""
-    return len(gpus) or 1
-
-
 __all__ = [
     "Supervisor",
     "WorkerArgv",
-    "default_worker_count",
 ]
