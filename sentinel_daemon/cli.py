@@ -164,16 +164,23 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     from sentinel_daemon.log.store import read_state
     from sentinel_daemon.ml.devices import discover_gpus
-    from sentinel_daemon.tools.status import claimed_commands, render_status, status_report
+    from sentinel_daemon.tools.status import (
+        claimed_commands,
+        render_status,
+        status_report,
+        worker_beats,
+    )
 
     state = read_state(settings.state_dir)
+    pinned = settings.workers.gpus  # the daemon's GPUs, when the settings name them
     report = status_report(
         state,
         settings.state_dir,
         job_id=args.job,
-        gpus=discover_gpus(),
+        gpus=list(pinned) if pinned is not None else discover_gpus(),
         pid_alive=psutil.pid_exists,
         claimed=claimed_commands(settings.state_dir),
+        beats=worker_beats(settings.state_dir),
     )
     if args.json:
         _print_json(report)

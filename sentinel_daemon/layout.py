@@ -20,6 +20,7 @@ for a constant. What a part keeps inside its own folder (the queue's ``pending/`
       control/               CONTROL_DIR: requests to the daemon (cancel.<job>)
       jobs/<job>/            JOBS_DIR: job.yaml, stages/, trials/<n>/, best/, report/
       queue/                 QUEUE_DIR: the maildir between daemon and workers
+        pending/, pending-gpu/, pending-cpu/   QUEUE_LANES: commands not yet claimed
       cache/                 CACHE_DIR: Parquet feature caches keyed by content hash
       data/                  DATA_DIR: the default data root (with the daemon's cwd)
 """
@@ -63,6 +64,12 @@ REPORT_INDEX = "index.html"
 
 #: The file names the inbox takes; names beginning with a dot are ignored (``.x.tmp``).
 JOB_SUFFIXES = (".yaml", ".yml", ".json")
+
+# Inside queue/ (the rest of its folders: sentinel_daemon/queue/maildir.py):
+#: The pending folders: ``pending/`` (every worker serves it; commands of no kind, and all
+#: of them while the daemon runs workers of one kind only), and one lane per kind of
+#: worker (sentinel_daemon/queue/routing.py): ``pending-gpu/``, ``pending-cpu/``.
+QUEUE_LANES: dict[str | None, str] = {None: "pending", "gpu": "pending-gpu", "cpu": "pending-cpu"}
 
 
 def is_job_name(name: str) -> bool:

@@ -16,7 +16,7 @@ import hashlib
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 import yaml
@@ -79,9 +79,28 @@ class EventLogSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    #: Local worker processes; null means one per GPU that NVML finds, else one (CPU); 0
-    #: means none (only workers that systemd runs, sentinel-worker@.service).
+    """Local worker processes: GPU workers and CPU workers side by side (docs/gpu.md).
+
+    The split (:func:`sentinel_daemon.daemon.dispatch.plan.plan_workers`): ``per_gpu``
+    workers on each GPU of ``gpus``, one thread each; ``cpu`` CPU workers sharing the cores
+    left. ``count`` (also ``sentinel run --workers N``) overrides the total.
+    """
+
+    #: Local workers in all, overriding the split: GPU workers first (up to ``per_gpu`` a
+    #: GPU), the rest CPU workers; with no GPU, N CPU workers. Null: the split from
+    #: ``gpus``, ``per_gpu`` and ``cpu``. 0: none (only sentinel-worker@ units train).
     count: int | None = Field(default=None, ge=0, le=64)
+    #: GPU indices (NVML order) to run GPU workers on. Null: those NVML finds (honouring
+    #: the daemon's CUDA_VISIBLE_DEVICES). A list: exactly these, even where NVML sees none
+    #: (pinning; tests). ``[]``: no GPU workers.
+    gpus: list[Annotated[int, Field(ge=0, le=1023)]] | None = None
+    #: Trials sharing one GPU at once (workers per GPU). 2: on an H200, two workers on the
+    #: GPU finished the issue-14 job in 78 s against 98 s with one, and four gained nothing
+    #: (83 s).
+    per_gpu: int = Field(default=2, ge=1, le=16)
+    #: CPU workers beside the GPU workers. Null: automatic, one per two cores left once
+    #: the GPU workers have their thread each (at least one). 0: none.
+    cpu: int | None = Field(default=None, ge=0, le=64)
     #: How often a worker replaces its heartbeat file.
     heartbeat_s: float = Field(default=1.0, gt=0.0, le=60.0)
     #: A worker whose heartbeat has not changed for this long is killed and counted lost.
@@ -131,6 +150,27 @@ class ResourceSettings(_Section):
     sample_every_s: float = Field(default=1.0, gt=0.0, le=60.0)
 
 
+class XGBoostModelSettings(_Section):
+    #: ``gpu``: XGBoost trials go to GPU workers when there are any (else CPU workers);
+    #: ``cpu``: always to CPU workers.
+    device: Literal["gpu", "cpu"] = "gpu"
+
+
+class LightGBMModelSettings(_Section):
+    #: ``cpu``: LightGBM trials go to CPU workers. ``cuda``: to GPU workers, trained with
+    #: LightGBM's CUDA learner (``device_type=cuda``: needs a LightGBM built with it).
+    #: ``opencl``: to GPU workers with ``device_type=gpu`` (the PyPI wheel's OpenCL
+    #: learner; used only when asked for).
+    device: Literal["cpu", "cuda", "opencl"] = "cpu"
+
+
+class ModelSettings(_Section):
+    """Per-model routing: which kind of worker trains each model, and on what device."""
+
+    xgboost: XGBoostModelSettings = XGBoostModelSettings()
+    lightgbm: LightGBMModelSettings = LightGBMModelSettings()
+
+
 class DispatchSettings(_Section):
     """Where trials run: local worker processes, or a Dask cluster (docs/dask.md)."""
 
@@ -141,7 +181,12 @@ class DispatchSettings(_Section):
     scheduler: str | None = None
     #: The worker resource a trial asks one unit of (``dask worker --resources GPU=1``).
     resource: str = Field(default="GPU", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-    #: Trials in flight on the cluster at most; null: the cluster's whole units of ``resource``.
+    #: The worker resource a CPU trial asks one unit of (``dask worker --resources CPU=1``).
+    #: When the cluster has units of both, GPU trials ask ``resource`` and CPU trials
+    #: this; when it has units of one only, every trial asks that one.
+    cpu_resource: str = Field(default="CPU", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+    #: Trials in flight on the cluster at most; null: the cluster's whole units of
+    #: ``resource`` and ``cpu_resource`` together.
     slots: int | None = Field(default=None, ge=1, le=4096)
     #: The state directory as Dask workers mount it (shared storage); null: the same path.
     worker_state_dir: Path | None = None
@@ -152,6 +197,10 @@ class DispatchSettings(_Section):
 
     @model_validator(mode="after")
     def _dask_needs_a_scheduler(self) -> DispatchSettings:
+        if self.resource == self.cpu_resource:
+            raise ValueError(
+                f"dispatch.resource and dispatch.cpu_resource must differ (both {self.resource!r})"
+            )
         if self.backend == "dask" and not self.scheduler:
             raise ValueError(
                 "dispatch.scheduler is required when dispatch.backend is dask "
@@ -182,6 +231,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     resources: ResourceSettings = ResourceSettings()
     dispatch: DispatchSettings = DispatchSettings()
+    models: ModelSettings = ModelSettings()
 
     def resolved_data_roots(self, cwd: Path | None = None) -> list[Path]:
         """``data_roots``, or the defaults (STATE/data and the working folder) when empty."""

@@ -290,7 +290,7 @@ class DaemonProcess:
         self,
         root: Path,
         *,
-        workers: int = 1,
+        workers: int | None = 1,
         settings: Mapping[str, object] | None = None,
         faults: Mapping[str, str] | None = None,
     ) -> None:
@@ -312,9 +312,11 @@ class DaemonProcess:
     # -- life cycle ----------------------------------------------------------------------
 
     def argv(self) -> list[str]:
+        # workers=None: no --workers, so the settings (workers.gpus, per_gpu, cpu) decide.
+        count = [] if self.workers is None else ["--workers", str(self.workers)]
         return [
             sys.executable, "-m", "sentinel_daemon.cli", "run",
-            "--state-dir", str(self.state_dir), "--workers", str(self.workers),
+            "--state-dir", str(self.state_dir), *count,
         ]  # fmt: skip
 
     def start(self) -> DaemonProcess:

@@ -228,11 +228,18 @@ class ModelPromoted(_Event):
 
 
 class WorkerStarted(_Event):
+    """A worker started: its GPU (or none), the kind of trials it takes, its CPU threads."""
+
     type: Literal["worker.started"] = "worker.started"
-    v: Literal[1] = 1
+    v: Literal[2] = 2  # v2 added device and threads; v1 records are upcast (see below)
     worker: WorkerId
     pid: int
     gpu: int | None
+    #: ``gpu``: a GPU worker (takes GPU trials), ``cpu``: a CPU worker; None: either kind
+    #: (a Dask slot, whose tasks ask the cluster for the resource each needs).
+    device: Literal["gpu", "cpu"] | None = None
+    #: CPU threads the worker trains with; None: not set (all cores, or a Dask worker's).
+    threads: int | None = Field(default=None, ge=1)
 
 
 class WorkerExited(_Event):
@@ -331,12 +338,20 @@ def _add_charged(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "v": 2, "charged": True}
 
 
+def _worker_device_from_gpu(payload: dict[str, Any]) -> dict[str, Any]:
+    """v1 -> v2 of ``worker.started``: a v1 worker with a GPU trained on it, one without on
+    the CPU (each took every kind of trial); its threads were not recorded."""
+    device = "cpu" if payload.get("gpu") is None else "gpu"
+    return {**payload, "v": 2, "device": device, "threads": None}
+
+
 #: ``(type, from_version) -> function`` turning a version-N payload into version N+1.
 #: Each must be pure (a new dict; the input is left alone) and must set ``v`` to N+1.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("trial.saved", 1): _add_no_intermediate,
     ("trial.pruned", 1): _add_no_intermediate,
     ("trial.failed", 1): _add_charged,
+    ("worker.started", 1): _worker_device_from_gpu,
 }
 
 

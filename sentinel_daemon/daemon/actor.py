@@ -27,7 +27,7 @@ through ``enqueue_trial``.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,8 @@ from sentinel_daemon.ml.study import (
     recorded_study,
 )
 from sentinel_daemon.queue.messages import Progress, TrialCommand, TrialData
+from sentinel_daemon.queue.routing import wanted_device
+from sentinel_daemon.settings import ModelSettings
 from sentinel_daemon.worker.faults import FAULT_PARAM, _test_fault
 
 log = structlog.get_logger(__name__)
@@ -114,6 +116,8 @@ class ActorContext:
     #: The folders data files must resolve into when a stage or a worker opens them (the
     #: settings' ``data_roots``): checked then too, not only when the job was accepted.
     data_roots: tuple[Path, ...] | None = None
+    #: Which kind of worker each model's trials need (``models`` settings; routing).
+    models: ModelSettings = field(default_factory=ModelSettings)
 
 
 class JobActor:
@@ -451,6 +455,7 @@ class JobActor:
             data=self._data(),
             artifact_dir=trial_dir(self.job_id, number),
             report_every=self.ctx.report_every,
+            device=wanted_device(model, self.ctx.models),
         )
 
     def _data(self) -> TrialData:

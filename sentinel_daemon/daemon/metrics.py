@@ -79,6 +79,7 @@ from sentinel_daemon.daemon.blocking import REASONS
 from sentinel_daemon.daemon.monitor import ProcessKey, ProcessReading, Readings
 from sentinel_daemon.layout import EVENTS_DIR
 from sentinel_daemon.log.segfiles import list_segments
+from sentinel_daemon.queue.routing import DEVICES
 
 log = structlog.get_logger(__name__)
 
@@ -230,6 +231,19 @@ class DaemonMetrics:
         )
         self.workers_alive = Gauge(
             "sentinel_workers_alive", "Local worker processes running", registry=r
+        )
+        self.workers_by_device = Gauge(
+            "sentinel_workers",
+            "Workers running, by the kind of trials they take (gpu: GPU workers, cpu: CPU "
+            "workers); with Dask, trials in flight by the resource they asked",
+            ["device"],
+            registry=r,
+        )
+        self.worker_threads = Gauge(
+            "sentinel_worker_threads",
+            "CPU threads of the local workers running, by device; together at most the cores",
+            ["device"],
+            registry=r,
         )
         self.workers_lost = Counter(
             "sentinel_workers_lost_total",
@@ -403,10 +417,24 @@ class DaemonMetrics:
         for reason in REASONS:
             self.dispatch_blocked.labels(reason).set(1 if reason in now else 0)
 
-    def sampled(self, readings: Readings, *, pending: int, workers_alive: int) -> None:
-        """Refresh the sampled series from one round of the monitor's readings."""
+    def sampled(
+        self,
+        readings: Readings,
+        *,
+        pending: int,
+        workers_alive: int,
+        by_device: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
+        """Refresh the sampled series from one round of the monitor's readings.
+
+        ``by_device``: ``device -> (workers, threads)`` (``Dispatcher.workers_by_device``).
+        """
         self.queue_pending.set(pending)
         self.workers_alive.set(workers_alive)
+        for device in DEVICES:
+            workers, threads = (by_device or {}).get(device, (0, 0))
+            self.workers_by_device.labels(device).set(workers)
+            self.worker_threads.labels(device).set(threads)
         self.host_available.set(readings.host_available_bytes)
         for gpu in readings.gpus:
             label = str(gpu.index)

@@ -51,7 +51,7 @@ from sentinel_daemon.daemon.blocking import DispatchBlocks
 from sentinel_daemon.daemon.committer import Committer
 from sentinel_daemon.daemon.control import handle_requests
 from sentinel_daemon.daemon.deadlines import TrialClock
-from sentinel_daemon.daemon.dispatch import Dispatcher, open_dispatcher
+from sentinel_daemon.daemon.dispatch import Dispatcher, local_plan, open_dispatcher
 from sentinel_daemon.daemon.effects import Effector
 from sentinel_daemon.daemon.health import Health, status_line
 from sentinel_daemon.daemon.hostpause import REASON as HOST_REASON
@@ -69,6 +69,7 @@ from sentinel_daemon.log.segments import LogWriteFailed
 from sentinel_daemon.log.store import Store
 from sentinel_daemon.ml.devices import discover_gpus
 from sentinel_daemon.queue.maildir import Queue
+from sentinel_daemon.queue.routing import DEVICES
 from sentinel_daemon.sdnotify import Notifier
 from sentinel_daemon.settings import Settings, exported, settings_digest
 
@@ -122,11 +123,18 @@ class Daemon:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.state_dir = Path(os.path.abspath(settings.state_dir))
         self.cwd = Path.cwd()
-        self.gpus = discover_gpus()
-        # 0 is a real choice: only workers systemd runs (sentinel-worker@.service) train.
-        self.worker_count = workers if workers is not None else settings.workers.count
+        # A list in workers.gpus is taken as it is, even where NVML sees no GPU (pinning).
+        pinned = settings.workers.gpus
+        self.gpus = list(pinned) if pinned is not None else discover_gpus()
+        # 0 workers is a real choice: only workers systemd runs (sentinel-worker@) train.
+        self.requested_workers = workers
+        self.plan = local_plan(settings, workers=workers, gpus=self.gpus)
+        self.worker_count = len(self.plan.workers)
         self.worker_env = worker_env or {}
-        self.queue = Queue(self.state_dir / QUEUE_DIR, settings.queue)
+        # GPU and CPU workers side by side: commands go into a lane of their kind. The
+        # Dask dispatcher takes each kind from its lane while the cluster has its resource.
+        lanes = frozenset(DEVICES) if settings.dispatch.backend == "dask" else self.plan.lanes
+        self.queue = Queue(self.state_dir / QUEUE_DIR, settings.queue, lanes=lanes)
         # Not a SimpleQueue: on Python 3.11 its get(timeout=...) blocks forever when a signal
         # (SIGTERM) interrupts the wait and the deadline passes before it resumes (CI saw the
         # daemon ignore SIGTERM so). Queue waits on threading locks, which check for that.
@@ -174,7 +182,9 @@ class Daemon:
         self.metrics.initialise(self.store.state)
         trials = self.settings.trials
         roots = tuple(Path(os.path.abspath(r)) for r in self.settings.resolved_data_roots(self.cwd))
-        ctx = ActorContext(self.state_dir, trials.max_attempts, trials.report_every, roots)
+        ctx = ActorContext(
+            self.state_dir, trials.max_attempts, trials.report_every, roots, self.settings.models
+        )
         self.core = Committer(self.store, self.effector, self.metrics, ctx, self.host.observe)
         previous = _install_signals(self.stop_state)
         try:
@@ -212,6 +222,7 @@ class Daemon:
         generation = core.commit([DaemonStarted(pid=os.getpid(), version=__version__)])[-1]
         core.commit(recovery.reap_orphans(state))
         stale = self.queue.recover()
+        relaned = self.queue.relane()  # before any put: lanes no worker serves now emptied
         for job in state.running_jobs():  # one that cannot go on fails now, never the start
             core.guard(
                 job.job_id, "rebuilding it from the log", partial(recovery.rebuild, core, job)
@@ -227,13 +238,13 @@ class Daemon:
         self.intake = Intake(self.state_dir, self.settings, self.cwd, core)
         self.intake.open(on_file=self.files.put)
         self.intake.reconsider_claimed()  # claimed before a crash but never recorded
-        self.dispatcher, self.worker_count = open_dispatcher(
+        self.dispatcher = open_dispatcher(
             self.state_dir,
             self.settings,
-            workers=self.worker_count,
-            gpus=self.gpus,
+            plan=self.plan,
             generation=generation,
             worker_env=self.worker_env,
+            requested=self.requested_workers or self.settings.workers.count,
         )
         self.dispatcher.start()
         self.intake.start()
@@ -247,8 +258,10 @@ class Daemon:
             running_jobs=len(state.running_jobs()),
             requeued=requeued,
             stale_tmp=len(stale),
+            relaned=relaned,
             workers=self.worker_count,
             gpus=self.gpus,
+            **self.plan.describe(),
             dispatch=self.settings.dispatch.backend,
             settings=settings_digest(self.settings),
             seconds=round(time.monotonic() - t0 + core.store.report.seconds, 3),
@@ -348,6 +361,7 @@ class Daemon:
             readings,
             pending=sum(1 for holder in in_flight.values() if holder is None),
             workers_alive=self.dispatcher.workers_alive(),
+            by_device=self.dispatcher.workers_by_device(),
         )
 
     def _end_overdue(self, in_flight: dict[str, WorkerId | None], now: float) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sentinel_daemon.core.space import SpaceError
     from sentinel_daemon.ml.artifacts import LoadedModel, SavedModel, load_model, save_model
+    from sentinel_daemon.ml.devicedata import DeviceData
     from sentinel_daemon.ml.errors import (
         ArtifactError,
         DataError,
@@ -43,6 +44,7 @@ _WHERE = {
     "MLError": "errors",
     "SpaceError": "errors",
     "SplitError": "errors",
+    "DeviceData": "devicedata",
     "FEATURE_VERSION": "features",
     "Prepared": "preparation",
     "prepare": "preparation",
@@ -57,14 +59,17 @@ _SUBMODULES = frozenset(
     {
         "artifacts",
         "cache",
+        "devicedata",
         "errors",
         "features",
+        "learners",
         "loading",
         "metrics",
         "preparation",
         "schema",
         "space",
         "splits",
+        "stderrguard",
         "synth",
         "training",
     }
@@ -86,6 +91,7 @@ __all__ = [
     "FEATURE_VERSION",
     "ArtifactError",
     "DataError",
+    "DeviceData",
     "LoadedModel",
     "MLError",
     "MetricsError",

@@ -8,8 +8,7 @@ the same model.
 
 from __future__ import annotations
 
-import functools
-import json
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,11 +21,17 @@ import xgboost as xgb
 
 from sentinel_daemon.core.space import SpaceError, default_space
 from sentinel_daemon.ml import metrics
+from sentinel_daemon.ml.devicedata import DEFAULT_MAX_BIN, DeviceData
 from sentinel_daemon.ml.errors import MLError
+from sentinel_daemon.ml.learners import lightgbm_choice, xgboost_choice
 from sentinel_daemon.ml.preparation import Prepared
+from sentinel_daemon.ml.stderrguard import quiet_stderr
 
 Report = Callable[[int, float], bool]
 Booster = xgb.Booster | lgb.Booster
+#: What a trainer returns: the model cut to its best round, its native parameters, rounds
+#: trained, best round, seconds, device used, notes, and how to score the validation rows.
+Trained = tuple[Booster, dict[str, Any], int, int, float, str, list[str], Callable[[], np.ndarray]]
 
 
 class TrialPruned(MLError, optuna.TrialPruned):
@@ -103,14 +108,22 @@ def train_trial(
     report_every: int = 10,
     early_stopping_rounds: int = 50,
     seed: int = 0,
+    lightgbm_device: str = "cpu",
+    data: DeviceData | None = None,
 ) -> TrainResult:
     """Train one model on the train split, early-stopping on the validation split.
 
     ``params`` uses the scikit-learn-API names of :mod:`sentinel_daemon.core.space` (missing
     ones take the library defaults; ``n_estimators`` defaults to 100). Every ``report_every`` rounds
     ``report(step, valid_auc)`` is called; when it returns True the trial stops and
-    :class:`TrialPruned` is raised. ``device="cuda"`` trains on the GPU where the
-    library and the machine allow it, else on the CPU with a note in the result.
+    :class:`TrialPruned` is raised.
+
+    ``device`` is the device the trial is given: ``cpu``, or ``cuda[:N]``, on which XGBoost
+    trains where its build and the machine allow it, else on the CPU with a note in the
+    result (:mod:`sentinel_daemon.ml.learners`). LightGBM uses a GPU it is given only as
+    ``lightgbm_device`` says (``cpu``, ``cuda`` or ``opencl``). ``data`` keeps XGBoost's
+    matrices across trials (:class:`~sentinel_daemon.ml.devicedata.DeviceData`); without
+    it they are built for this trial alone.
     """
     known = default_space(model)  # also rejects an unknown model
     unknown = sorted(set(params) - set(known))
@@ -120,12 +133,14 @@ def train_trial(
         raise ValueError("report_every and early_stopping_rounds must be at least 1")
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda[:N]', not {device!r}")
-    trainer = _train_xgboost if model == "xgboost" else _train_lightgbm
-    booster, native, rounds, best, seconds, used, notes = trainer(
-        dict(params), prepared, device, n_threads, report, report_every, early_stopping_rounds, seed
-    )
+    fit = (report, report_every, early_stopping_rounds, seed)
+    if model == "xgboost":
+        trained = _train_xgboost(dict(params), prepared, device, n_threads, fit, data)
+    else:
+        trained = _train_lightgbm(dict(params), prepared, device, n_threads, fit, lightgbm_device)
+    booster, native, rounds, best, seconds, used, notes, score = trained
     scoring = time.perf_counter()
-    valid_scores = predict(model, booster, prepared.X_valid)
+    valid_scores = score()
     valid_metrics = metrics.compute(prepared.y_valid, valid_scores)
     return TrainResult(
         model_kind=model,
@@ -217,17 +232,28 @@ def _train_xgboost(
     prepared: Prepared,
     device: str,
     n_threads: int | None,
-    report: Report | None,
-    every: int,
-    patience: int,
-    seed: int,
-) -> tuple[xgb.Booster, dict[str, Any], int, int, float, str, list[str]]:
-    native, rounds = xgboost_params(params, device, n_threads, seed)
+    fit: tuple[Report | None, int, int, int],
+    data: DeviceData | None,
+) -> Trained:
+    report, every, patience, seed = fit
+    choice = xgboost_choice(device)
+    notes = [choice.note] if choice.note else []
+    native, rounds = xgboost_params(params, choice.device, n_threads, seed)
     hook = _XGBoostReport(report, every) if report is not None else None
     started = time.perf_counter()
-    # A plain DMatrix for the eval set: as a QuantileDMatrix it costs ~2x (MEASURED.md).
-    dtrain = xgb.DMatrix(prepared.X_train, label=prepared.y_train, nthread=n_threads or -1)
-    dvalid = xgb.DMatrix(prepared.X_valid, label=prepared.y_valid, nthread=n_threads or -1)
+    dtrain: xgb.DMatrix
+    dvalid: xgb.DMatrix
+    if data is not None:
+        # Kept across trials, binned once (QuantileDMatrix); the booster's max_bin must match.
+        matrices = data.xgboost(
+            prepared, device=choice.device, max_bin=int(native.get("max_bin", DEFAULT_MAX_BIN))
+        )
+        native["max_bin"] = matrices.shape.max_bin
+        dtrain, dvalid = matrices.train, matrices.valid
+    else:
+        # A plain DMatrix for the eval set: as a QuantileDMatrix built per trial it costs ~2x.
+        dtrain = xgb.DMatrix(prepared.X_train, label=prepared.y_train, nthread=n_threads or -1)
+        dvalid = xgb.DMatrix(prepared.X_valid, label=prepared.y_valid, nthread=n_threads or -1)
     booster = xgb.train(
         native,
         dtrain,
@@ -243,11 +269,13 @@ def _train_xgboost(
     best = int(booster.best_iteration) + 1
     final = booster[:best]
     seconds = time.perf_counter() - started  # the final model, cut to its best round, included
-    used = json.loads(booster.save_config())["learner"]["generic_param"]["device"]
-    notes = []
-    if device != "cpu" and not used.startswith("cuda"):
-        notes.append(f"XGBoost found no usable GPU for device={device!r}: trained on the CPU")
-    return final, native, trained, best, seconds, used, notes
+
+    def score() -> np.ndarray:
+        # On the validation matrix, where it lives (the GPU for a GPU booster): never
+        # inplace_predict of host rows with a GPU booster (XGBoost's mismatched devices).
+        return np.asarray(booster.predict(dvalid, iteration_range=(0, best)))
+
+    return final, native, trained, best, seconds, choice.device, notes, score
 
 
 class _Pruned(Exception):  # internal signal, never escapes train_trial
@@ -268,48 +296,19 @@ def _lightgbm_report(report: Report, every: int) -> Callable[[Any], None]:
     return callback
 
 
-@functools.cache
-def lightgbm_gpu_device() -> str | None:
-    """``cuda`` or ``gpu`` if this LightGBM build can train on a GPU here, else None.
-
-    Probed once per process with a tiny training run: a CPU-only build, or one without
-    a device, fails with a LightGBMError rather than crashing.
-    """
-    X = np.arange(400, dtype=np.float32).reshape(200, 2)
-    y = (np.arange(200) % 2).astype(np.float32)
-    for kind in ("cuda", "gpu"):
-        try:
-            lgb.train(
-                {"device_type": kind, "verbosity": -1, "num_leaves": 2, "min_data_in_leaf": 1},
-                lgb.Dataset(X, label=y),
-                num_boost_round=1,
-            )
-        except lgb.basic.LightGBMError:
-            continue
-        return kind
-    return None
-
-
 def _train_lightgbm(
     params: dict[str, Any],
     prepared: Prepared,
     device: str,
     n_threads: int | None,
-    report: Report | None,
-    every: int,
-    patience: int,
-    seed: int,
-) -> tuple[lgb.Booster, dict[str, Any], int, int, float, str, list[str]]:
-    notes = []
-    used = "cpu"
-    if device != "cpu":
-        gpu = lightgbm_gpu_device()
-        if gpu is None:
-            notes.append("this LightGBM build or machine has no usable GPU: trained on the CPU")
-        else:
-            used = gpu
-    native, rounds = lightgbm_params(params, used, n_threads, seed)
-    if used != "cpu" and ":" in device:
+    fit: tuple[Report | None, int, int, int],
+    lightgbm_device: str,
+) -> Trained:
+    report, every, patience, seed = fit
+    choice = lightgbm_choice(device, lightgbm_device)
+    notes = [choice.note] if choice.note else []
+    native, rounds = lightgbm_params(params, choice.device, n_threads, seed)
+    if choice.device != "cpu" and ":" in device:
         native["gpu_device_id"] = int(device.split(":", 1)[1])
     callbacks: list[Callable[..., Any]] = [
         lgb.early_stopping(patience, first_metric_only=True, verbose=False)
@@ -320,22 +319,33 @@ def _train_lightgbm(
     names = list(prepared.feature_names)
     dtrain = lgb.Dataset(prepared.X_train, label=prepared.y_train, feature_name=names)
     dvalid = lgb.Dataset(prepared.X_valid, label=prepared.y_valid, reference=dtrain)
+    # The OpenCL runtime prints its kernels' compiler warnings to fd 2 as the booster is
+    # built: kept out of the journal (the data sets are built inside lgb.train).
+    guard = (
+        quiet_stderr(f"lightgbm device_type={choice.device}")
+        if choice.device != "cpu"
+        else contextlib.nullcontext()
+    )
     try:
-        booster = lgb.train(
-            native,
-            dtrain,
-            num_boost_round=rounds,
-            valid_sets=[dvalid],
-            valid_names=["valid"],
-            callbacks=callbacks,
-            # Keep every round: otherwise LightGBM cuts the booster to its best round through
-            # a model-string round trip of its own, and the rounds trained are lost.
-            keep_training_booster=True,
-        )
+        with guard:
+            booster = lgb.train(
+                native,
+                dtrain,
+                num_boost_round=rounds,
+                valid_sets=[dvalid],
+                valid_names=["valid"],
+                callbacks=callbacks,
+                # Keep every round: otherwise LightGBM cuts the booster to its best round
+                # through a model-string round trip of its own, and the rounds trained are lost.
+                keep_training_booster=True,
+            )
     except _Pruned as stop:
         raise TrialPruned(stop.step, stop.value) from None
     trained = booster.current_iteration()
     best = booster.best_iteration or trained
     final = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
     seconds = time.perf_counter() - started  # the final model, cut to its best round, included
-    return final, native, trained, best, seconds, used, notes
+    return (
+        final, native, trained, best, seconds, choice.device, notes,
+        lambda: predict("lightgbm", final, prepared.X_valid),
+    )  # fmt: skip

@@ -4,6 +4,8 @@ Layout under the queue root (the daemon uses ``STATE/queue/``)::
 
     tmp/                  every file is written here first, fsynced, then renamed away
     pending/              <command_id>.json: commands put by the daemon, not yet claimed
+    pending-gpu/          the same, for GPU workers only, and for CPU workers only: the
+    pending-cpu/          lanes (sentinel_daemon/queue/routing.py; names in layout.py)
     workers/<worker_id>/  <command_id>.json the worker claimed, heartbeat.json, msg_seq,
                           prune.<command_id> (control files from the daemon)
     results/              <worker_id>.<msg_seq:012d>.<kind>.json: worker -> daemon messages
@@ -13,6 +15,14 @@ Layout under the queue root (the daemon uses ``STATE/queue/``)::
 Every hand-off is a rename within one filesystem, so a file is wholly in a folder or not
 there at all: nobody sees half a command or half a result, and of two workers renaming
 the same pending file exactly one succeeds (the other gets ENOENT and tries the next).
+
+Lanes. A queue opened with ``lanes`` (the daemon's, when it runs GPU and CPU workers) puts
+a command whose ``device`` is one of them into that lane's folder, every other command into
+``pending/``. A worker claims from ``pending/`` and its own lane (``claim(..., lane=)``),
+oldest first across both. Every pending folder counts the same for ``put``'s duplicate
+check, ``withdraw``, ``in_flight`` and restart; :meth:`Queue.relane` moves pending
+commands into the folders that the current lanes say (a daemon restarted with other
+workers), by rename, so a command is always in exactly one folder.
 
 Roles: the daemon (one process, one thread) calls :meth:`Queue.put`, ``results``,
 ``ack``, ``take_back``, ``in_flight``, ``recover``, ``request_prune`` and ``last_beat``;
@@ -50,6 +60,7 @@ from pydantic import (
 
 from sentinel_daemon.core.ids import WorkerId
 from sentinel_daemon.fsutil import atomic_write_bytes, free_name, fsync_dir
+from sentinel_daemon.layout import QUEUE_LANES
 from sentinel_daemon.queue.messages import (
     _WORKER_ID,
     MESSAGE_ADAPTER,
@@ -61,6 +72,7 @@ from sentinel_daemon.queue.messages import (
     TrialCommand,
     WorkerMessage,
 )
+from sentinel_daemon.queue.routing import Device, lane_for
 from sentinel_daemon.settings import QueueSettings
 
 log = structlog.get_logger(__name__)
@@ -115,7 +127,8 @@ class Queue:
     """One queue directory; safe to use from several processes at once (see the module doc).
 
     ``on_bad`` is told about every malformed file moved aside (the default logs a warning);
-    the call that met it carries on as if the file had not been there.
+    the call that met it carries on as if the file had not been there. ``lanes``: the
+    lanes :meth:`put` uses (see the module doc); none, every command goes to ``pending/``.
     """
 
     def __init__(
@@ -123,17 +136,24 @@ class Queue:
         root: Path,
         settings: QueueSettings | None = None,
         on_bad: Callable[[BadFile], None] = _log_bad,
+        lanes: frozenset[Device] = frozenset(),
     ) -> None:
         self.root = Path(root)
         self.settings = settings or QueueSettings()
         self.on_bad = on_bad
+        self.lanes = lanes
         self.tmp = self.root / "tmp"
-        self.pending = self.root / "pending"
+        #: Every pending folder by lane (None: the shared ``pending/``).
+        self.pending_dirs: dict[str | None, Path] = {
+            lane: self.root / name for lane, name in QUEUE_LANES.items()
+        }
+        self.pending = self.pending_dirs[None]
         self.workers = self.root / "workers"
         self.results_dir = self.root / "results"
         self.dead = self.root / "dead"
         self.bad = self.root / "bad"
-        for folder in (self.tmp, self.pending, self.workers, self.results_dir, self.dead, self.bad):
+        folders = (self.tmp, *self.pending_dirs.values(), self.workers, self.results_dir)
+        for folder in (*folders, self.dead, self.bad):
             folder.mkdir(parents=True, exist_ok=True)
         # put and post fsync the folder a file lands in; the folders' own entries (and the
         # queue's in the state directory) must be durable too, or a power cut takes them
@@ -154,8 +174,10 @@ class Queue:
         """
         name = f"{command.command_id}.json"
         # Pending first, then claimed: a claim only ever moves pending -> workers, so a
-        # command claimed between the two look-ups is still seen by the second.
-        if (self.pending / name).exists():
+        # command claimed between the two look-ups is still seen by the second. (relane
+        # moves a command between pending folders only at the daemon's start-up, in the
+        # daemon itself, never during a put.)
+        if any((folder / name).exists() for folder in self.pending_dirs.values()):
             return PutOutcome.ALREADY_PENDING
         if self._holder(name) is not None:
             return PutOutcome.ALREADY_CLAIMED
@@ -163,17 +185,29 @@ class Queue:
         # would tie; strictly rising stamps keep claim order equal to put order.
         self._last_put_ns = max(time.time_ns(), self._last_put_ns + 1)
         data = command.model_dump_json().encode()
-        self._publish(name, self.pending / name, data, mtime_ns=self._last_put_ns)
+        folder = self.pending_dirs[lane_for(command.device, self.lanes)]
+        self._publish(name, folder / name, data, mtime_ns=self._last_put_ns)
         return PutOutcome.QUEUED
 
-    def claim(self, worker_id: str) -> ClaimedCommand | None:
-        """Take the oldest pending command (by the time it was written), or None."""
+    def claim(
+        self, worker_id: str, lane: Device | None = None, *, every_lane: bool = False
+    ) -> ClaimedCommand | None:
+        """Take the oldest pending command (by the time it was written), or None.
+
+        From ``pending/`` and, given ``lane``, that lane's folder (never another lane's);
+        ``every_lane``: from every pending folder (the Dask dispatcher, on a cluster that
+        offers one kind of resource only).
+        """
         wid = self._worker(worker_id)
         wdir = self.worker_dir(wid)
-        for name in self._pending_oldest_first():
+        if every_lane:
+            folders = list(self.pending_dirs.values())
+        else:
+            folders = [self.pending] if lane is None else [self.pending, self.pending_dirs[lane]]
+        for folder, name in self._pending_oldest_first(folders):
             target = wdir / name
             try:
-                os.rename(self.pending / name, target)
+                os.rename(folder / name, target)
             except FileNotFoundError:
                 continue  # another worker renamed it first
             command = self._load_command(target, f"workers-{wid}")
@@ -182,12 +216,16 @@ class Queue:
         return None
 
     def claim_wait(
-        self, worker_id: str, timeout_s: float, stop: Callable[[], bool] = lambda: False
+        self,
+        worker_id: str,
+        timeout_s: float,
+        stop: Callable[[], bool] = lambda: False,
+        lane: Device | None = None,
     ) -> ClaimedCommand | None:
         """:meth:`claim`, polling every ``poll_interval_s`` until ``timeout_s`` or ``stop()``."""
         deadline = time.monotonic() + timeout_s
         while True:
-            claimed = self.claim(worker_id)
+            claimed = self.claim(worker_id, lane)
             if claimed is not None or stop() or time.monotonic() >= deadline:
                 return claimed
             time.sleep(min(self.settings.poll_interval_s, max(deadline - time.monotonic(), 0)))
@@ -207,7 +245,36 @@ class Queue:
         commands when it stops dispatching; its log still says the trial runs, so the next
         start puts the command again.
         """
-        return _unlink(self.pending / f"{command_id}.json")
+        name = f"{command_id}.json"
+        return any([_unlink(folder / name) for folder in self.pending_dirs.values()])
+
+    def relane(self) -> int:
+        """Move every pending command into the folder the current ``lanes`` give it.
+
+        The daemon calls it at start-up, before its workers start: a command put into a
+        lane by a predecessor that ran both kinds of workers must not wait in a lane that
+        no worker serves now, and one in ``pending/`` goes to its lane now that there are
+        lanes. A rename, so the command is in one folder at every instant (a worker of the
+        predecessor's that still claims meanwhile just wins the race). How many moved.
+        """
+        moved = 0
+        for lane, folder in self.pending_dirs.items():
+            for name in self._command_names(folder):
+                command = self._load_command(folder / name, QUEUE_LANES[lane])
+                if command is None:
+                    continue
+                target = self.pending_dirs[lane_for(command.device, self.lanes)]
+                if target == folder:
+                    continue
+                try:
+                    os.rename(folder / name, target / name)
+                except FileNotFoundError:
+                    continue  # claimed meanwhile
+                moved += 1
+        if moved:
+            for folder in self.pending_dirs.values():
+                fsync_dir(folder)
+        return moved
 
     def should_prune(self, worker_id: str, command_id: str) -> bool:
         """Whether the daemon asked to prune ``command_id`` (one stat: call it every round)."""
@@ -306,7 +373,9 @@ class Queue:
     def in_flight(self) -> dict[str, WorkerId | None]:
         """Command id -> the worker holding it, or None while it is pending (for restart)."""
         flight: dict[str, WorkerId | None] = {
-            name[: -len(".json")]: None for name in self._command_names(self.pending)
+            name[: -len(".json")]: None
+            for folder in self.pending_dirs.values()
+            for name in self._command_names(folder)
         }
         for entry in os.scandir(self.workers):
             if entry.is_dir() and _WORKER_ID.match(entry.name):
@@ -413,22 +482,25 @@ class Queue:
             if name.endswith(".json") and name != HEARTBEAT and not name.startswith(".")
         ]
 
-    def _pending_oldest_first(self) -> list[str]:
+    def _pending_oldest_first(self, folders: list[Path]) -> list[tuple[Path, str]]:
         # put stamps each file with a strictly rising mtime (rename keeps it) and the daemon
-        # is the one writer, so this is put order unless the wall clock steps back.
+        # is the one writer, so this is put order (across folders too) unless the wall
+        # clock steps back.
         keyed = []
-        for entry in os.scandir(self.pending):
-            if entry.name.startswith("."):
-                continue
-            if not entry.name.endswith(".json"):
-                self._move_aside(Path(entry.path), "pending", "not a <command_id>.json file")
-                continue
-            try:
-                keyed.append((entry.stat().st_mtime_ns, entry.name))
-            except FileNotFoundError:
-                continue
+        for folder in folders:
+            for entry in os.scandir(folder):
+                if entry.name.startswith("."):
+                    continue
+                if not entry.name.endswith(".json"):
+                    reason = "not a <command_id>.json file"
+                    self._move_aside(Path(entry.path), folder.name, reason)
+                    continue
+                try:
+                    keyed.append((entry.stat().st_mtime_ns, entry.name, folder))
+                except FileNotFoundError:
+                    continue
         keyed.sort()
-        return [name for _, name in keyed]
+        return [(folder, name) for _, name, folder in keyed]
 
     def _load_command(self, path: Path, origin: str) -> TrialCommand | None:
         try:

@@ -68,6 +68,9 @@ class TrialData(_Message):
 class TrialCommand(_Message):
     """One attempt of one trial, from the daemon to a worker.
 
+    ``device`` routes it (:mod:`sentinel_daemon.queue.routing`); a worker trains it on its
+    GPU unless it says ``cpu``.
+
     ``command_id`` is derived from ``job_id``, ``trial`` and ``attempt``; it is written out
     for operators (``jq .command_id``) and checked against those fields when read back.
     """
@@ -82,6 +85,10 @@ class TrialCommand(_Message):
     artifact_dir: str
     #: Report a ``progress`` message every this many boosting rounds.
     report_every: int = Field(ge=1)
+    #: The kind of worker the trial needs (:func:`sentinel_daemon.queue.routing.wanted_device`):
+    #: ``gpu`` or ``cpu``. None in commands written before the field existed: they still
+    #: load, go to the shared ``pending/`` and train on whatever their worker has.
+    device: Literal["gpu", "cpu"] | None = None
 
     @model_validator(mode="before")
     @classmethod

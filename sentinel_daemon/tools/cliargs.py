@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="local worker processes (default: workers.count, else one per GPU, else 1)",
+        help="local worker processes in all: GPU workers first (workers.per_gpu a GPU), the "
+        "rest CPU workers (default: workers.count, else workers.per_gpu on each GPU and "
+        "CPU workers on the cores left; docs/gpu.md)",
     )
 
     submit = _add(sub, "submit", "validate a job file and place it in the inbox", parents=[common])

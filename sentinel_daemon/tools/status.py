@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,38 @@ def claimed_commands(state_dir: Path) -> set[str]:
     return held
 
 
+def worker_beats(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each worker's last heartbeat (``queue/workers/<id>/heartbeat.json``: its ``lane``,
+    ``threads``, ``gpu``...), read without a lock; a missing or torn one is left out."""
+    beats: dict[str, dict[str, Any]] = {}
+    workers = Path(state_dir) / QUEUE_DIR / "workers"
+    try:
+        folders = [e for e in os.scandir(workers) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return beats
+    for folder in folders:
+        with contextlib.suppress(OSError, orjson.JSONDecodeError):
+            info = orjson.loads((Path(folder.path) / HEARTBEAT).read_bytes())
+            if isinstance(info, dict):
+                beats[folder.name] = info
+    return beats
+
+
+def _worker_row(worker: Any, beat: Mapping[str, Any]) -> dict[str, Any]:
+    """A live worker for status: its GPU, the kind of trials it takes, its threads."""
+    device = beat.get("lane")
+    if device not in ("gpu", "cpu"):
+        device = "cpu" if worker.gpu is None else "gpu"
+    threads = beat.get("threads")
+    return {
+        "worker": worker.worker,
+        "pid": worker.pid,
+        "gpu": worker.gpu,
+        "device": device,
+        "threads": threads if isinstance(threads, int) else None,
+    }
+
+
 def status_report(
     state: State,
     state_dir: Path,
@@ -168,9 +200,12 @@ def status_report(
     gpus: Sequence[int] = (),
     pid_alive: Callable[[int], bool] = lambda pid: False,
     claimed: Collection[str] | None = None,
+    beats: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """``sentinel status`` as JSON-ready data; ``job_id`` (an id, or a name one job alone
-    has) narrows it to one job; ``claimed`` as for :func:`job_summary`."""
+    has) narrows it to one job; ``claimed`` as for :func:`job_summary`; ``beats``: the
+    workers' heartbeats (:func:`worker_beats`), which say each one's device and threads."""
+    beats = beats or {}
     if job_id:
         job = resolve_job(state, job_id, state_dir)
         if job is None:
@@ -186,7 +221,7 @@ def status_report(
         "daemon": {"pid": pid, "alive": alive, "health": _health(state_dir) if alive else None},
         "jobs": [job_summary(j, claimed) for j in jobs],
         "workers": [
-            {"worker": w.worker, "pid": w.pid, "gpu": w.gpu}
+            _worker_row(w, beats.get(w.worker, {}))
             for w in state.workers.values()
             if w.status is WorkerStatus.ALIVE
         ],
@@ -299,11 +334,7 @@ def render_status(report: dict[str, Any]) -> str:
         slots = ", ".join(w["worker"] for w in workers) or "none yet"
         lines.append(f"workers: on the Dask cluster; slots used: {slots}")
     else:
-        cells = [
-            f"{w['worker']} (pid {w['pid']}, "
-            f"{'cpu' if w['gpu'] is None else 'gpu ' + str(w['gpu'])})"
-            for w in workers
-        ]
+        cells = [_worker_cell(w) for w in workers]
         lines.append(f"workers: {', '.join(cells) if cells else 'none alive'}")
     gpus = report["gpus"]
     lines.append(f"gpus: {', '.join(map(str, gpus)) if gpus else 'none (workers train on CPU)'}")
@@ -314,3 +345,12 @@ def render_status(report: dict[str, Any]) -> str:
 
 
 # ---- cancel ---------------------------------------------------------------------------
+
+
+def _worker_cell(worker: Mapping[str, Any]) -> str:
+    """``w0-3-1 (pid 4250, gpu 0, 1 thread)``: where a worker trains, with how many threads."""
+    where = "cpu" if worker["gpu"] is None else f"gpu {worker['gpu']}"
+    threads = worker.get("threads")
+    if threads is not None:
+        where += f", {threads} thread{'s' if threads != 1 else ''}"
+    return f"{worker['worker']} (pid {worker['pid']}, {where})"

@@ -1,7 +1,25 @@
 """The worker process (``sentinel worker``): claims trial commands, trains, saves, reports.
 
 One worker is one OS process with one GPU (``CUDA_VISIBLE_DEVICES`` is set by whoever
-starts it, so the worker always asks for ``cuda``) or none (CPU). Its loop:
+starts it, so the worker always asks for ``cuda``) or none (CPU).
+
+What the daemon tells it (:meth:`~sentinel_daemon.daemon.dispatch.local.Supervisor`), on
+its command line, which :func:`build_parser` reads and the
+:class:`~sentinel_daemon.worker.runner.TrialRunner` keeps:
+
+- ``--gpu N``: a GPU worker on GPU ``N`` (NVML's index; ``CUDA_VISIBLE_DEVICES=N`` in its
+  environment, so CUDA calls it ``cuda:0``): ``runner.gpu``; absent, a CPU worker;
+- ``--threads T``: the CPU threads its training may use (``nthread``/``num_threads``;
+  ``OMP_NUM_THREADS=T`` in its environment too): ``runner.threads``; absent, all cores.
+
+A GPU worker claims GPU trials (the queue's ``pending-gpu/`` lane) and a CPU worker CPU
+trials (``pending-cpu/``), both also the shared ``pending/``
+(:mod:`sentinel_daemon.queue.routing`). A GPU worker on a host where no CUDA device is
+visible (NVML finds none) says so once, in its ``worker.started`` log line
+(``cuda: false`` and a ``note``), and its trials train on the CPU (XGBoost falls back by
+itself and notes it in the trial's result).
+
+Its loop:
 
 1. claim the oldest command from ``STATE/queue/`` (a short ``claim_wait``, so that signals
    and the parent check are seen within a second);
@@ -73,6 +91,7 @@ from sentinel_daemon.fsutil import restrict_umask
 from sentinel_daemon.layout import QUEUE_DIR
 from sentinel_daemon.logs import configure_logging
 from sentinel_daemon.queue.maildir import ClaimedCommand, Queue
+from sentinel_daemon.queue.routing import Device
 from sentinel_daemon.settings import (
     CONFIG_ENV,
     QueueSettings,
@@ -113,15 +132,20 @@ class Worker(TrialRunner):
         threads: int | None = None,
         queue: QueueSettings | None = None,
         settings_id: str | None = None,
+        lightgbm_device: str = "cpu",
     ) -> None:
         if heartbeat_s <= 0:
             raise ValueError(f"heartbeat_s must be positive, not {heartbeat_s}")
-        super().__init__(state_dir, worker_id, gpu=gpu, threads=threads)
+        super().__init__(
+            state_dir, worker_id, gpu=gpu, threads=threads, lightgbm_device=lightgbm_device
+        )
         self.heartbeat_s = heartbeat_s
         self.parent_pid = parent_pid
         if stop is not None:
             self.stop = stop
         self.queue = Queue(self.state_dir / QUEUE_DIR, queue)
+        #: The queue lane it serves besides ``pending/``: its kind.
+        self.lane: Device = "cpu" if gpu is None else "gpu"
         #: :func:`~sentinel_daemon.settings.settings_digest` of the settings it runs with.
         self.settings_id = settings_id
         self.channel = QueueChannel(self.queue, worker_id)
@@ -154,7 +178,12 @@ class Worker(TrialRunner):
                 "trials_done": self.trials_done,
                 "data_loads": self.data_loads,
                 "data_reuses": self.data_reuses,
+                # XGBoost's matrices (ml.devicedata): built once per data set and shape.
+                "matrix_builds": self.matrix_builds,
+                "matrix_reuses": self.matrix_reuses,
                 "gpu": self.gpu,
+                "lane": self.lane,
+                "threads": self.threads,
             },
         )
 
@@ -192,7 +221,13 @@ class Worker(TrialRunner):
             self.log.warning("worker.orphaned", parent_pid=self.parent_pid, ppid=os.getppid())
             return EXIT_ORPHANED
         self.log.info(
-            "worker.started", pid=os.getpid(), device=self.device, settings=self.settings_id
+            "worker.started",
+            pid=os.getpid(),
+            device=self.device,
+            lane=self.lane,
+            threads=self.threads,
+            settings=self.settings_id,
+            **self._cuda_note(),
         )
         self.start_heartbeat()
         try:
@@ -200,7 +235,9 @@ class Worker(TrialRunner):
                 if self.parent_gone():
                     self.orphaned = True
                     break
-                claimed = self.queue.claim_wait(self.worker_id, CLAIM_WAIT_S, self.stopping)
+                claimed = self.queue.claim_wait(
+                    self.worker_id, CLAIM_WAIT_S, self.stopping, lane=self.lane
+                )
                 if claimed is not None:
                     self.run_trial(claimed)
         finally:
@@ -212,6 +249,20 @@ class Worker(TrialRunner):
             trials_done=self.trials_done,
         )
         return self.exit_code()
+
+    def _cuda_note(self) -> dict[str, Any]:
+        """For a GPU worker: whether a CUDA device is visible, and a note when none is."""
+        if self.gpu is None:
+            return {}
+        from sentinel_daemon.ml.devices import discover_gpus
+
+        if discover_gpus():
+            return {"cuda": True}
+        return {
+            "cuda": False,
+            "note": f"no CUDA device visible for GPU {self.gpu} (no NVIDIA driver or GPU): "
+            "its trials train on the CPU",
+        }
 
     def run_trial(self, claimed: ClaimedCommand) -> None:
         """Train one claimed command and answer it; abandon it silently when stopping."""
@@ -247,6 +298,7 @@ def run_worker(
         threads=threads,
         queue=None if settings is None else settings.queue,
         settings_id=None if settings is None else settings_digest(settings),
+        lightgbm_device="cpu" if settings is None else settings.models.lightgbm.device,
     )
     previous: dict[signal.Signals, Any] = {}
 
@@ -281,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--id", required=True, dest="worker_id", help="unique worker id")
     parser.add_argument(
-        "--gpu", type=int, default=None, help="GPU index (CUDA_VISIBLE_DEVICES is set by caller)"
+        "--gpu",
+        type=int,
+        default=None,
+        help="a GPU worker on this GPU index (CUDA_VISIBLE_DEVICES is set by the caller); "
+        "it takes GPU trials. Absent: a CPU worker, taking CPU trials",
     )
     parser.add_argument(
         "--heartbeat-s",
@@ -292,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--parent-pid", type=int, default=None, help="exit when no longer this pid's child"
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for training")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for training (default: all)"
+    )
     parser.add_argument(
         "--config",
         type=Path,

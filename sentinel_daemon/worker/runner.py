@@ -20,6 +20,7 @@ import structlog
 
 from sentinel_daemon.errors import SentinelError
 from sentinel_daemon.ml.artifacts import find_saved
+from sentinel_daemon.ml.learners import gpu_device  # numpy only: XGBoost loads when it trains
 from sentinel_daemon.queue.maildir import Outbox, Queue
 from sentinel_daemon.queue.messages import (
     Failed,
@@ -106,13 +107,23 @@ class TrialRunner:
     """
 
     def __init__(
-        self, state_dir: Path, worker_id: str, *, gpu: int | None, threads: int | None = None
+        self,
+        state_dir: Path,
+        worker_id: str,
+        *,
+        gpu: int | None,
+        threads: int | None = None,
+        lightgbm_device: str = "cpu",
     ) -> None:
         self.state_dir = Path(state_dir)
         self.worker_id = worker_id
         self.gpu = gpu
-        self.device = "cpu" if gpu is None else "cuda"
+        # ``cuda`` under CUDA_VISIBLE_DEVICES pinning (the supervisor's and the units'
+        # way), else ``cuda:<gpu>``; XGBoost's probe finds out whether it is usable.
+        self.device = gpu_device(gpu)
         self.threads = threads
+        #: ``models.lightgbm.device``: how LightGBM uses this worker's GPU (cpu: it does not).
+        self.lightgbm_device = lightgbm_device
         self.log = log.bind(worker=worker_id, gpu=gpu)
         self.stop = threading.Event()
         self.orphaned = False
@@ -126,9 +137,25 @@ class TrialRunner:
         # IEEE-CIS sets could exhaust memory; interleaved jobs just prepare again (cached).
         self._data_key: TrialData | None = None
         self._prepared: ml.Prepared | None = None
+        # XGBoost's matrices of that one data set, kept across trials (on the GPU for a
+        # GPU worker): released with it (ml.devicedata).
+        self._device_data: ml.DeviceData | None = None
+
+    @property
+    def matrix_builds(self) -> int:
+        return 0 if self._device_data is None else self._device_data.builds
+
+    @property
+    def matrix_reuses(self) -> int:
+        return 0 if self._device_data is None else self._device_data.reuses
 
     def stopping(self) -> bool:
         return self.orphaned or self.stop.is_set()
+
+    def device_for(self, command: TrialCommand) -> str:
+        """Where ``command`` trains: this worker's device, but the CPU for a command that
+        needs a CPU worker (one a GPU worker took because no CPU worker runs)."""
+        return "cpu" if command.device == "cpu" else self.device
 
     def answer(self, command: TrialCommand, channel: Channel) -> str | None:
         """Train ``command`` and send its answer; the outcome, or None if abandoned.
@@ -228,10 +255,12 @@ class TrialRunner:
             command.model,
             params,
             prepared,
-            device=self.device,
+            device=self.device_for(command),
             n_threads=self.threads,
             report=report,
             report_every=command.report_every,
+            lightgbm_device=self.lightgbm_device,
+            data=self._device_data,
         )
         out_dir = self._resolve(command.artifact_dir) / f"{command.attempt}-{self.worker_id}"
         saved = ml.save_model(
@@ -267,7 +296,10 @@ class TrialRunner:
         if self._prepared is not None and self._data_key == data:
             self.data_reuses += 1
             return self._prepared
-        # Drop the old set before building the new one: never two in memory at once.
+        # Drop the old set (and its matrices) before building the new one: never two in
+        # memory at once.
+        if self._device_data is not None:
+            self._device_data.release()
         self._prepared = self._data_key = None
         prepared = ml.prepare(
             self._resolve(data.transactions),
@@ -281,6 +313,8 @@ class TrialRunner:
         )
         self.data_loads += 1
         self._prepared, self._data_key = prepared, data
+        if self._device_data is None:
+            self._device_data = ml.DeviceData(nthread=self.threads)
         self.log.info(
             "worker.data_prepared",
             data_hash=prepared.data_hash,

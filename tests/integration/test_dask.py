@@ -425,7 +425,8 @@ def test_a_cluster_without_the_gpu_resource_is_flagged_and_the_job_runs_once_one
         (connected,) = [r for r in records if r.get("event") == "dispatch.scheduler_connected"]
         assert _epoch(blocked["timestamp"]) - _epoch(connected["timestamp"]) < 5
         # The trials wait queued: started in the log, then pending in the queue, none held.
-        pending = daemon.state_dir / "queue" / "pending" / f"{job_id}.0.1.json"
+        # An XGBoost trial: in the GPU lane (the daemon's queue has lanes with Dask).
+        pending = daemon.state_dir / "queue" / "pending-gpu" / f"{job_id}.0.1.json"
         wait_for(pending.exists, 60, "trial 0 queued")
         assert of_type(daemon.events(), "trial.started", job_id=job_id, trial=0)
         assert daemon.holder_of(f"{job_id}.0.1") is None
@@ -436,6 +437,59 @@ def test_a_cluster_without_the_gpu_resource_is_flagged_and_the_job_runs_once_one
         unblocked = [r for r in daemon.log_records() if r.get("event") == "dispatch.unblocked"]
         assert [(r["reason"], r["level"]) for r in unblocked] == [("no_capacity", "info")]
         assert not violations(daemon.state_dir)
+        assert daemon.stop() == 0
+    finally:
+        daemon.cleanup()
+        cli.kill_all()
+
+
+def test_gpu_trials_ask_the_gpu_resource_and_cpu_trials_the_cpu_resource(
+    tmp_path: Path, dataset: Path
+) -> None:
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    copy_dataset(dataset, tmp_path / "data")
+    daemon = DaemonProcess(
+        tmp_path,
+        workers=0,
+        settings={"SENTINEL_DISPATCH__BACKEND": "dask", "SENTINEL_DISPATCH__SCHEDULER": address},
+    )  # no slow trial: this one is about where trials run
+    cli = DaskProcesses(tmp_path)
+    try:
+        cli.scheduler(port)
+        cli.worker(address, resources="GPU=1")
+        cli.worker(address, resources="CPU=1")
+        _wait_for_workers(address, 2)
+        with distributed.Client(address, timeout=10, set_as_default=False) as client:
+            offers = {a: w["resources"] for a, w in client.scheduler_info()["workers"].items()}
+            pids: dict[str, int] = client.run(os.getpid)
+        resource_of_pid = {pids[a]: next(iter(r)) for a, r in offers.items()}
+        assert sorted(resource_of_pid.values()) == ["CPU", "GPU"]
+        daemon.start()
+        job_id = daemon.submit(
+            write_job(
+                daemon.root / "jobs",
+                "routed",
+                models=("xgboost", "lightgbm"),
+                n_trials=1,
+                parallelism=2,
+            )
+        )
+        daemon.wait_for_job(job_id, timeout=180)
+        saved = of_type(check_invariants(daemon.state_dir), "trial.saved", job_id=job_id)
+        assert len(saved) == 2
+        # Each model on the Dask worker with its resource: the artifact's folder names the
+        # process that trained it (attempt-host-pid).
+        ran_on = {
+            (
+                e["model"],
+                resource_of_pid[int(PurePosixPath(e["artifact"]).parent.name.rsplit("-", 1)[1])],
+            )
+            for e in saved
+        }
+        assert ran_on == {("xgboost", "GPU"), ("lightgbm", "CPU")}
+        dispatch = _health(daemon)["dispatch"]
+        assert dispatch["units"] == {"GPU": 1, "CPU": 1} and dispatch["slots"] == 2
         assert daemon.stop() == 0
     finally:
         daemon.cleanup()

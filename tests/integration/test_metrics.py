@@ -46,6 +46,8 @@ FAMILIES = {
     "sentinel_eventlog_fsync_duration_seconds": "histogram",
     "sentinel_queue_pending_commands": "gauge",
     "sentinel_workers_alive": "gauge",
+    "sentinel_workers": "gauge",
+    "sentinel_worker_threads": "gauge",
     "sentinel_workers_lost": "counter",
     "sentinel_gpus": "gauge",
     "sentinel_gpu_memory_used_bytes": "gauge",

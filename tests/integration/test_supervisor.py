@@ -19,7 +19,8 @@ import pytest
 
 from sentinel_daemon.core.events import Event, WorkerExited, WorkerLost, WorkerStarted
 from sentinel_daemon.daemon.dispatch import PollResult
-from sentinel_daemon.daemon.dispatch.local import Supervisor, default_worker_count
+from sentinel_daemon.daemon.dispatch.local import Supervisor
+from sentinel_daemon.daemon.dispatch.plan import plan_workers
 from sentinel_daemon.ml import synth
 from sentinel_daemon.ml.devices import _visible, discover_gpus
 from sentinel_daemon.queue.maildir import Queue
@@ -301,11 +302,44 @@ def test_each_worker_gets_its_gpu_in_cuda_visible_devices(
     assert seen == {"w0-0-1": "0", "w1-0-1": "1", "w2-0-1": "0"}
 
 
+def test_a_planned_worker_is_told_its_gpu_and_threads_and_announced_with_them(
+    tmp_path: Path, make_supervisor: MakeSupervisor
+) -> None:
+    out = tmp_path / "env"
+    out.mkdir()
+    code = (
+        "import os, sys, pathlib\n"
+        f"pathlib.Path({str(out)!r}, sys.argv[1]).write_text("
+        "os.environ['CUDA_VISIBLE_DEVICES'] + '/' + os.environ['OMP_NUM_THREADS'])\n"
+    )
+    plan = plan_workers(cores=4, gpus=[3], per_gpu=1, cpu=1, count=None)
+    sup = make_supervisor(
+        count=0,
+        plan=plan,
+        restart_backoff_s=(60.0, 60.0),
+        worker_argv=lambda worker_id, gpu: [sys.executable, "-c", code, worker_id],
+    )
+    watch = Watch(sup)
+    sup.start()
+    watch.until(WorkerLost, 2)  # the stand-ins exit at once
+    started = {e.worker: (e.gpu, e.device, e.threads) for e in watch.of(WorkerStarted)}
+    assert started == {"w0-0-1": (3, "gpu", 1), "w1-0-1": (None, "cpu", 3)}
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"w0-0-1": "3/1", "w1-0-1": "/3"}
+    assert sup.describe() | {"workers": 0} == {
+        "backend": "local",
+        "workers": 0,
+        "gpu_workers": 1,
+        "cpu_workers": 1,
+        "threads": 4,
+    }
+
+
 def test_gpu_discovery_without_a_driver_is_an_empty_list_and_one_cpu_worker() -> None:
     gpus = discover_gpus()  # no NVIDIA driver on the test machines: [] and no exception
     assert isinstance(gpus, list)
-    assert default_worker_count([]) == 1
-    assert default_worker_count([0, 1, 2]) == 3
+    plan = plan_workers(cores=2, gpus=gpus, per_gpu=2, cpu=None, count=None)
+    if not gpus:
+        assert [w.device for w in plan.workers] == ["cpu"]
 
 
 def test_cuda_visible_devices_of_the_daemon_limits_the_gpus_it_hands_out() -> None:

@@ -290,3 +290,25 @@ def test_a_worker_refuses_data_swapped_for_a_fifo_or_outside_its_roots_and_carri
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == EXIT_OK
+
+
+def test_a_worker_keeps_xgboost_matrices_across_trials_of_one_data_set(
+    state_dir: Path, queue: Queue, data_files: tuple[Path, Path], start_worker: StartWorker
+) -> None:
+    commands = [
+        _command(data_files, 0, "xgboost"),
+        _command(data_files, 1, "xgboost", XGB | {"max_depth": 2}),
+        _command(data_files, 2, "lightgbm"),
+    ]
+    for command in commands:
+        queue.put(command)
+    proc = start_worker("wm")
+    inbox = Inbox(queue)
+    for command in commands:
+        inbox.wait(command.command_id, Saved)
+    wait_for(lambda: _beat_info(queue, "wm").get("trials_done") == 3, what="a fresh beat")
+    info = _beat_info(queue, "wm")
+    assert (info["matrix_builds"], info["matrix_reuses"]) == (1, 1)
+    assert (info["data_loads"], info["data_reuses"]) == (1, 2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == EXIT_OK

@@ -56,14 +56,22 @@ def test_trial_is_pruned_when_the_hook_says_so(model: str, prepared: ml.Prepared
     assert isinstance(caught.value, optuna.TrialPruned)
 
 
-@pytest.mark.filterwarnings("ignore:.*GPU:UserWarning")  # XGBoost's own note of the fallback
 @pytest.mark.parametrize("model", MODELS)
 def test_cuda_request_trains_anyway_and_says_where(model: str, prepared: ml.Prepared) -> None:
-    result = ml.train_trial(model, SMALL[model], prepared, device="cuda")
+    lightgbm_device = "cuda" if model == "lightgbm" else "cpu"
+    result = ml.train_trial(
+        model, SMALL[model], prepared, device="cuda", lightgbm_device=lightgbm_device
+    )
     if result.device == "cpu":  # no GPU here (or no GPU build): the fallback must be visible
         assert result.notes and "CPU" in result.notes[0]
     else:
-        assert result.device in ("cuda", "gpu")
+        assert result.device == "cuda"
+
+
+def test_lightgbm_given_a_gpu_trains_on_the_cpu_unless_asked(prepared: ml.Prepared) -> None:
+    result = ml.train_trial("lightgbm", SMALL["lightgbm"], prepared, device="cuda")
+    assert result.device == "cpu" and result.native_params["device_type"] == "cpu"
+    assert result.notes == ()  # the setting's choice, not a fallback
 
 
 def test_unknown_parameter_or_model_is_refused(prepared: ml.Prepared) -> None:

@@ -283,3 +283,13 @@ def test_build_info_process_and_state_file_system_series_are_registered(tmp_path
     assert value(m, "sentinel_degraded") == 0
     gone = DaemonMetrics(tmp_path / "not-yet")
     assert value(gone, "sentinel_state_filesystem_avail_bytes") is None  # no sample, no error
+
+
+def test_workers_and_their_threads_are_counted_by_device_both_always_present() -> None:
+    m = DaemonMetrics()
+    readings = Readings(host_available_bytes=1 << 30, gpus=(), workers={}, daemon=None)
+    m.sampled(readings, pending=0, workers_alive=0)
+    assert [value(m, "sentinel_workers", device=d) for d in ("gpu", "cpu")] == [0, 0]
+    m.sampled(readings, pending=0, workers_alive=3, by_device={"gpu": (2, 2), "cpu": (1, 14)})
+    assert value(m, "sentinel_workers", device="gpu") == 2
+    assert value(m, "sentinel_worker_threads", device="cpu") == 14

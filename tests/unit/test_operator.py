@@ -84,11 +84,31 @@ def test_status_lists_alive_workers_only_and_asks_whether_the_daemon_pid_lives()
     state.daemon_pid = 4242
     report = status_report(state, Path("st"), gpus=[0, 1], pid_alive=lambda pid: pid == 4242)
     assert report["daemon"] == {"pid": 4242, "alive": True, "health": None}
-    assert report["workers"] == [{"worker": "w1", "pid": 101, "gpu": None}]
+    assert report["workers"] == [
+        {"worker": "w1", "pid": 101, "gpu": None, "device": "cpu", "threads": None}
+    ]
     assert [j["job_id"] for j in report["jobs"]] == ["j1", "j2"]
     assert report["last_seq"] == state.last_seq and report["gpus"] == [0, 1]
     one = status_report(state, Path("st"), job_id="j2")
     assert [j["job_id"] for j in one["jobs"]] == ["j2"] and one["daemon"]["alive"] is False
+
+
+def test_status_shows_each_worker_s_gpu_and_threads_from_its_heartbeat() -> None:
+    state = fold([worker("w0-1-1", 100, gpu=0), worker("w1-1-1", 101), worker("w2-1-1", 102)])
+    beats = {
+        "w0-1-1": {"gpu": 0, "lane": "gpu", "threads": 1},
+        "w1-1-1": {"gpu": None, "lane": "cpu", "threads": 7},
+    }  # w2 has not beaten yet: its kind from its GPU, its threads unknown
+    report = status_report(state, Path("st"), beats=beats)
+    rows = {w["worker"]: (w["gpu"], w["device"], w["threads"]) for w in report["workers"]}
+    assert rows == {
+        "w0-1-1": (0, "gpu", 1),
+        "w1-1-1": (None, "cpu", 7),
+        "w2-1-1": (None, "cpu", None),
+    }
+    text = render_status(report)
+    assert "w0-1-1 (pid 100, gpu 0, 1 thread)" in text
+    assert "w1-1-1 (pid 101, cpu, 7 threads)" in text and "w2-1-1 (pid 102, cpu)" in text
 
 
 def test_status_of_an_unknown_job_names_it() -> None:

@@ -91,6 +91,9 @@ EVERY_SETTING_CHANGED: dict[str, Any] = {
     "queue": {"poll_interval_s": 0.02, "tmp_stale_s": 30.0, "seq_block": 7},
     "workers": {
         "count": 3,
+        "gpus": [0, 2],
+        "per_gpu": 3,
+        "cpu": 4,
         "heartbeat_s": 0.5,
         "heartbeat_timeout_s": 12.0,
         "restart_backoff_min_s": 0.2,
@@ -110,11 +113,13 @@ EVERY_SETTING_CHANGED: dict[str, Any] = {
         "backend": "dask",
         "scheduler": "tcp://10.0.0.5:8786",
         "resource": "TPU",
+        "cpu_resource": "CORES",
         "slots": 9,
         "worker_state_dir": "/mnt/state",
         "connect_timeout_s": 3.0,
         "retry_s": 1.5,
     },
+    "models": {"xgboost": {"device": "cpu"}, "lightgbm": {"device": "cuda"}},
 }
 
 
@@ -187,3 +192,29 @@ def test_leaving_exported_settings_keeps_what_others_set_meanwhile() -> None:
         "OMP_NUM_THREADS": "2",
         "SENTINEL_LOGGING": '{"level":"debug"}',
     }
+
+
+def test_model_devices_and_worker_gpus_come_from_nested_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SENTINEL_MODELS__LIGHTGBM__DEVICE", "opencl")
+    monkeypatch.setenv("SENTINEL_WORKERS__GPUS", "[0]")
+    settings = load_settings(None)
+    assert settings.models.lightgbm.device == "opencl"
+    assert settings.models.xgboost.device == "gpu"
+    assert settings.workers.gpus == [0]
+
+
+def test_an_unknown_model_device_is_refused_naming_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("models:\n  lightgbm:\n    device: gpu\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert err.value.key == "models.lightgbm.device"
+
+
+def test_the_two_dask_resources_must_differ(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("dispatch:\n  cpu_resource: GPU\n")
+    with pytest.raises(ConfigError, match="must differ"):
+        load_settings(cfg)

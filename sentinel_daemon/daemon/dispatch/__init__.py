@@ -20,6 +20,7 @@ import structlog
 
 from sentinel_daemon.core.events import Event
 from sentinel_daemon.core.ids import WorkerId
+from sentinel_daemon.daemon.dispatch.plan import WorkerPlan, host_cores, plan_workers
 from sentinel_daemon.queue.messages import TrialCommand
 from sentinel_daemon.settings import Settings
 
@@ -71,6 +72,9 @@ class Dispatcher(Protocol):
     def workers_alive(self) -> int:
         """Workers running now (for the metrics)."""
 
+    def workers_by_device(self) -> dict[str, tuple[int, int]]:
+        """``device -> (workers running, their CPU threads)`` (``gpu``, ``cpu``; metrics)."""
+
     def gpus_in_use(self) -> set[int]:
         """GPUs of this host the workers use (for admission control)."""
 
@@ -86,29 +90,46 @@ class Dispatcher(Protocol):
         its commands taken back. False when it is none of this dispatcher's, or holds none."""
 
 
+def local_plan(settings: Settings, *, workers: int | None, gpus: list[int]) -> WorkerPlan:
+    """The local workers this host runs under ``settings`` (none with the Dask backend).
+
+    ``workers`` (``sentinel run --workers N``) wins over ``workers.count``; ``gpus`` are the
+    GPUs for GPU workers (``workers.gpus``, or what NVML found).
+    """
+    count = workers if workers is not None else settings.workers.count
+    if settings.dispatch.backend == "dask":
+        count = 0
+    return plan_workers(
+        cores=host_cores(),
+        gpus=gpus,
+        per_gpu=settings.workers.per_gpu,
+        cpu=settings.workers.cpu,
+        count=count,
+    )
+
+
 def open_dispatcher(
     state_dir: Path,
     settings: Settings,
     *,
-    workers: int | None,
-    gpus: list[int],
+    plan: WorkerPlan,
     generation: int,
     worker_env: dict[str, str],
-) -> tuple[Dispatcher, int]:
-    """The backend ``dispatch.backend`` names, and how many local workers it runs.
+    requested: int | None = None,
+) -> Dispatcher:
+    """The backend ``dispatch.backend`` names; local workers as ``plan`` says.
 
-    ``workers`` local workers (None: one per GPU, else one), or none with the Dask cluster.
     ``generation`` (the seq of this start's ``daemon.started``) goes into the local workers'
-    ids, so that no id is ever reused.
+    ids, so that no id is ever reused. ``requested``: local workers asked for (logged when
+    the Dask backend leaves them off).
     """
     # Imported here: both backends import this module (PollResult).
     from sentinel_daemon.daemon.dispatch.dask import DaskDispatcher
-    from sentinel_daemon.daemon.dispatch.local import Supervisor, default_worker_count
+    from sentinel_daemon.daemon.dispatch.local import Supervisor
 
-    count = default_worker_count(gpus) if workers is None else workers
     dispatch = settings.dispatch
     if dispatch.backend == "dask":
-        if count:
+        if requested:
             log.info(
                 "daemon.local_workers_off",
                 reason="dispatch.backend is dask: trials run on the Dask cluster",
@@ -121,11 +142,18 @@ def open_dispatcher(
             heartbeat_s=settings.workers.heartbeat_s,
             heartbeat_timeout_s=settings.workers.heartbeat_timeout_s,
         )
-        return dask, 0
-    supervisor = Supervisor(
+        return dask
+    if plan.oversubscribed:
+        log.warning(
+            "daemon.workers_oversubscribed",
+            reason="more workers than cores: each still gets one thread",
+            **plan.describe(),
+        )
+    return Supervisor(
         state_dir,
-        count=count,
-        gpus=list(gpus),
+        count=len(plan.workers),
+        gpus=[],
+        plan=plan,
         heartbeat_timeout_s=settings.workers.heartbeat_timeout_s,
         heartbeat_s=settings.workers.heartbeat_s,
         restart_backoff_s=(
@@ -135,4 +163,3 @@ def open_dispatcher(
         generation=generation,
         worker_env=worker_env,
     )
-    return supervisor, count

@@ -9,8 +9,15 @@ a set of local workers would be:
 
 - it claims a pending command into one of its *slots* (``queue/workers/dask-<n>/``; one
   command each, as many slots as the cluster's workers offer whole units of
-  ``dispatch.resource``, at most ``dispatch.slots``) and submits it to the scheduler as a
-  task that asks for one unit of that resource, under the key ``sentinel-<command_id>``;
+  ``dispatch.resource`` and ``dispatch.cpu_resource``, at most ``dispatch.slots``) and
+  submits it to the scheduler as a task that asks for one unit of a resource, under the
+  key ``sentinel-<command_id>``;
+- it routes as the local workers do (:mod:`sentinel_daemon.queue.routing`): the daemon's
+  queue keeps GPU and CPU commands in their lanes, and while the cluster offers units of
+  both resources, a GPU trial asks ``dispatch.resource`` (``GPU``) and a CPU trial
+  ``dispatch.cpu_resource`` (``CPU``), each kind claimed only while the cluster has a free
+  unit of its own (so XGBoost trials waiting for a GPU never hold back LightGBM trials);
+  while it offers only one of them, every trial asks that one;
 - a Dask worker runs :func:`~sentinel_daemon.daemon.dispatch.dask_task.run_trial_task`
   (the worker's side, in :mod:`~sentinel_daemon.daemon.dispatch.dask_task`): the trial code
   of ``sentinel worker``, progress and heartbeats sent back with ``Worker.log_event``,
@@ -78,6 +85,7 @@ from sentinel_daemon.daemon.dispatch.dask_task import run_trial_task
 from sentinel_daemon.layout import QUEUE_DIR
 from sentinel_daemon.queue.maildir import Outbox, Queue
 from sentinel_daemon.queue.messages import MESSAGE_ADAPTER, TrialCommand
+from sentinel_daemon.queue.routing import DEVICES, Device
 
 if TYPE_CHECKING:
     import distributed
@@ -96,6 +104,8 @@ class _Task:
 
     slot: WorkerId
     command: TrialCommand
+    #: The worker resource its task asks one unit of (``dispatch.resource`` or ``cpu_resource``).
+    resource: str = "GPU"
     future: distributed.Future[Any] | None = None
     executions: list[str] = field(default_factory=list)
     prune_sent: bool = False
@@ -138,7 +148,8 @@ class DaskDispatcher:
         self.link = ClusterLink(settings, self._inbound.append)
         self.scheduler = self.link.scheduler
         self.worker_state_dir = str(worker_state_dir or settings.worker_state_dir or state_dir)
-        self.queue = Queue(self.state_dir / QUEUE_DIR, queue)  # its outboxes' seq_block
+        # Its outboxes' seq_block; both lanes, as the daemon's queue with this backend.
+        self.queue = Queue(self.state_dir / QUEUE_DIR, queue, lanes=frozenset(DEVICES))
         self.paths = PathChecks(self.state_dir, self.worker_state_dir, self.link, settings.retry_s)
         self._tasks: dict[str, _Task] = {}  # command id -> task
         self._outboxes: dict[str, Outbox] = {}
@@ -163,13 +174,42 @@ class DaskDispatcher:
 
     @property
     def capacity(self) -> int:
-        """Trials the cluster can run at once: its whole units of ``dispatch.resource``
-        (but the retired workers'), at most ``dispatch.slots``; 0 until measured."""
+        """Trials the cluster can run at once: its whole units of ``dispatch.resource`` and
+        ``dispatch.cpu_resource`` (but the retired workers'), at most ``dispatch.slots``;
+        0 until measured."""
+        units = sum(self.units().values())
+        return units if self.settings.slots is None else min(units, self.settings.slots)
+
+    def units(self) -> dict[str, int]:
+        """The cluster's whole units of each of the two resources (retired workers left
+        out); empty until measured or while the scheduler is out of reach."""
         view = self.link.view
         if not self.link.available or view is None:
-            return 0
-        units = view.units(self.settings.resource, self._retired)
-        return units if self.settings.slots is None else min(units, self.settings.slots)
+            return {}
+        names = (self.settings.resource, self.settings.cpu_resource)
+        return {name: view.units(name, self._retired) for name in names}
+
+    def routes(self) -> dict[Device, str]:
+        """The resource a trial of each kind asks: its own while the cluster offers both,
+        else the one it offers (every trial asks that); empty while it offers neither."""
+        units = self.units()
+        gpu, cpu = self.settings.resource, self.settings.cpu_resource
+        if units.get(gpu, 0) > 0 and units.get(cpu, 0) > 0:
+            return {"gpu": gpu, "cpu": cpu}
+        for name in (gpu, cpu):
+            if units.get(name, 0) > 0:
+                return {"gpu": name, "cpu": name}
+        return {}
+
+    def workers_by_device(self) -> dict[str, tuple[int, int]]:
+        """Trials in flight by the kind of resource they asked (no local threads)."""
+        kinds = {self.settings.resource: "gpu", self.settings.cpu_resource: "cpu"}
+        counts = {"gpu": (0, 0), "cpu": (0, 0)}
+        for task in self._tasks.values():
+            if task.future is not None:
+                kind = kinds.get(task.resource, "gpu")
+                counts[kind] = (counts[kind][0] + 1, 0)
+        return counts
 
     def start(self, now: float | None = None) -> None:
         self.link.start(time.monotonic() if now is None else now)
@@ -209,7 +249,9 @@ class DaskDispatcher:
         # Asked every turn; the view changes once a second at most.
         seen, retired, reason = self._capacity_note
         if seen is not view or retired != self._retired:
-            reason = no_capacity(self.settings.resource, view, self._retired)
+            reason = None
+            if view.units(self.settings.cpu_resource, self._retired) == 0:
+                reason = no_capacity(self.settings.resource, view, self._retired)
             self._capacity_note = (view, frozenset(self._retired), reason)
         return {} if reason is None else {"no_capacity": reason}
 
@@ -231,6 +273,9 @@ class DaskDispatcher:
             "workers": self.link.workers,
             "resource": self.settings.resource,
             "offering": 0 if view is None else len(view.offering(self.settings.resource)),
+            "cpu_resource": self.settings.cpu_resource,
+            "offering_cpu": 0 if view is None else len(view.offering(self.settings.cpu_resource)),
+            "units": self.units(),
             "retired": sorted(self._retired)[:5],
             "slots": self.capacity,
             "running": sum(1 for t in self._tasks.values() if t.future is not None),
@@ -438,15 +483,21 @@ class DaskDispatcher:
     # -- dispatching -------------------------------------------------------------------------
 
     def _dispatch(self, client: distributed.Client, result: PollResult, now: float) -> None:
-        while len(self._tasks) < self.capacity:
-            slot = self._free_slot()
-            claimed = self.queue.claim(slot)
-            if claimed is None:
-                break
-            if slot not in self._announced:
-                result.events.append(WorkerStarted(worker=slot, pid=0, gpu=None))
-                self._announced.add(slot)
-            self._tasks[claimed.command.command_id] = _Task(slot, claimed.command)
+        routes = self.routes()
+        units = self.units()
+        if len(set(routes.values())) == 2:
+            # Both resources: each kind from its own lane, while a unit of its own is free.
+            for device, resource in routes.items():
+                while len(self._tasks) < self.capacity and (
+                    sum(1 for t in self._tasks.values() if t.resource == resource) < units[resource]
+                ):
+                    if not self._claim(result, resource, lane=device):
+                        break
+        elif routes:
+            resource = next(iter(routes.values()))
+            while len(self._tasks) < self.capacity:
+                if not self._claim(result, resource, lane=None):
+                    break
         for task in list(self._tasks.values()):
             if task.future is not None:
                 continue
@@ -455,11 +506,27 @@ class DaskDispatcher:
             else:
                 self.paths.ask(client, task.command, now)
 
+    def _claim(self, result: PollResult, resource: str, lane: Device | None) -> bool:
+        """Claim the oldest command of ``lane`` (None: of every lane) into a free slot, to
+        ask ``resource``; False when there is none."""
+        slot = self._free_slot()
+        if lane is None:
+            claimed = self.queue.claim(slot, every_lane=True)
+        else:
+            claimed = self.queue.claim(slot, lane)
+        if claimed is None:
+            return False
+        if slot not in self._announced:
+            result.events.append(WorkerStarted(worker=slot, pid=0, gpu=None))
+            self._announced.add(slot)
+        self._tasks[claimed.command.command_id] = _Task(slot, claimed.command, resource)
+        return True
+
     def _submit(self, client: distributed.Client, task: _Task) -> None:
         # Retired workers are left out by name; without any, the scheduler picks freely.
         view = self.link.view
         only = (
-            view.offering(self.settings.resource, self._retired)
+            view.offering(task.resource, self._retired)
             if self._retired and view is not None
             else None
         )
@@ -470,7 +537,7 @@ class DaskDispatcher:
             task.slot,
             self.heartbeat_s,
             key=self._key(task),
-            resources={self.settings.resource: 1},
+            resources={task.resource: 1},
             workers=only,
             allow_other_workers=False,
             pure=False,

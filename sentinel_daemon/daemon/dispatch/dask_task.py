@@ -61,9 +61,29 @@ def _runner(state_dir: str) -> TrialRunner:
         # CUDA_VISIBLE_DEVICES naming it: any GPU seen means "cuda" (the one visible).
         gpu = 0 if discover_gpus() else None
         threads = int(os.environ.get("SENTINEL_DASK_THREADS", "0")) or None
-        runner = TrialRunner(Path(state_dir), _runner_id(), gpu=gpu, threads=threads)
+        runner = TrialRunner(
+            Path(state_dir),
+            _runner_id(),
+            gpu=gpu,
+            threads=threads,
+            lightgbm_device=_lightgbm_device(),
+        )
         _runners[state_dir] = runner
     return runner
+
+
+def _lightgbm_device() -> str:
+    """``models.lightgbm.device`` as this Dask worker's environment (and SENTINEL_CONFIG)
+    sets it; the CPU, with a warning, when those settings do not load."""
+    from sentinel_daemon.errors import ConfigError
+    from sentinel_daemon.settings import CONFIG_ENV, load_settings
+
+    config = os.environ.get(CONFIG_ENV)
+    try:
+        return load_settings(Path(config) if config else None).models.lightgbm.device
+    except ConfigError as exc:
+        log.warning("dask_task.settings_unreadable", error=str(exc), lightgbm_device="cpu")
+        return "cpu"
 
 
 class DaskChannel:

@@ -3,7 +3,11 @@
 The supervisor runs inside the daemon's single thread and never blocks in :meth:`poll`.
 Each worker is started with ``subprocess.Popen`` in a new session (its own process group,
 so a kill takes any children too; never ``fork`` from the threaded daemon), with
-``CUDA_VISIBLE_DEVICES`` naming its one GPU or empty for a CPU worker.
+``CUDA_VISIBLE_DEVICES`` naming its one GPU or empty for a CPU worker. The slots come from a
+:class:`~sentinel_daemon.daemon.dispatch.plan.WorkerPlan`: GPU workers and CPU workers
+side by side, each told its threads (``--threads``, and ``OMP_NUM_THREADS``) and its GPU
+(``--gpu``); a GPU worker claims from the queue's GPU lane, a CPU worker from the CPU
+lane (:mod:`sentinel_daemon.queue.routing`).
 
 A worker is *lost* when it exits while the supervisor is not stopping, or when its
 heartbeat file has not changed for ``heartbeat_timeout_s`` (it is then killed first).
@@ -37,6 +41,7 @@ import structlog
 from sentinel_daemon.core.events import Event, WorkerExited, WorkerLost, WorkerStarted
 from sentinel_daemon.core.ids import WorkerId
 from sentinel_daemon.daemon.dispatch import PollResult
+from sentinel_daemon.daemon.dispatch.plan import WorkerPlan, host_cores
 from sentinel_daemon.layout import QUEUE_DIR
 from sentinel_daemon.queue.maildir import HEARTBEAT, Queue
 from sentinel_daemon.signals import signal_name
@@ -55,6 +60,7 @@ class _Slot:
 
     index: int
     gpu: int | None
+    threads: int
     starts: int = 0
     failures: int = 0  # consecutive losses; sets the backoff
     worker_id: WorkerId | None = None
@@ -70,11 +76,12 @@ class _Slot:
 class Supervisor:
     """Runs ``count`` local workers over ``state_dir``'s queue (see the module doc).
 
-    ``gpus`` is given to slots in turn (an empty list means CPU workers). ``worker_argv``
-    builds the command line of a worker from its id and GPU (the default runs
-    ``python -m sentinel_daemon.worker``); ``worker_env`` adds environment variables for
-    every worker (tests set ``SENTINEL_TEST_FAULTS`` there). ``heartbeat_s`` is the interval
-    given to workers, by default a fifth of the timeout.
+    ``plan`` gives each slot its GPU (or none) and threads; without one, ``count`` slots
+    take ``gpus`` in turn (an empty list means CPU workers) and share the cores evenly.
+    ``worker_argv`` builds the command line of a worker from its id and GPU (the default
+    runs ``python -m sentinel_daemon.worker``); ``worker_env`` adds environment variables
+    for every worker (tests set ``SENTINEL_TEST_FAULTS`` there). ``heartbeat_s`` is the
+    interval given to workers, by default a fifth of the timeout.
     """
 
     def __init__(
@@ -90,7 +97,10 @@ class Supervisor:
         heartbeat_s: float | None = None,
         stable_after_s: float = 60.0,
         worker_env: Mapping[str, str] | None = None,
+        plan: WorkerPlan | None = None,
     ) -> None:
+        if plan is not None:
+            count = len(plan.workers)
         if count < 0:
             raise ValueError(f"count must be 0 or more, not {count}")
         if heartbeat_timeout_s <= 0:
@@ -107,9 +117,13 @@ class Supervisor:
         self.stable_after_s = stable_after_s
         self.generation = generation
         self.worker_env = dict(worker_env or {})
-        self.worker_argv = worker_argv or self._default_argv
-        slot_gpus = gpus or [None]
-        self.slots = [_Slot(i, slot_gpus[i % len(slot_gpus)]) for i in range(count)]
+        self._custom_argv = worker_argv
+        if plan is not None:
+            self.slots = [_Slot(i, w.gpu, w.threads) for i, w in enumerate(plan.workers)]
+        else:
+            slot_gpus: list[int | None] = list(gpus) or [None]
+            threads = max(1, host_cores() // count) if count else 0
+            self.slots = [_Slot(i, slot_gpus[i % len(slot_gpus)], threads) for i in range(count)]
         self.stopping = False
 
     # -- public ----------------------------------------------------------------------------
@@ -196,7 +210,23 @@ class Supervisor:
 
     def describe(self) -> dict[str, object]:
         """The backend, for ``health.json`` and ``sentinel status``."""
-        return {"backend": "local", "workers": len(self.worker_ids())}
+        return {
+            "backend": "local",
+            "workers": len(self.worker_ids()),
+            "gpu_workers": sum(1 for s in self.slots if s.gpu is not None),
+            "cpu_workers": sum(1 for s in self.slots if s.gpu is None),
+            "threads": sum(s.threads for s in self.slots),
+        }
+
+    def workers_by_device(self) -> dict[str, tuple[int, int]]:
+        """``device -> (workers running, their threads)``, for the metrics."""
+        counts = {"gpu": (0, 0), "cpu": (0, 0)}
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.returncode is None:
+                device = "cpu" if slot.gpu is None else "gpu"
+                workers, threads = counts[device]
+                counts[device] = (workers + 1, threads + slot.threads)
+        return counts
 
     def workers_alive(self) -> int:
         """Worker processes running now (for the metrics)."""
@@ -240,16 +270,20 @@ class Supervisor:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _default_argv(self, worker_id: str, gpu: int | None) -> list[str]:
-        # CPU workers share the cores; a GPU worker still builds its data on the CPU.
-        threads = max(1, (os.cpu_count() or 1) // self.count)
+    def _default_argv(self, worker_id: str, slot: _Slot) -> list[str]:
+        # The worker's threads and GPU: read by sentinel_daemon.worker.loop's parser.
         argv = [sys.executable, "-m", "sentinel_daemon.worker"]
         argv += ["--state-dir", str(self.state_dir), "--id", worker_id]
         argv += ["--heartbeat-s", str(self.heartbeat_s), "--parent-pid", str(os.getpid())]
-        argv += ["--threads", str(threads)]
-        if gpu is not None:
-            argv += ["--gpu", str(gpu)]
+        argv += ["--threads", str(slot.threads)]
+        if slot.gpu is not None:
+            argv += ["--gpu", str(slot.gpu)]
         return argv
+
+    def _argv(self, worker_id: str, slot: _Slot) -> list[str]:
+        if self._custom_argv is not None:
+            return self._custom_argv(worker_id, slot.gpu)
+        return self._default_argv(worker_id, slot)
 
     def _spawn(self, slot: _Slot, now: float) -> None:
         slot.starts += 1
@@ -258,9 +292,11 @@ class Supervisor:
         # The GPU index is NVML's (PCI order); make CUDA number the devices the same way.
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = "" if slot.gpu is None else str(slot.gpu)
+        # OpenMP's default (numpy, pandas, the libraries' own pools) keeps to the budget too.
+        env["OMP_NUM_THREADS"] = str(slot.threads)
         try:
             slot.proc = subprocess.Popen(
-                self.worker_argv(worker_id, slot.gpu),
+                self._argv(worker_id, slot),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
@@ -276,11 +312,25 @@ class Supervisor:
         slot.announced = False
         slot.killed_for = None
         slot.restart_at = None
-        log.info("supervisor.worker_spawned", worker=worker_id, pid=slot.proc.pid, gpu=slot.gpu)
+        log.info(
+            "supervisor.worker_spawned",
+            worker=worker_id,
+            pid=slot.proc.pid,
+            gpu=slot.gpu,
+            threads=slot.threads,
+        )
 
     def _announce(self, slot: _Slot, events: list[Event]) -> None:
         if not slot.announced and slot.proc is not None and slot.worker_id is not None:
-            events.append(WorkerStarted(worker=slot.worker_id, pid=slot.proc.pid, gpu=slot.gpu))
+            events.append(
+                WorkerStarted(
+                    worker=slot.worker_id,
+                    pid=slot.proc.pid,
+                    gpu=slot.gpu,
+                    device="cpu" if slot.gpu is None else "gpu",
+                    threads=slot.threads,
+                )
+            )
             slot.announced = True
 
     def _check_heartbeat(self, slot: _Slot, now: float) -> None:
@@ -371,13 +421,7 @@ def _signal_group(slot: _Slot, signum: int) -> None:
         os.killpg(slot.proc.pid, signum)
 
 
-def default_worker_count(gpus: list[int]) -> int:
-    """One worker per GPU, or a single CPU worker when there is none."""
-    return len(gpus) or 1
-
-
 __all__ = [
     "Supervisor",
     "WorkerArgv",
-    "default_worker_count",
 ]
