@@ -21,6 +21,7 @@ from sentinel_daemon.daemon import actor as actor_mod
 from sentinel_daemon.daemon import effects as effects_mod
 from sentinel_daemon.daemon.actor import JobActor
 from sentinel_daemon.daemon.decisions import nothing
+from sentinel_daemon.daemon.dispatch import local_plan
 from tests.daemonkit import (
     in_process_daemon,
     job_id_of,
@@ -112,7 +113,9 @@ def test_a_failure_in_any_step_of_one_job_fails_that_job_and_the_others_go_on(
 ) -> None:
     make_dataset(tmp_path / "data", rows=600)
     daemon = in_process_daemon(tmp_path, monkeypatch)
-    daemon.worker_count = 1
+    # One real worker process (the kit's in-process daemon plans none).
+    daemon.plan = local_plan(daemon.settings, workers=1, gpus=daemon.gpus)
+    daemon.worker_count = len(daemon.plan.workers)
     _inject(monkeypatch)
     inbox = tmp_path / "state" / "inbox"
     inbox.mkdir(parents=True)
@@ -173,7 +176,9 @@ def test_a_recorded_job_that_cannot_go_on_fails_at_the_next_start_which_carries_
     good_id = job_id_of(good)
     good.rename(inbox / good.name)
     daemon = in_process_daemon(tmp_path, monkeypatch)
-    daemon.worker_count = 1
+    # One real worker process (the kit's in-process daemon plans none).
+    daemon.plan = local_plan(daemon.settings, workers=1, gpus=daemon.gpus)
+    daemon.worker_count = len(daemon.plan.workers)
 
     def after_done() -> bool:
         events = read_events(tmp_path / "state")
