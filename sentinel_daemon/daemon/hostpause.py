@@ -84,7 +84,7 @@ class HostPause:
                 self._hit = event.error
                 self._hold_until = now + HOLD_S
                 self._paused_at = now
-                self.reason = self._sentence(None)
+                self.reason = self._sentence(self._measure(self.state_dir))
 
     def sample(self, now: float) -> str | None:
         """Measure the state directory's free space; the reason to pause now, or None."""
@@ -102,6 +102,12 @@ class HostPause:
         """Whether the disk was full now or within :data:`RECENT_S` (a worker lost then most
         likely died of it: its attempt is not charged)."""
         return self._paused_at is not None and now - self._paused_at < RECENT_S
+
+    def lost_to_host(self, now: float) -> bool:
+        """Whether a worker lost now most likely died of the disk: it was full within
+        :data:`RECENT_S`, or is full now (measured at once: a worker that dies of a full disk
+        is often seen before the next sample, and must not be charged for it)."""
+        return self.recent(now) or self.sample(now) is not None
 
     def _sentence(self, free: int | None) -> str:
         where = f"{self.state_dir}"

@@ -228,7 +228,7 @@ class Daemon:
                 job.job_id, "rebuilding it from the log", partial(recovery.rebuild, core, job)
             )
         self.results = Results(self.state_dir, self.queue, core, timeout)
-        self.results.host_full = lambda: self.host.recent(time.monotonic())
+        self.results.host_full = lambda: self.host.lost_to_host(time.monotonic())
         self.results.ingest()
         self.results.recover_saved()
         for job_id in recovery.missing_reports(state, self.state_dir):
@@ -396,6 +396,10 @@ class Daemon:
             reasons[HOST_REASON] = self.host.reason
         if self.health.degraded is not None:
             reasons["writes_failing"] = self.health.degraded
+            # A failed write is most often a full disk: measure it now, not at the next
+            # sample, so that the operator reads both reasons together.
+            if self.host.sample(now) is not None:
+                reasons[HOST_REASON] = self.host.reason  # type: ignore[assignment]
         changed = self.blocks.update(reasons, now)
         if self.scrubber is not None and (damage := self.scrubber.poll()):
             self.health.damage = damage

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,19 +123,17 @@ def test_a_full_disk_stops_dispatching_says_why_and_the_job_resumes_when_space_r
             lambda e: e["type"] == "trial.started" and e["trial"] == 1, what="trial 1 started"
         )
         filler = fill(small_disk)
-        degraded = wait_for(
-            lambda: (
-                (status(daemon)["daemon"] or {}).get("health", {}).get("status")  # type: ignore[union-attr]
-                == "degraded"
-            ),
-            timeout=120,
-            what="status to say the daemon is degraded",
-        )
-        assert degraded
-        report = status(daemon)
-        health = report["daemon"]["health"]  # type: ignore[index]
-        assert "disk_full" in health["blocked"], health
-        assert "min_free_disk_bytes" in health["blocked"]["disk_full"]
+
+        def degraded_for_the_disk() -> dict[str, Any] | None:
+            """health.json's report, once degraded for the full disk (a failed write of the
+            event log, if one came first, measures the disk at once and names it too)."""
+            daemon_report: dict[str, Any] = status(daemon)["daemon"] or {}  # type: ignore[assignment]
+            health: dict[str, Any] = daemon_report.get("health", {})
+            full = health.get("status") == "degraded" and "disk_full" in health.get("blocked", {})
+            return health if full else None
+
+        health = wait_for(degraded_for_the_disk, timeout=120, what="status to say the disk is full")
+        assert "min_free_disk_bytes" in health["blocked"]["disk_full"], health
         seq_when_full = daemon.events()[-1]["seq"]
         # A (0-byte) file lands in the inbox: the daemon stays up, degraded at worst.
         (small_disk / "inbox" / "empty.yaml").touch()

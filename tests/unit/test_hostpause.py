@@ -104,3 +104,18 @@ def test_a_worker_lost_while_the_disk_was_full_is_not_charged(tmp_path: Path) ->
     free["bytes"] = 100 << 20
     assert pause.sample(1.0) is None and pause.recent(1.0)  # space back, but just now
     assert not pause.recent(1.0 + RECENT_S)
+
+
+def test_a_worker_lost_to_a_disk_that_filled_since_the_last_sample_is_the_hosts(
+    tmp_path: Path,
+) -> None:
+    """The worker died of the full disk before the daemon's next sample: measured at once."""
+    free = {"bytes": 100 << 20}
+    pause = HostPause(tmp_path, 16 << 20, measure=lambda _: free["bytes"])
+    assert pause.sample(0.0) is None
+    free["bytes"] = 0  # filled between two samples; the worker dies of it
+    assert not pause.recent(0.5)
+    assert pause.lost_to_host(0.5)
+    assert pause.reason is not None and "min_free_disk_bytes" in pause.reason  # paused too
+    free["bytes"] = 100 << 20
+    assert not pause.lost_to_host(1.0 + RECENT_S)  # an ordinary loss, long after
