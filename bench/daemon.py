@@ -342,14 +342,17 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
+    def argv(self) -> list[str]:
+        """The daemon's command line."""
+        run = [sys.executable, "-m", "sentinel_daemon.cli", "run", "--state-dir", str(self.state)]
+        return [*run, "--workers", str(self.workers)]
+
     def start(self) -> float:
         """Start the daemon; returns the ``perf_counter`` time just before the fork."""
-        argv = [sys.executable, "-m", "sentinel_daemon.cli", "run"]
-        argv += ["--state-dir", str(self.state), "--workers", str(self.workers)]
         with open(self.log_path, "ab") as err:
             self.started_at = time.perf_counter()
             self.proc = subprocess.Popen(
-                argv,
+                self.argv(),
                 cwd=self.cwd,
                 env=daemon_env(self.settings),
                 stdin=subprocess.DEVNULL,

@@ -213,22 +213,11 @@ class Daemon(DaemonProcess):
         super().__init__(*args, **kwargs)
         self.explicit_workers = explicit_workers
 
-    def start(self) -> float:
+    def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "sentinel_daemon.cli", "run", "--state-dir", str(self.state)]
         if self.explicit_workers is not None:
             argv += ["--workers", str(self.explicit_workers)]
-        with open(self.log_path, "ab") as err:
-            self.started_at = time.perf_counter()
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=self.cwd,
-                env=daemon_env(self.settings),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-            )
-        return self.started_at
+        return argv
 
 
 def layout_settings(layout: str, sizes: Sizes) -> dict[str, str]:

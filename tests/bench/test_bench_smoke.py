@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "bench" / "eventlog.py"
+from tests.bench.benchrun import run_quick
 
 ROWS = (
     "durable appends, 1 record/fsync (1",
@@ -26,17 +23,10 @@ ROWS = (
 
 
 def test_quick_benchmark_prints_every_row_and_cleans_up(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--dir", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = proc.stdout
+    run = run_quick("eventlog.py", tmp_path, timeout=120)
+    out = run.stdout
     assert "command :" in out and "machine : nproc=" in out
-    table = [line for line in out.splitlines() if line.endswith(("  PASS", "  FAIL", "  info"))]
+    table = run.table()
     assert len(table) == len(ROWS), out
     for row in ROWS:
         assert sum(row in line for line in table) == 1, f"row {row!r} missing from:\n{out}"

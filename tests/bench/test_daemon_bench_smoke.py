@@ -6,14 +6,11 @@ them outlives the benchmark.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-import psutil
+import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "bench" / "daemon.py"
+from tests.bench.benchrun import leftovers, run_quick
 
 ROWS = (
     "pickup: rename into inbox -> job.submitted, 1 s after the previous pickup",
@@ -39,28 +36,12 @@ NOTES = (
 )
 
 
-def _leftovers(work: Path) -> list[str]:
-    """Processes still running whose command line names the benchmark's work folder."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if str(work) in cmdline:
-            found.append(f"{proc.info['pid']}: {cmdline}")
-    return found
-
-
+@pytest.mark.slow  # about 28 s on two cores; `make test-slow`
 def test_quick_daemon_benchmark_prints_every_row_and_cleans_up(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--dir", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = proc.stdout
+    run = run_quick("daemon.py", tmp_path, timeout=240)
+    out = run.stdout
     assert "command :" in out and "machine : nproc=" in out
-    table = [line for line in out.splitlines() if line.endswith(("  PASS", "  FAIL", "  info"))]
+    table = run.table()
     assert len(table) == len(ROWS), out
     for row in ROWS:
         assert sum(line.startswith(row) for line in table) == 1, f"row {row!r} missing:\n{out}"
@@ -69,4 +50,4 @@ def test_quick_daemon_benchmark_prints_every_row_and_cleans_up(tmp_path: Path) -
     assert "Optuna+SQLite" in out and "Optuna journal load+ask" in out
     assert "summary: " in out and " targets passed" in out
     assert list(tmp_path.iterdir()) == [], "the benchmark left its work folder behind"
-    assert _leftovers(tmp_path) == [], "daemon or worker processes outlived the benchmark"
+    assert leftovers(run) == [], "daemon or worker processes outlived the benchmark"

@@ -7,21 +7,13 @@ environment, inherited from the benchmark).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
-pytest.importorskip("distributed")
+from tests.bench.benchrun import leftovers, run_quick
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "bench" / "dask.py"
-TAG = "BENCH_DASK_SMOKE_TAG"  # not SENTINEL_*: the benchmark strips those for daemons
+pytest.importorskip("distributed")
 
 ROWS = (
     "trials/s over the search stage",
@@ -39,28 +31,10 @@ NOTES = (
 )
 
 
-def _leftovers(tag: str) -> list[str]:
-    """Processes still running with ``tag`` in their environment."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get(TAG) == tag:
-                found.append(f"{proc.info['pid']}: {' '.join(proc.info['cmdline'] or [])}")
-    return found
-
-
+@pytest.mark.slow  # about 17 s on two cores; `make test-slow`
 def test_quick_dask_benchmark_prints_every_row_and_cleans_up(tmp_path: Path) -> None:
-    tag = uuid.uuid4().hex
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--dir", str(tmp_path)],
-        cwd=REPO,
-        env={**os.environ, TAG: tag},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = proc.stdout
+    run = run_quick("dask.py", tmp_path, timeout=120)
+    out = run.stdout
     assert "command :" in out and "machine : nproc=" in out
     assert "distributed " in out and "xgboost " in out
     lines = out.splitlines()
@@ -75,4 +49,4 @@ def test_quick_dask_benchmark_prints_every_row_and_cleans_up(tmp_path: Path) -> 
     assert "worker.trial_started" not in out, "the Dask workers' log lines reached stdout"
     assert "summary: " in out and "wall time" in out
     assert list(tmp_path.iterdir()) == [], "the benchmark left its work folder behind"
-    assert _leftovers(tag) == [], "daemon, worker or cluster processes outlived the benchmark"
+    assert leftovers(run) == [], "daemon, worker or cluster processes outlived the benchmark"

@@ -7,18 +7,9 @@ of them outlives the benchmark (each carries a tag in its environment).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
-import psutil
-
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "bench" / "gpu.py"
-TAG = "BENCH_GPU_SMOKE_TAG"  # not SENTINEL_*: the benchmark strips those for daemons
+from tests.bench.benchrun import leftovers, run_quick
 
 LAYOUTS = ("today", "new", "cpu")
 ROWS = (
@@ -29,28 +20,9 @@ ROWS = (
 )
 
 
-def _leftovers(tag: str) -> list[str]:
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get(TAG) == tag:
-                found.append(f"{proc.info['pid']}: {' '.join(proc.info['cmdline'] or [])}")
-    return found
-
-
 def test_quick_gpu_benchmark_runs_every_layout_and_cleans_up(tmp_path: Path) -> None:
-    tag = uuid.uuid4().hex
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--dir", str(tmp_path)],
-        cwd=REPO,
-        env={**os.environ, TAG: tag},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = proc.stdout
-    lines = out.splitlines()
+    run = run_quick("gpu.py", tmp_path, timeout=300)
+    out, lines = run.stdout, run.lines
     assert "machine : nproc=" in out and "GPUs [0] (given)" in out
     top = next(i for i, line in enumerate(lines) if line.startswith("layout "))
     for layout, line in zip(LAYOUTS, lines[top + 2 : top + 5], strict=True):
@@ -60,7 +32,7 @@ def test_quick_gpu_benchmark_runs_every_layout_and_cleans_up(tmp_path: Path) -> 
     new = lines[top + 3]
     assert "GPU x 1" in new and "CPU x" in new, new
     assert "GPU x" not in lines[top + 4] and "CPU x" in lines[top + 4], lines[top + 4]
-    table = [line for line in lines if line.endswith(("  PASS", "  FAIL", "  info"))]
+    table = run.table()
     for row in ROWS:
         assert sum(line.startswith(row) for line in table) == 1, f"row {row!r} missing:\n{out}"
     opencl = next(line for line in table if line.startswith(ROWS[3]))
@@ -72,4 +44,4 @@ def test_quick_gpu_benchmark_runs_every_layout_and_cleans_up(tmp_path: Path) -> 
     assert "trained on the CPU" in out
     assert "summary: " in out and " targets passed" in out
     assert list(tmp_path.iterdir()) == [], "the benchmark left its work folder behind"
-    assert _leftovers(tag) == [], "daemon or worker processes outlived the benchmark"
+    assert leftovers(run) == [], "daemon or worker processes outlived the benchmark"

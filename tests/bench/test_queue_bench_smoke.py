@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "bench" / "queuedir.py"
+from tests.bench.benchrun import run_quick
 
 ROWS = (
     "bare maildir hand-off",
@@ -19,18 +16,11 @@ ROWS = (
 
 
 def test_quick_queue_benchmark_prints_every_row_and_cleans_up(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--dir", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = proc.stdout
+    run = run_quick("queuedir.py", tmp_path, timeout=120)
+    out = run.stdout
     assert "command :" in out and "machine : nproc=" in out
     assert "MEASURED.md anchor 1,100-1,300/s" in out
-    table = [line for line in out.splitlines() if line.endswith(("  PASS", "  FAIL", "  info"))]
+    table = run.table()
     assert len(table) == len(ROWS), out
     for row in ROWS:
         assert sum(line.startswith(row) for line in table) == 1, f"row {row!r} missing:\n{out}"

@@ -65,12 +65,12 @@ from tests.daemonkit import (
     make_dataset,
     write_job,
 )
+from tests.diskkit import fill, small_tmpfs
 from tests.faults import fuzzkit
 from tests.faults.faultkit import FAULT_SETTINGS, EventTail, MakeDaemon, violations
 from tests.faults.fuzzkit import Input
 from tests.faults.record import full, record
 from tests.faults.test_hostile_input import mutated
-from tests.integration.test_disk_full import fill
 
 FULL_SECONDS = float(os.environ.get("SENTINEL_FUZZ_SECONDS", "600"))
 TMPFS_SIZE = "1g" if full() else "96m"
@@ -105,20 +105,8 @@ MAX_RESTARTS = 3
 def state_tmpfs(workspace: Path) -> Iterator[str]:
     """``workspace/state`` on a tmpfs of :data:`TMPFS_SIZE`, so that the disk-full kind can
     fill it; "" when it is, else why not (mounting needs root: the kind is then left out)."""
-    state = workspace / "state"
-    state.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(state)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        yield f"no tmpfs for the state dir ({mounted.stderr.strip() or 'mount failed'})"
-        return
-    try:
-        yield ""
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
+    with small_tmpfs(workspace / "state", TMPFS_SIZE) as why_not:
+        yield why_not
 
 
 def collect(strategy: st.SearchStrategy[Any], n: int, seed: int) -> list[Any]:

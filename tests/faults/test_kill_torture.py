@@ -17,7 +17,7 @@ end every job must have completed with all of DESIGN.md's invariants, a promoted
 loads and matches its sha256, and the daemon must stop cleanly.
 
 ``SENTINEL_FAULTS_SCALE=full``: four runs of 26 kills (104), 12 trials per model, varied
-workers, samplers, pruners and log segment sizes; ``short``: one run of 8 kills on a job of
+workers, samplers, pruners and log segment sizes; ``short``: one run of 5 kills on a job of
 3 trials per model. ``SENTINEL_FAULTS_SEED`` replays a run's kill schedule (the moments
 themselves depend on timing).
 """
@@ -87,7 +87,7 @@ FULL_RUNS = (
     Run("hyperband-three-workers", kills=26, n_trials=12, workers=3, parallelism=3,
         pruner="hyperband", settings={"SENTINEL_TRIALS__REPORT_EVERY": "2"}),
 )  # fmt: skip
-SHORT_RUNS = (Run("short", kills=8, n_trials=3),)
+SHORT_RUNS = (Run("short", kills=5, n_trials=3),)
 RUNS = FULL_RUNS if full() else SHORT_RUNS
 
 #: (weight, kind) of each kill; "keyed-*" wait for an event first.

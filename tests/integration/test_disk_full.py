@@ -8,9 +8,7 @@ pauses (``disk_full``); ``sentinel submit`` on the full disk says so without a t
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +27,7 @@ from tests.daemonkit import (
     of_type,
     write_job,
 )
+from tests.diskkit import fill, small_tmpfs
 from tests.helpers import wait_for
 
 TMPFS_SIZE = "48m"
@@ -37,33 +36,10 @@ TMPFS_SIZE = "48m"
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     state = tmp_path / "state"
-    state.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(state)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}); needs root")
-    try:
+    with small_tmpfs(state, TMPFS_SIZE) as why_not:
+        if why_not:
+            pytest.skip(f"{why_not}; needs root")
         yield state
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Write a file until the file system is full to the last byte; return it."""
-    filler = folder / "filler.bin"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        for size in (1 << 20, 1 << 12, 1):  # then not even a small model file fits
-            block = b"\0" * size
-            with contextlib.suppress(OSError):
-                while os.write(fd, block) == size:
-                    pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def sentinel(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

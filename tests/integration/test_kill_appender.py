@@ -15,7 +15,7 @@ from sentinel_daemon.core.events import decode
 from sentinel_daemon.log.segments import LogScan
 
 CHILD = Path(__file__).with_name("appender_child.py")
-KILLS = 50
+KILLS = 30
 
 
 def _read_acks(proc: subprocess.Popen[bytes], want: int, deadline: float) -> tuple[int, int]:
