@@ -488,7 +488,12 @@ def test_gpu_trials_ask_the_gpu_resource_and_cpu_trials_the_cpu_resource(
             for e in saved
         }
         assert ran_on == {("xgboost", "GPU"), ("lightgbm", "CPU")}
-        dispatch = _health(daemon)["dispatch"]
+        # health.json carries the counts again every STATUS_EVERY_S: the job may end first.
+        dispatch = wait_for(
+            lambda: (d := _health(daemon).get("dispatch") or {}).get("units") and d,
+            timeout=30,
+            what="health.json to carry the cluster's units",
+        )
         assert dispatch["units"] == {"GPU": 1, "CPU": 1} and dispatch["slots"] == 2
         assert daemon.stop() == 0
     finally:
