@@ -240,7 +240,8 @@ class Results:
             actor = self.core.actors.get(job.job_id)
             if actor is None:
                 continue
-            for t in list(job.trials.values()):
+            running = [t for t in job.trials.values() if t.status is TrialStatus.RUNNING]
+            for t in running:  # not every trial: a long search holds thousands, ended
                 command = actor.command(t.number, t.model, t.params, t.attempt)
                 if not actor.current(job, command.command_id):
                     continue
