@@ -398,8 +398,8 @@ class Daemon:
             reasons["writes_failing"] = self.health.degraded
             # A failed write is most often a full disk: measure it now, not at the next
             # sample, so that the operator reads both reasons together.
-            if self.host.sample(now) is not None:
-                reasons[HOST_REASON] = self.host.reason  # type: ignore[assignment]
+            if (full := self.host.sample(now)) is not None:
+                reasons[HOST_REASON] = full
         changed = self.blocks.update(reasons, now)
         if self.scrubber is not None and (damage := self.scrubber.poll()):
             self.health.damage = damage

@@ -141,16 +141,21 @@ def resolve_job(state: State, ref: str, state_dir: Path) -> JobState | None:
     return named[0] if named else None
 
 
+def _worker_folders(state_dir: Path) -> list[os.DirEntry[str]]:
+    """``STATE/queue/workers/*/``, without following links; empty with no queue yet."""
+    try:
+        entries = os.scandir(Path(state_dir) / QUEUE_DIR / "workers")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    with entries:
+        return [e for e in entries if e.is_dir(follow_symlinks=False)]
+
+
 def claimed_commands(state_dir: Path) -> set[str]:
     """The command ids workers hold now (``STATE/queue/workers/*/``), read without a lock
     and without creating anything; empty when there is no queue yet."""
     held: set[str] = set()
-    workers = Path(state_dir) / QUEUE_DIR / "workers"
-    try:
-        folders = [e for e in os.scandir(workers) if e.is_dir(follow_symlinks=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return held
-    for folder in folders:
+    for folder in _worker_folders(state_dir):
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # gone meanwhile
             held |= {
                 name[: -len(".json")]
@@ -164,12 +169,7 @@ def worker_beats(state_dir: Path) -> dict[str, dict[str, Any]]:
     """Each worker's last heartbeat (``queue/workers/<id>/heartbeat.json``: its ``lane``,
     ``threads``, ``gpu``...), read without a lock; a missing or torn one is left out."""
     beats: dict[str, dict[str, Any]] = {}
-    workers = Path(state_dir) / QUEUE_DIR / "workers"
-    try:
-        folders = [e for e in os.scandir(workers) if e.is_dir(follow_symlinks=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return beats
-    for folder in folders:
+    for folder in _worker_folders(state_dir):
         with contextlib.suppress(OSError, orjson.JSONDecodeError):
             info = orjson.loads((Path(folder.path) / HEARTBEAT).read_bytes())
             if isinstance(info, dict):
